@@ -109,7 +109,10 @@ pub trait BackendVisitor {
 }
 
 /// Runs `visitor` on the backend `kind`, or explains why that backend is unavailable.
-pub fn dispatch<V: BackendVisitor>(kind: BackendKind, visitor: V) -> Result<V::Output, BackendError> {
+pub fn dispatch<V: BackendVisitor>(
+    kind: BackendKind,
+    visitor: V,
+) -> Result<V::Output, BackendError> {
     match kind {
         #[cfg(feature = "flex")]
         BackendKind::Flex => Ok(visitor.visit::<burn::backend::Flex>(Default::default())),

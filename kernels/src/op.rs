@@ -120,10 +120,7 @@ pub trait PrefixAttentionBackend: Backend {
         args: PrefixAttentionArgs<Self>,
     ) -> (FloatTensor<Self>, FloatTensor<Self>) {
         let (out, lse) = reference::forward_with_lse::<Self>(&args.into_tensors());
-        (
-            out.into_primitive().tensor(),
-            lse.into_primitive().tensor(),
-        )
+        (out.into_primitive().tensor(), lse.into_primitive().tensor())
     }
 
     /// Gradients of the inputs given the forward's output, its log-sum-exp and the output
@@ -276,20 +273,51 @@ impl<B: PrefixAttentionBackend> PrefixAttention<B> {
     pub fn into_args(self) -> PrefixAttentionArgs<B> {
         let [b, h, l, d] = self.query.dims();
         let [bk, hkv, s, dk] = self.key.dims();
-        assert_eq!(self.value.dims(), [bk, hkv, s, dk], "prefix attention: key/value shapes differ");
+        assert_eq!(
+            self.value.dims(),
+            [bk, hkv, s, dk],
+            "prefix attention: key/value shapes differ"
+        );
         assert_eq!(b, bk, "prefix attention: query batch {b} != key batch {bk}");
-        assert_eq!(d, dk, "prefix attention: query head dim {d} != key head dim {dk}");
-        assert!(hkv > 0 && h % hkv == 0, "prefix attention: {h} query heads are not a multiple of {hkv} kv heads");
-        assert!(s >= l, "prefix attention: {s} keys cannot serve {l} causal queries");
+        assert_eq!(
+            d, dk,
+            "prefix attention: query head dim {d} != key head dim {dk}"
+        );
+        assert!(
+            hkv > 0 && h % hkv == 0,
+            "prefix attention: {h} query heads are not a multiple of {hkv} kv heads"
+        );
+        assert!(
+            s >= l,
+            "prefix attention: {s} keys cannot serve {l} causal queries"
+        );
         let prefix = self.prefix.filter(|(pk, _)| pk.dims()[2] > 0);
         if let Some((pk, pv)) = &prefix {
             let [bp, ph, _, pd] = pk.dims();
-            assert_eq!(pk.dims(), pv.dims(), "prefix attention: prefix key/value shapes differ");
-            assert!(bp == 1 || bp == b, "prefix attention: prefix batch {bp} is neither 1 nor {b}");
-            assert_eq!((ph, pd), (hkv, d), "prefix attention: prefix heads/dim do not match the keys");
+            assert_eq!(
+                pk.dims(),
+                pv.dims(),
+                "prefix attention: prefix key/value shapes differ"
+            );
+            assert!(
+                bp == 1 || bp == b,
+                "prefix attention: prefix batch {bp} is neither 1 nor {b}"
+            );
+            assert_eq!(
+                (ph, pd),
+                (hkv, d),
+                "prefix attention: prefix heads/dim do not match the keys"
+            );
         }
-        for lengths in [&self.prefix_lengths, &self.key_lengths].into_iter().flatten() {
-            assert_eq!(lengths.dims(), [b], "prefix attention: lengths must have one entry per row");
+        for lengths in [&self.prefix_lengths, &self.key_lengths]
+            .into_iter()
+            .flatten()
+        {
+            assert_eq!(
+                lengths.dims(),
+                [b],
+                "prefix attention: lengths must have one entry per row"
+            );
         }
         let scale = self.scale.unwrap_or(1.0 / (d as f64).sqrt()) as f32;
         let (prefix_key, prefix_value) = match prefix {

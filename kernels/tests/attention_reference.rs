@@ -49,7 +49,10 @@ fn unfused_path_matches_oracle() {
     let dev = Default::default();
     for c in sweep() {
         let r = check::<Flex>(&c, 1, &dev, AttentionPath::Unfused);
-        assert!(!r.non_finite && r.out < OUT_TOL && r.grad < GRAD_TOL, "{c:?}: {r:?}");
+        assert!(
+            !r.non_finite && r.out < OUT_TOL && r.grad < GRAD_TOL,
+            "{c:?}: {r:?}"
+        );
     }
 }
 
@@ -58,7 +61,10 @@ fn op_path_with_analytic_backward_matches_oracle() {
     let dev = Default::default();
     for c in sweep() {
         let r = check::<Flex>(&c, 2, &dev, AttentionPath::Fused);
-        assert!(!r.non_finite && r.out < OUT_TOL && r.grad < GRAD_TOL, "{c:?}: {r:?}");
+        assert!(
+            !r.non_finite && r.out < OUT_TOL && r.grad < GRAD_TOL,
+            "{c:?}: {r:?}"
+        );
     }
 }
 
@@ -74,12 +80,26 @@ fn empty_prefix_is_plain_causal_attention() {
         let k = tensor::<Flex, 4>(&x.k, [2, 2, 17, 32], &dev).repeat_dim(1, 1);
         let v = tensor::<Flex, 4>(&x.v, [2, 2, 17, 32], &dev);
         // Hugging Face's repeat_kv order: head h reads kv head h / g.
-        let rep = |t: burn::tensor::Tensor<Flex, 4>| t.unsqueeze_dim::<5>(2).repeat_dim(2, 3).reshape([2, 6, 17, 32]);
-        let opts = AttentionModuleOptions { is_causal: true, ..Default::default() };
+        let rep = |t: burn::tensor::Tensor<Flex, 4>| {
+            t.unsqueeze_dim::<5>(2)
+                .repeat_dim(2, 3)
+                .reshape([2, 6, 17, 32])
+        };
+        let opts = AttentionModuleOptions {
+            is_causal: true,
+            ..Default::default()
+        };
         values(attention(q, rep(k), rep(v), None, None, opts))
     };
-    let diff = with.iter().zip(&plain).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
-    assert!(diff < 1e-5, "P = 0 differs from burn's causal attention by {diff}");
+    let diff = with
+        .iter()
+        .zip(&plain)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0f32, f32::max);
+    assert!(
+        diff < 1e-5,
+        "P = 0 differs from burn's causal attention by {diff}"
+    );
 }
 
 #[test]
@@ -90,6 +110,9 @@ fn runs_are_bitwise_identical() {
     for path in [AttentionPath::Fused, AttentionPath::Unfused] {
         let a = run_forward::<Flex>(&c, &x, &dev, path);
         let b = run_forward::<Flex>(&c, &x, &dev, path);
-        assert!(a.iter().zip(&b).all(|(x, y)| x.to_bits() == y.to_bits()), "{path:?}");
+        assert!(
+            a.iter().zip(&b).all(|(x, y)| x.to_bits() == y.to_bits()),
+            "{path:?}"
+        );
     }
 }

@@ -13,6 +13,9 @@ fn wgpu_smoke() {
     let c = Case::new(2, 6, 2, 17, 32, 7).key_lengths(vec![17, 5]);
     for path in [AttentionPath::Fused, AttentionPath::Unfused] {
         let r = check::<Wgpu>(&c, 1, &dev, path);
-        assert!(!r.non_finite && r.out < 1e-4 && r.grad < 1e-3, "{path:?} {c:?}: {r:?}");
+        assert!(
+            !r.non_finite && r.out < 1e-4 && r.grad < 1e-3,
+            "{path:?} {c:?}: {r:?}"
+        );
     }
 }

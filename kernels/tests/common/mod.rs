@@ -22,7 +22,18 @@ pub struct Case {
 
 impl Case {
     pub fn new(b: usize, h: usize, hkv: usize, l: usize, d: usize, p: usize) -> Self {
-        Self { b, h, hkv, l, s: l, d, p, bp: 1, key_lengths: None, prefix_lengths: None }
+        Self {
+            b,
+            h,
+            hkv,
+            l,
+            s: l,
+            d,
+            p,
+            bp: 1,
+            key_lengths: None,
+            prefix_lengths: None,
+        }
     }
     pub fn keys(mut self, s: usize) -> Self {
         self.s = s;
@@ -37,10 +48,18 @@ impl Case {
         self.prefix_lengths = Some(lens);
         self
     }
-    pub fn q_len(&self) -> usize { self.b * self.h * self.l * self.d }
-    pub fn kv_len(&self) -> usize { self.b * self.hkv * self.s * self.d }
-    pub fn p_len(&self) -> usize { self.bp * self.hkv * self.p * self.d }
-    pub fn scale(&self) -> f64 { 1.0 / (self.d as f64).sqrt() }
+    pub fn q_len(&self) -> usize {
+        self.b * self.h * self.l * self.d
+    }
+    pub fn kv_len(&self) -> usize {
+        self.b * self.hkv * self.s * self.d
+    }
+    pub fn p_len(&self) -> usize {
+        self.bp * self.hkv * self.p * self.d
+    }
+    pub fn scale(&self) -> f64 {
+        1.0 / (self.d as f64).sqrt()
+    }
 }
 
 /// Inputs of one case, in f64, row-major.
@@ -56,7 +75,9 @@ pub struct Inputs {
 /// A small deterministic generator (SplitMix64) so the oracle needs no dependency.
 pub struct Rng(u64);
 impl Rng {
-    pub fn new(seed: u64) -> Self { Self(seed) }
+    pub fn new(seed: u64) -> Self {
+        Self(seed)
+    }
     pub fn next_f64(&mut self) -> f64 {
         self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
         let mut z = self.0;
@@ -65,13 +86,21 @@ impl Rng {
         z ^= z >> 31;
         (z >> 11) as f64 / (1u64 << 53) as f64 * 2.0 - 1.0
     }
-    pub fn vec(&mut self, n: usize) -> Vec<f64> { (0..n).map(|_| self.next_f64()).collect() }
+    pub fn vec(&mut self, n: usize) -> Vec<f64> {
+        (0..n).map(|_| self.next_f64()).collect()
+    }
 }
 
 impl Inputs {
     pub fn random(c: &Case, seed: u64) -> Self {
         let mut r = Rng::new(seed);
-        Self { q: r.vec(c.q_len()), k: r.vec(c.kv_len()), v: r.vec(c.kv_len()), pk: r.vec(c.p_len()), pv: r.vec(c.p_len()) }
+        Self {
+            q: r.vec(c.q_len()),
+            k: r.vec(c.kv_len()),
+            v: r.vec(c.kv_len()),
+            pk: r.vec(c.p_len()),
+            pv: r.vec(c.p_len()),
+        }
     }
 }
 
@@ -90,10 +119,18 @@ fn key_at<'a>(c: &Case, x: &'a Inputs, bi: usize, kv: usize, col: usize, value: 
     if col < c.p {
         let pb = if c.bp == 1 { 0 } else { bi };
         let off = ((pb * c.hkv + kv) * c.p + col) * d;
-        if value { &x.pv[off..off + d] } else { &x.pk[off..off + d] }
+        if value {
+            &x.pv[off..off + d]
+        } else {
+            &x.pk[off..off + d]
+        }
     } else {
         let off = ((bi * c.hkv + kv) * c.s + col - c.p) * d;
-        if value { &x.v[off..off + d] } else { &x.k[off..off + d] }
+        if value {
+            &x.v[off..off + d]
+        } else {
+            &x.k[off..off + d]
+        }
     }
 }
 
@@ -108,20 +145,29 @@ pub fn forward(c: &Case, x: &Inputs) -> (Vec<f64>, Vec<f64>) {
                 let row = (bi * c.h + hi) * c.l + i;
                 let q = &x.q[row * d..row * d + d];
                 let scores: Vec<Option<f64>> = (0..n)
-                    .map(|col| visible(c, bi, i, col).then(|| {
-                        let k = key_at(c, x, bi, hi / g, col, false);
-                        q.iter().zip(k).map(|(a, b)| a * b).sum::<f64>() * c.scale()
-                    }))
+                    .map(|col| {
+                        visible(c, bi, i, col).then(|| {
+                            let k = key_at(c, x, bi, hi / g, col, false);
+                            q.iter().zip(k).map(|(a, b)| a * b).sum::<f64>() * c.scale()
+                        })
+                    })
                     .collect();
-                let m = scores.iter().flatten().fold(f64::NEG_INFINITY, |a, &b| a.max(b));
-                if m == f64::NEG_INFINITY { continue; }
+                let m = scores
+                    .iter()
+                    .flatten()
+                    .fold(f64::NEG_INFINITY, |a, &b| a.max(b));
+                if m == f64::NEG_INFINITY {
+                    continue;
+                }
                 let z: f64 = scores.iter().flatten().map(|s| (s - m).exp()).sum();
                 lse[row] = m + z.ln();
                 for (col, s) in scores.iter().enumerate() {
                     if let Some(s) = s {
                         let p = (s - lse[row]).exp();
                         let v = key_at(c, x, bi, hi / g, col, true);
-                        for t in 0..d { out[row * d + t] += p * v[t]; }
+                        for t in 0..d {
+                            out[row * d + t] += p * v[t];
+                        }
                     }
                 }
             }
@@ -134,7 +180,13 @@ pub fn forward(c: &Case, x: &Inputs) -> (Vec<f64>, Vec<f64>) {
 pub fn backward(c: &Case, x: &Inputs, dout: &[f64]) -> Inputs {
     let (g, d, n) = (c.h / c.hkv, c.d, c.p + c.s);
     let (out, lse) = forward(c, x);
-    let mut gr = Inputs { q: vec![0.0; x.q.len()], k: vec![0.0; x.k.len()], v: vec![0.0; x.v.len()], pk: vec![0.0; x.pk.len()], pv: vec![0.0; x.pv.len()] };
+    let mut gr = Inputs {
+        q: vec![0.0; x.q.len()],
+        k: vec![0.0; x.k.len()],
+        v: vec![0.0; x.v.len()],
+        pk: vec![0.0; x.pk.len()],
+        pv: vec![0.0; x.pv.len()],
+    };
     for bi in 0..c.b {
         for hi in 0..c.h {
             let kv = hi / g;
@@ -142,9 +194,15 @@ pub fn backward(c: &Case, x: &Inputs, dout: &[f64]) -> Inputs {
                 let row = (bi * c.h + hi) * c.l + i;
                 let q = x.q[row * d..row * d + d].to_vec();
                 let dq_row = &dout[row * d..row * d + d];
-                let delta: f64 = dq_row.iter().zip(&out[row * d..row * d + d]).map(|(a, b)| a * b).sum();
+                let delta: f64 = dq_row
+                    .iter()
+                    .zip(&out[row * d..row * d + d])
+                    .map(|(a, b)| a * b)
+                    .sum();
                 for col in 0..n {
-                    if !visible(c, bi, i, col) { continue; }
+                    if !visible(c, bi, i, col) {
+                        continue;
+                    }
                     let k = key_at(c, x, bi, kv, col, false).to_vec();
                     let v = key_at(c, x, bi, kv, col, true).to_vec();
                     let s = q.iter().zip(&k).map(|(a, b)| a * b).sum::<f64>() * c.scale();
@@ -155,7 +213,11 @@ pub fn backward(c: &Case, x: &Inputs, dout: &[f64]) -> Inputs {
                         let pb = if c.bp == 1 { 0 } else { bi };
                         (&mut gr.pk, &mut gr.pv, ((pb * c.hkv + kv) * c.p + col) * d)
                     } else {
-                        (&mut gr.k, &mut gr.v, ((bi * c.hkv + kv) * c.s + col - c.p) * d)
+                        (
+                            &mut gr.k,
+                            &mut gr.v,
+                            ((bi * c.hkv + kv) * c.s + col - c.p) * d,
+                        )
                     };
                     for t in 0..d {
                         gr.q[row * d + t] += ds * k[t];
@@ -173,11 +235,22 @@ pub fn backward(c: &Case, x: &Inputs, dout: &[f64]) -> Inputs {
 /// input; returns the worst relative error.
 pub fn finite_difference_error(c: &Case, x: &Inputs, dout: &[f64]) -> f64 {
     let g = backward(c, x, dout);
-    let loss = |y: &Inputs| forward(c, y).0.iter().zip(dout).map(|(a, b)| a * b).sum::<f64>();
+    let loss = |y: &Inputs| {
+        forward(c, y)
+            .0
+            .iter()
+            .zip(dout)
+            .map(|(a, b)| a * b)
+            .sum::<f64>()
+    };
     let eps = 1e-6;
     let mut worst: f64 = 0.0;
     let fields: [(fn(&mut Inputs) -> &mut Vec<f64>, &Vec<f64>); 5] = [
-        (|y| &mut y.q, &g.q), (|y| &mut y.k, &g.k), (|y| &mut y.v, &g.v), (|y| &mut y.pk, &g.pk), (|y| &mut y.pv, &g.pv),
+        (|y| &mut y.q, &g.q),
+        (|y| &mut y.k, &g.k),
+        (|y| &mut y.v, &g.v),
+        (|y| &mut y.pk, &g.pk),
+        (|y| &mut y.pv, &g.pv),
     ];
     for (field, grad) in fields {
         let len = grad.len();
@@ -197,7 +270,10 @@ pub fn finite_difference_error(c: &Case, x: &Inputs, dout: &[f64]) -> f64 {
 /// Largest absolute difference.
 pub fn max_abs_diff(a: &[f64], b: &[f32]) -> f64 {
     assert_eq!(a.len(), b.len());
-    a.iter().zip(b).map(|(x, y)| (x - *y as f64).abs()).fold(0.0, f64::max)
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - *y as f64).abs())
+        .fold(0.0, f64::max)
 }
 
 /// Largest absolute difference relative to the reference's largest magnitude (floored at 0.01,
@@ -209,7 +285,11 @@ pub fn max_rel_diff(a: &[f64], b: &[f32]) -> f64 {
 }
 
 /// An f32 tensor of the given shape from f64 values.
-pub fn tensor<B: Backend, const D: usize>(v: &[f64], shape: [usize; D], device: &B::Device) -> Tensor<B, D> {
+pub fn tensor<B: Backend, const D: usize>(
+    v: &[f64],
+    shape: [usize; D],
+    device: &B::Device,
+) -> Tensor<B, D> {
     let data: Vec<f32> = v.iter().map(|x| *x as f32).collect();
     Tensor::from_data(TensorData::new(data, shape), device)
 }
@@ -222,7 +302,10 @@ pub fn lengths<B: Backend>(v: &[usize], device: &B::Device) -> Tensor<B, 1, Int>
 
 /// The values of a tensor as f32.
 pub fn values<B: Backend, const D: usize>(t: Tensor<B, D>) -> Vec<f32> {
-    t.into_data().convert::<f32>().to_vec::<f32>().expect("f32 data")
+    t.into_data()
+        .convert::<f32>()
+        .to_vec::<f32>()
+        .expect("f32 data")
 }
 
 use burn::backend::Autodiff;
@@ -250,7 +333,12 @@ fn inputs<B: PrefixAttentionBackend>(c: &Case, x: &Inputs, dev: &B::Device) -> [
     ]
 }
 
-fn op<B: PrefixAttentionBackend>(c: &Case, t: &[Tensor<B, 4>; 5], dev: &B::Device, path: AttentionPath) -> PrefixAttention<B> {
+fn op<B: PrefixAttentionBackend>(
+    c: &Case,
+    t: &[Tensor<B, 4>; 5],
+    dev: &B::Device,
+    path: AttentionPath,
+) -> PrefixAttention<B> {
     let [q, k, v, pk, pv] = t.clone();
     let mut op = PrefixAttention::new(q, k, v).with_path(path);
     if c.p > 0 {
@@ -266,12 +354,22 @@ fn op<B: PrefixAttentionBackend>(c: &Case, t: &[Tensor<B, 4>; 5], dev: &B::Devic
 }
 
 /// Output of backend `B` on the given path, as f32.
-pub fn run_forward<B: PrefixAttentionBackend>(c: &Case, x: &Inputs, dev: &B::Device, path: AttentionPath) -> Vec<f32> {
+pub fn run_forward<B: PrefixAttentionBackend>(
+    c: &Case,
+    x: &Inputs,
+    dev: &B::Device,
+    path: AttentionPath,
+) -> Vec<f32> {
     values(op::<B>(c, &inputs::<B>(c, x, dev), dev, path).forward())
 }
 
 /// Runs forward and backward of backend `B` on `path` and compares with the oracle.
-pub fn check<B: PrefixAttentionBackend>(c: &Case, seed: u64, dev: &B::Device, path: AttentionPath) -> Report {
+pub fn check<B: PrefixAttentionBackend>(
+    c: &Case,
+    seed: u64,
+    dev: &B::Device,
+    path: AttentionPath,
+) -> Report {
     let x = Inputs::random(c, seed);
     let dout = Rng::new(seed ^ 0xD0D0).vec(c.q_len());
     let (ref_out, _) = forward(c, &x);
@@ -285,13 +383,26 @@ pub fn check<B: PrefixAttentionBackend>(c: &Case, seed: u64, dev: &B::Device, pa
     let out_v = values(out.inner());
     let non_finite = out_v.iter().any(|x| !x.is_finite());
     let mut grad_err = 0.0f64;
-    let pairs = [(&q, &ref_grad.q), (&k, &ref_grad.k), (&v, &ref_grad.v), (&pk, &ref_grad.pk), (&pv, &ref_grad.pv)];
+    let pairs = [
+        (&q, &ref_grad.q),
+        (&k, &ref_grad.k),
+        (&v, &ref_grad.v),
+        (&pk, &ref_grad.pk),
+        (&pv, &ref_grad.pv),
+    ];
     for (i, (t, r)) in pairs.into_iter().enumerate() {
         if i >= 3 && c.p == 0 {
             continue;
         }
-        let g = t.grad(&grads).map(values).unwrap_or_else(|| vec![0.0; r.len()]);
+        let g = t
+            .grad(&grads)
+            .map(values)
+            .unwrap_or_else(|| vec![0.0; r.len()]);
         grad_err = grad_err.max(max_rel_diff(r, &g));
     }
-    Report { out: max_abs_diff(&ref_out, &out_v), grad: grad_err, non_finite }
+    Report {
+        out: max_abs_diff(&ref_out, &out_v),
+        grad: grad_err,
+        non_finite,
+    }
 }

@@ -1,0 +1,143 @@
+//! `peft generate`: stream a completion, or print it as JSON with the top logits.
+
+use std::{io::Write, path::PathBuf};
+
+use anyhow::{Context, Result};
+use clap::Args;
+use peft_kernels::{
+    PrefixAttentionBackend,
+    backends::{BackendKind, BackendVisitor, dispatch},
+};
+use peft_models::{
+    Checkpoint, DEFAULT_MODEL_PATH,
+    generate::{Conditioning, GenerationConfig, Sampling, generate},
+};
+use serde_json::json;
+
+use crate::backend::parse_backend;
+
+/// Arguments of `peft generate`.
+#[derive(Debug, Args)]
+pub struct GenerateArgs {
+    /// Model: a .gguf file or a Hugging Face directory (config.json, model.safetensors, tokenizer.json).
+    #[arg(long, default_value = DEFAULT_MODEL_PATH)]
+    pub model: PathBuf,
+    /// Prompt text (special tokens such as <|im_start|> are recognised).
+    #[arg(long)]
+    pub prompt: String,
+    /// Most tokens to generate.
+    #[arg(long, default_value_t = 64)]
+    pub max_new_tokens: usize,
+    /// Sample with this temperature instead of decoding greedily.
+    #[arg(long)]
+    pub temperature: Option<f32>,
+    /// Nucleus sampling: keep the most likely tokens up to this total probability (implies sampling).
+    #[arg(long)]
+    pub top_p: Option<f32>,
+    /// Keep only the K most likely tokens (implies sampling).
+    #[arg(long)]
+    pub top_k: Option<usize>,
+    /// Random seed for sampling.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Stop when this string appears (repeatable).
+    #[arg(long = "stop")]
+    pub stop: Vec<String>,
+    /// Compute backend.
+    #[arg(long, default_value = "flex", value_parser = parse_backend)]
+    pub backend: BackendKind,
+    /// Print one JSON object (prompt_ids, generated_ids, generated_text, ...) instead of streaming text.
+    #[arg(long)]
+    pub json: bool,
+    /// With --json: include the K largest logits at the last prompt position.
+    #[arg(long, value_name = "K")]
+    pub top_logits: Option<usize>,
+}
+
+struct Run(GenerateArgs);
+
+impl BackendVisitor for Run {
+    type Output = Result<()>;
+
+    fn visit<B: PrefixAttentionBackend>(self, device: B::Device) -> Result<()> {
+        let args = self.0;
+        let ckpt = Checkpoint::open(&args.model)
+            .with_context(|| format!("opening model {}", args.model.display()))?;
+        let model = ckpt.load::<B>(&device)?;
+        let prompt_ids = ckpt.tokenizer.encode(&args.prompt)?;
+        let sampling = if args.temperature.is_some() || args.top_p.is_some() || args.top_k.is_some()
+        {
+            Sampling::Sample {
+                temperature: args.temperature.unwrap_or(1.0),
+                top_k: args.top_k,
+                top_p: args.top_p,
+                seed: args.seed,
+            }
+        } else {
+            Sampling::Greedy
+        };
+        let config = GenerationConfig {
+            max_new_tokens: args.max_new_tokens,
+            sampling,
+            stop_strings: args.stop.clone(),
+            stop_at_eos: true,
+        };
+        let conditioning = Conditioning::default();
+        let mut stdout = std::io::stdout().lock();
+        let mut write_err = None;
+        let out = generate(
+            &model,
+            &ckpt.tokenizer,
+            &prompt_ids,
+            &conditioning,
+            &config,
+            |piece| {
+                if !args.json && write_err.is_none() {
+                    write_err = stdout
+                        .write_all(piece.as_bytes())
+                        .and_then(|_| stdout.flush())
+                        .err();
+                }
+            },
+        )?;
+        if let Some(e) = write_err {
+            return Err(e.into());
+        }
+        if args.json {
+            let mut obj = json!({
+                "backend": args.backend.name(),
+                "prompt_ids": prompt_ids,
+                "generated_ids": out.ids,
+                "generated_text": out.text,
+                "stop_reason": out.stop,
+            });
+            if let Some(k) = args.top_logits {
+                obj["top_logits"] = json!(top_k(&out.prompt_logits, k));
+            }
+            writeln!(stdout, "{obj}")?;
+        } else {
+            writeln!(stdout)?;
+        }
+        Ok(())
+    }
+}
+
+/// The `k` largest logits as `[id, logit]`, highest first (lower id first on ties).
+pub fn top_k(logits: &[f32], k: usize) -> Vec<(u32, f32)> {
+    let mut order: Vec<u32> = (0..logits.len() as u32).collect();
+    order.sort_by(|&a, &b| {
+        logits[b as usize]
+            .total_cmp(&logits[a as usize])
+            .then(a.cmp(&b))
+    });
+    order
+        .into_iter()
+        .take(k)
+        .map(|i| (i, logits[i as usize]))
+        .collect()
+}
+
+/// Runs `peft generate`.
+pub fn run(args: GenerateArgs) -> Result<()> {
+    dispatch(args.backend, Run(args))?
+}

@@ -1,0 +1,135 @@
+//! One decoder layer: RMSNorm → grouped-query self-attention (RoPE, optional prefix) → residual
+//! → RMSNorm → SwiGLU MLP → residual.
+
+use burn::{
+    module::Module,
+    nn::{Linear, RmsNorm},
+    tensor::{Int, Tensor, activation::silu},
+};
+use peft_kernels::{PrefixAttention, PrefixAttentionBackend};
+
+use super::rope::RopeSlice;
+
+/// Self-attention with fused q/k/v projection.
+#[derive(Module, Debug)]
+pub struct Attention<B: PrefixAttentionBackend> {
+    /// `[hidden, (heads + 2·kv_heads)·head_dim]`: query, key and value projections side by side.
+    pub qkv: Linear<B>,
+    /// `[heads·head_dim, hidden]`.
+    pub out: Linear<B>,
+    /// Query heads.
+    #[module(skip)]
+    pub heads: usize,
+    /// Key/value heads.
+    #[module(skip)]
+    pub kv_heads: usize,
+    /// Dimension of one head.
+    #[module(skip)]
+    pub head_dim: usize,
+}
+
+/// SwiGLU MLP with fused gate/up projection.
+#[derive(Module, Debug)]
+pub struct Mlp<B: PrefixAttentionBackend> {
+    /// `[hidden, 2·intermediate]`: gate then up.
+    pub gate_up: Linear<B>,
+    /// `[intermediate, hidden]`.
+    pub down: Linear<B>,
+}
+
+/// One decoder layer.
+#[derive(Module, Debug)]
+pub struct DecoderLayer<B: PrefixAttentionBackend> {
+    /// Norm before attention.
+    pub attn_norm: RmsNorm<B>,
+    /// Self-attention.
+    pub attn: Attention<B>,
+    /// Norm before the MLP.
+    pub mlp_norm: RmsNorm<B>,
+    /// Feed-forward block.
+    pub mlp: Mlp<B>,
+}
+
+/// What one layer attends to besides the new inputs.
+pub(crate) struct LayerContext<'a, B: PrefixAttentionBackend> {
+    pub rope: &'a RopeSlice<B>,
+    pub prefix: Option<&'a (Tensor<B, 4>, Tensor<B, 4>)>,
+    pub prefix_lengths: Option<&'a Tensor<B, 1, Int>>,
+    pub key_lengths: Option<&'a Tensor<B, 1, Int>>,
+}
+
+impl<B: PrefixAttentionBackend> Attention<B> {
+    /// Projects `x` `[B, L, hidden]` to rotated queries and keys and values, each
+    /// `[B, heads, L, head_dim]`.
+    fn project(
+        &self,
+        x: Tensor<B, 3>,
+        rope: &RopeSlice<B>,
+    ) -> (Tensor<B, 4>, Tensor<B, 4>, Tensor<B, 4>) {
+        let [b, l, _] = x.dims();
+        let (h, kv, d) = (self.heads, self.kv_heads, self.head_dim);
+        let qkv = self.qkv.forward(x);
+        let split = |start: usize, heads: usize| {
+            qkv.clone()
+                .narrow(2, start * d, heads * d)
+                .reshape([b, l, heads, d])
+                .swap_dims(1, 2)
+        };
+        let q = rope.apply(split(0, h));
+        let k = rope.apply(split(h, kv));
+        let v = split(h + kv, kv);
+        (q, k, v)
+    }
+
+    fn forward(
+        &self,
+        x: Tensor<B, 3>,
+        ctx: &LayerContext<'_, B>,
+        cache: Option<(&mut peft_core::KvCache<B>, usize)>,
+    ) -> Tensor<B, 3> {
+        let [b, l, _] = x.dims();
+        let (q, k, v) = self.project(x, ctx.rope);
+        let (k, v) = match cache {
+            Some((cache, layer)) => cache.append(layer, k, v),
+            None => (k, v),
+        };
+        let mut op = PrefixAttention::new(q, k, v);
+        if let Some((pk, pv)) = ctx.prefix {
+            op = op.with_prefix(pk.clone(), pv.clone());
+        }
+        if let Some(len) = ctx.prefix_lengths {
+            op = op.with_prefix_lengths(len.clone());
+        }
+        if let Some(len) = ctx.key_lengths {
+            op = op.with_key_lengths(len.clone());
+        }
+        let out = op
+            .forward()
+            .swap_dims(1, 2)
+            .reshape([b, l, self.heads * self.head_dim]);
+        self.out.forward(out)
+    }
+}
+
+impl<B: PrefixAttentionBackend> Mlp<B> {
+    fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
+        let inter = self.down.weight.dims()[0];
+        let gate_up = self.gate_up.forward(x);
+        let gate = gate_up.clone().narrow(2, 0, inter);
+        let up = gate_up.narrow(2, inter, inter);
+        self.down.forward(silu(gate) * up)
+    }
+}
+
+impl<B: PrefixAttentionBackend> DecoderLayer<B> {
+    /// Runs the layer on `x` `[B, L, hidden]`.
+    pub(crate) fn forward(
+        &self,
+        x: Tensor<B, 3>,
+        ctx: &LayerContext<'_, B>,
+        cache: Option<(&mut peft_core::KvCache<B>, usize)>,
+    ) -> Tensor<B, 3> {
+        let h = x.clone() + self.attn.forward(self.attn_norm.forward(x), ctx, cache);
+        h.clone() + self.mlp.forward(self.mlp_norm.forward(h))
+    }
+}

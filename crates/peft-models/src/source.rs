@@ -1,0 +1,71 @@
+//! One way to fetch a named weight, whatever the checkpoint format: the model's loading code asks
+//! for a [`WeightKey`] and gets row-major f32 values in Hugging Face layout.
+
+use std::path::Path;
+
+use crate::error::Result;
+
+/// A weight of one decoder layer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum LayerWeight {
+    /// Input RMSNorm scale `[hidden]`.
+    AttnNorm,
+    /// Query projection `[heads·head_dim, hidden]`.
+    Query,
+    /// Key projection `[kv_heads·head_dim, hidden]`.
+    Key,
+    /// Value projection `[kv_heads·head_dim, hidden]`.
+    Value,
+    /// Output projection `[hidden, heads·head_dim]`.
+    Output,
+    /// Optional query bias `[heads·head_dim]`.
+    QueryBias,
+    /// Optional key bias `[kv_heads·head_dim]`.
+    KeyBias,
+    /// Optional value bias `[kv_heads·head_dim]`.
+    ValueBias,
+    /// Post-attention RMSNorm scale `[hidden]`.
+    MlpNorm,
+    /// SwiGLU gate projection `[intermediate, hidden]`.
+    Gate,
+    /// SwiGLU up projection `[intermediate, hidden]`.
+    Up,
+    /// Down projection `[hidden, intermediate]`.
+    Down,
+}
+
+/// A weight of a Llama-family decoder.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum WeightKey {
+    /// Token embedding `[vocab, hidden]`.
+    Embedding,
+    /// Untied LM head `[vocab, hidden]`.
+    LmHead,
+    /// Final RMSNorm scale `[hidden]`.
+    FinalNorm,
+    /// A weight of layer `i`.
+    Layer(usize, LayerWeight),
+}
+
+/// A weight read from a checkpoint.
+#[derive(Debug, Clone)]
+pub struct LoadedTensor {
+    /// Its name in the checkpoint's own naming.
+    pub name: String,
+    /// Row-major shape, Hugging Face orientation (`[out, in]` for projections).
+    pub shape: Vec<usize>,
+    /// Row-major values.
+    pub values: Vec<f32>,
+}
+
+/// A checkpoint that serves weights by [`WeightKey`].
+pub trait TensorSource {
+    /// The checkpoint file (or directory), for error messages.
+    fn path(&self) -> &Path;
+    /// The checkpoint's own name for a weight.
+    fn name(&self, key: WeightKey) -> String;
+    /// Whether the checkpoint holds the weight.
+    fn contains(&self, key: WeightKey) -> bool;
+    /// Reads a weight as f32.
+    fn load(&self, key: WeightKey) -> Result<LoadedTensor>;
+}

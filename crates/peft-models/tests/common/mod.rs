@@ -1,0 +1,116 @@
+//! Shared helpers of the model tests: the real checkpoint (or a loud skip) and the fixture.
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+
+use serde_json::Value;
+
+/// The SmolLM2 GGUF, from `PEFT_MODEL` or `models/` at the repository root. Without it the
+/// test is skipped with a loud message — unless `PEFT_REQUIRE_MODEL=1` (CI sets it), which
+/// turns the absence into a failure.
+pub fn model_path() -> Option<PathBuf> {
+    let path = std::env::var_os("PEFT_MODEL")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+                .join("../../models/SmolLM2-135M-Instruct.Q4_1.gguf")
+        });
+    if path.exists() {
+        return Some(path);
+    }
+    if std::env::var("PEFT_REQUIRE_MODEL").is_ok_and(|v| v == "1") {
+        panic!(
+            "PEFT_REQUIRE_MODEL=1 but the model is missing at {}",
+            path.display()
+        );
+    }
+    eprintln!("\n==============================================================");
+    eprintln!("SKIPPED: SmolLM2 model not found at {}", path.display());
+    eprintln!("Run scripts/fetch-model.sh to download it (CI always does).");
+    eprintln!("==============================================================\n");
+    None
+}
+
+/// The reference values written by scripts/reference/model_fixture.py.
+pub fn fixture() -> Value {
+    let path =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/smollm2_reference.json");
+    serde_json::from_str(&std::fs::read_to_string(path).expect("fixture")).expect("fixture JSON")
+}
+
+/// A JSON array of unsigned integers as u32.
+pub fn ids(v: &Value) -> Vec<u32> {
+    v.as_array()
+        .expect("array")
+        .iter()
+        .map(|x| x.as_u64().expect("id") as u32)
+        .collect()
+}
+
+/// Runs the fixture's prompts on backend `B` and checks the last-position logits (within `tol`
+/// absolute) and 16 greedy tokens (identical) against Hugging Face.
+pub fn check_against_reference<B: peft_kernels::PrefixAttentionBackend>(
+    path: &std::path::Path,
+    device: &B::Device,
+    tol: f32,
+) {
+    use peft_models::{
+        Checkpoint,
+        generate::{Conditioning, GenerationConfig, generate},
+    };
+    let ckpt = Checkpoint::open(path).expect("open");
+    let model = ckpt.load::<B>(device).expect("load");
+    let fx = fixture();
+    let stride = fx["sample_stride"].as_u64().expect("stride") as usize;
+    for p in fx["prompts"].as_array().expect("prompts") {
+        let prompt = ids(&p["ids"]);
+        assert_eq!(
+            ckpt.tokenizer
+                .encode(p["prompt"].as_str().expect("prompt"))
+                .expect("encode"),
+            prompt
+        );
+        let config = GenerationConfig {
+            max_new_tokens: 16,
+            ..Default::default()
+        };
+        let out = generate(
+            &model,
+            &ckpt.tokenizer,
+            &prompt,
+            &Conditioning::default(),
+            &config,
+            |_| {},
+        )
+        .expect("generate");
+        let mut worst = 0.0f32;
+        for pair in p["top_logits"].as_array().expect("top") {
+            let (id, want) = (
+                pair[0].as_u64().expect("id") as usize,
+                pair[1].as_f64().expect("logit") as f32,
+            );
+            worst = worst.max((out.prompt_logits[id] - want).abs());
+        }
+        for (k, want) in p["sampled_logits"]
+            .as_array()
+            .expect("sampled")
+            .iter()
+            .enumerate()
+        {
+            worst = worst
+                .max((out.prompt_logits[k * stride] - want.as_f64().expect("logit") as f32).abs());
+        }
+        eprintln!(
+            "{}: {:?}: max |Δlogit| = {worst:e}",
+            B::name(device),
+            p["prompt"]
+        );
+        assert!(worst < tol, "{:?}: max |Δlogit| = {worst}", p["prompt"]);
+        assert_eq!(
+            out.ids,
+            ids(&p["greedy"]),
+            "greedy tokens of {:?}",
+            p["prompt"]
+        );
+    }
+}
