@@ -1,6 +1,8 @@
 //! Shared helpers of the model tests: the real checkpoint (or a loud skip) and the fixture.
 #![allow(dead_code)]
 
+pub mod gguf_builder;
+
 use std::path::PathBuf;
 
 use serde_json::Value;
