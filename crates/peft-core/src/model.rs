@@ -171,6 +171,11 @@ impl<B: Backend> KvCache<B> {
         self.prefix.as_ref().and_then(|p| p.lengths.as_ref())
     }
 
+    /// The cached keys and values of `layer`, `[B, kv_heads, tokens, head_dim]`.
+    pub fn layer(&self, layer: usize) -> Option<&(Tensor<B, 4>, Tensor<B, 4>)> {
+        self.layers.get(layer).and_then(Option::as_ref)
+    }
+
     /// Appends new keys/values `[B, kv_heads, L, d]` to `layer` and returns all of them.
     pub fn append(
         &mut self,

@@ -13,10 +13,7 @@ use serde_json::Value;
 pub fn model_path() -> Option<PathBuf> {
     let path = std::env::var_os("PEFT_MODEL")
         .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-                .join("../../models/SmolLM2-135M-Instruct.Q4_1.gguf")
-        });
+        .unwrap_or_else(|| repo_root().join("models/SmolLM2-135M-Instruct.Q4_1.gguf"));
     if path.exists() {
         return Some(path);
     }
@@ -33,11 +30,38 @@ pub fn model_path() -> Option<PathBuf> {
     None
 }
 
+/// The workspace root (the directory holding Cargo.lock), from whichever crate's tests include
+/// this file.
+pub fn repo_root() -> PathBuf {
+    let mut dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    while !dir.join("Cargo.lock").exists() && dir.pop() {}
+    dir
+}
+
+/// A JSON file under the repository root.
+pub fn read_json(relative: &str) -> Value {
+    let path = repo_root().join(relative);
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    serde_json::from_str(&text).expect("fixture JSON")
+}
+
 /// The reference values written by scripts/reference/model_fixture.py.
 pub fn fixture() -> Value {
-    let path =
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/smollm2_reference.json");
-    serde_json::from_str(&std::fs::read_to_string(path).expect("fixture")).expect("fixture JSON")
+    read_json("crates/peft-models/tests/fixtures/smollm2_reference.json")
+}
+
+/// Largest |Δ| between `logits` (a full vocabulary row) and a reference entry holding
+/// `top_logits` (`[[id, logit], ...]`) and `sampled_logits` (every `stride`-th id).
+pub fn max_logit_error(logits: &[f32], reference: &Value, stride: usize) -> f32 {
+    let mut worst = 0.0f32;
+    for pair in reference["top_logits"].as_array().expect("top") {
+        let id = pair[0].as_u64().expect("id") as usize;
+        worst = worst.max((logits[id] - pair[1].as_f64().expect("logit") as f32).abs());
+    }
+    for (k, want) in reference["sampled_logits"].as_array().expect("sampled").iter().enumerate() {
+        worst = worst.max((logits[k * stride] - want.as_f64().expect("logit") as f32).abs());
+    }
+    worst
 }
 
 /// A JSON array of unsigned integers as u32.
@@ -66,53 +90,14 @@ pub fn check_against_reference<B: peft_kernels::PrefixAttentionBackend>(
     let stride = fx["sample_stride"].as_u64().expect("stride") as usize;
     for p in fx["prompts"].as_array().expect("prompts") {
         let prompt = ids(&p["ids"]);
-        assert_eq!(
-            ckpt.tokenizer
-                .encode(p["prompt"].as_str().expect("prompt"))
-                .expect("encode"),
-            prompt
-        );
-        let config = GenerationConfig {
-            max_new_tokens: 16,
-            ..Default::default()
-        };
-        let out = generate(
-            &model,
-            &ckpt.tokenizer,
-            &prompt,
-            &Conditioning::default(),
-            &config,
-            |_| {},
-        )
-        .expect("generate");
-        let mut worst = 0.0f32;
-        for pair in p["top_logits"].as_array().expect("top") {
-            let (id, want) = (
-                pair[0].as_u64().expect("id") as usize,
-                pair[1].as_f64().expect("logit") as f32,
-            );
-            worst = worst.max((out.prompt_logits[id] - want).abs());
-        }
-        for (k, want) in p["sampled_logits"]
-            .as_array()
-            .expect("sampled")
-            .iter()
-            .enumerate()
-        {
-            worst = worst
-                .max((out.prompt_logits[k * stride] - want.as_f64().expect("logit") as f32).abs());
-        }
-        eprintln!(
-            "{}: {:?}: max |Δlogit| = {worst:e}",
-            B::name(device),
-            p["prompt"]
-        );
-        assert!(worst < tol, "{:?}: max |Δlogit| = {worst}", p["prompt"]);
-        assert_eq!(
-            out.ids,
-            ids(&p["greedy"]),
-            "greedy tokens of {:?}",
-            p["prompt"]
-        );
+        let text = p["prompt"].as_str().expect("prompt");
+        assert_eq!(ckpt.tokenizer.encode(text).expect("encode"), prompt);
+        let config = GenerationConfig { max_new_tokens: 16, ..Default::default() };
+        let out = generate(&model, &ckpt.tokenizer, &prompt, &Conditioning::default(), &config, |_| {})
+            .expect("generate");
+        let worst = max_logit_error(&out.prompt_logits, p, stride);
+        eprintln!("{}: {text:?}: max |Δlogit| = {worst:e}", B::name(device));
+        assert!(worst < tol, "{text:?}: max |Δlogit| = {worst}");
+        assert_eq!(out.ids, ids(&p["greedy"]), "greedy tokens of {text:?}");
     }
 }

@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# The test suite: CPU tests of every crate, the wgpu tests on lavapipe (or a real GPU), a CUDA
+# compile check, rustfmt and clippy. Run scripts/setup.sh once first on a fresh machine.
+#
+# Tests that need SmolLM2 skip loudly when models/ has no model; PEFT_REQUIRE_MODEL=1 (set by CI)
+# turns that into a failure.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+step() { printf '\n=== %s (%s)\n' "$1" "$(date +%T)"; }
+
+step "format"
+cargo fmt --all -- --check
+
+step "CPU tests (flex; reference attention path)"
+cargo test --workspace --quiet
+
+step "wgpu tests (fused kernels; lavapipe when no GPU)"
+cargo test --quiet -p peft-kernels -p peft-models -p peft-core \
+  --features peft-kernels/wgpu,peft-models/wgpu,peft-core/wgpu --test '*wgpu*'
+
+step "CUDA compile check"
+cargo build --quiet -p peft-cli --features cuda
+
+step "clippy"
+cargo clippy --workspace --all-targets --quiet -- -D warnings
+
+step "all tests passed"
