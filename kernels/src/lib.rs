@@ -49,5 +49,7 @@ mod reference;
 #[cfg(feature = "cube")]
 pub mod cube;
 
-pub use op::{AttentionGrads, PrefixAttention, PrefixAttentionArgs, PrefixAttentionBackend};
+pub use op::{
+    AttentionGrads, PrefixAttention, PrefixAttentionArgs, PrefixAttentionAutodiffBackend, PrefixAttentionBackend,
+};
 pub use path::{AttentionPath, attention_path, set_attention_path};

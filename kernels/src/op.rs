@@ -140,6 +140,20 @@ pub trait PrefixAttentionBackend: Backend {
     }
 }
 
+/// An autodiff backend whose inner backend has prefix attention too: what training code needs
+/// (`Autodiff<B>` for any [`PrefixAttentionBackend`] `B`).
+pub trait PrefixAttentionAutodiffBackend:
+    burn::tensor::backend::AutodiffBackend<InnerBackend: PrefixAttentionBackend> + PrefixAttentionBackend
+{
+}
+
+impl<B> PrefixAttentionAutodiffBackend for B
+where
+    B: burn::tensor::backend::AutodiffBackend + PrefixAttentionBackend,
+    B::InnerBackend: PrefixAttentionBackend,
+{
+}
+
 fn float<B: Backend, const D: usize>(t: FloatTensor<B>) -> Tensor<B, D> {
     Tensor::from_primitive(TensorPrimitive::Float(t))
 }

@@ -19,12 +19,15 @@ struct Cli {
 enum Command {
     /// Generate text with a model (and optionally an adapter).
     Generate(commands::generate::GenerateArgs),
+    /// Describe an adapter directory: method, sizes, trainable count, compatible models.
+    Inspect(commands::inspect::InspectArgs),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Generate(args) => commands::generate::run(args),
+        Command::Inspect(args) => commands::inspect::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

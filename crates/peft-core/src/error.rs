@@ -7,12 +7,12 @@ use std::path::PathBuf;
 #[non_exhaustive]
 pub enum PeftError {
     /// A file could not be read or written.
-    #[error("{path}: {source}")]
+    #[error("{path}: {error}")]
     Io {
         /// The file.
         path: PathBuf,
-        /// The underlying error.
-        source: std::io::Error,
+        /// The underlying error (part of the message, not a separate cause).
+        error: std::io::Error,
     },
     /// A file is malformed (invalid JSON or safetensors, wrong types).
     #[error("{path}: {what}")]
@@ -63,7 +63,7 @@ pub type Result<T, E = PeftError> = std::result::Result<T, E>;
 
 impl PeftError {
     pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
-        Self::Io { path: path.into(), source }
+        Self::Io { path: path.into(), error: source }
     }
 
     pub(crate) fn malformed(path: impl Into<PathBuf>, what: impl Into<String>) -> Self {

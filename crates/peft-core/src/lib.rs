@@ -7,16 +7,19 @@
 //! * [`adapter`]: the [`Adapter`] enum and PEFT-format files.
 //! * [`peft_model`]: a frozen base with named adapters; batches that mix adapters per row.
 //! * [`loss`]: the causal LM loss on target positions.
+//! * [`train`]: data, schedule, clipping, checkpoints and the training loop.
 #![warn(missing_docs)]
 
 pub mod adapter;
 pub mod error;
 pub mod fs;
+pub mod init;
 pub mod loss;
 pub mod model;
 pub mod peft_model;
 pub mod prefix;
 pub mod prompt;
+pub mod train;
 
 pub use adapter::{Adapter, Method};
 pub use error::{PeftError, Result};

@@ -269,3 +269,13 @@ impl Tokenizer {
         self.pad.or_else(|| self.eos.first().copied())
     }
 }
+
+impl peft_core::train::data::Tokenize for Tokenizer {
+    fn encode(&self, text: &str) -> std::result::Result<Vec<u32>, String> {
+        Tokenizer::encode(self, text).map_err(|e| e.to_string())
+    }
+
+    fn eos_id(&self) -> Option<u32> {
+        self.eos.first().copied()
+    }
+}

@@ -4,6 +4,7 @@ use std::{io::Write, path::PathBuf};
 
 use anyhow::{Context, Result};
 use clap::Args;
+use peft_core::{Adapter, CausalLm, adapter::load_adapter};
 use peft_kernels::{
     PrefixAttentionBackend,
     backends::{BackendKind, BackendVisitor, dispatch},
@@ -49,9 +50,13 @@ pub struct GenerateArgs {
     /// Print one JSON object (prompt_ids, generated_ids, generated_text, ...) instead of streaming text.
     #[arg(long)]
     pub json: bool,
-    /// With --json: include the K largest logits at the last prompt position.
+    /// With --json: include the K largest logits at the last prompt position (with an adapter,
+    /// also the base model's, so its effect is visible).
     #[arg(long, value_name = "K")]
     pub top_logits: Option<usize>,
+    /// Adapter directory (adapter_config.json + adapter_model.safetensors, PEFT layout).
+    #[arg(long)]
+    pub adapter: Option<PathBuf>,
 }
 
 struct Run(GenerateArgs);
@@ -82,7 +87,18 @@ impl BackendVisitor for Run {
             stop_strings: args.stop.clone(),
             stop_at_eos: true,
         };
-        let conditioning = Conditioning::default();
+        let adapter = match &args.adapter {
+            Some(dir) => Some(
+                load_adapter::<B>(dir, &model.dims(), &device)
+                    .with_context(|| format!("loading adapter {}", dir.display()))?
+                    .0,
+            ),
+            None => None,
+        };
+        let conditioning = Conditioning {
+            virtual_tokens: adapter.as_ref().and_then(Adapter::virtual_tokens),
+            prefix: adapter.as_ref().and_then(Adapter::prefix),
+        };
         let mut stdout = std::io::stdout().lock();
         let mut write_err = None;
         let out = generate(
@@ -113,6 +129,12 @@ impl BackendVisitor for Run {
             });
             if let Some(k) = args.top_logits {
                 obj["top_logits"] = json!(top_k(&out.prompt_logits, k));
+                if let Some(dir) = &args.adapter {
+                    let plain = GenerationConfig { max_new_tokens: 0, ..config.clone() };
+                    let base = generate(&model, &ckpt.tokenizer, &prompt_ids, &Conditioning::default(), &plain, |_| {})?;
+                    obj["base_top_logits"] = json!(top_k(&base.prompt_logits, k));
+                    obj["adapter"] = json!(dir.display().to_string());
+                }
             }
             writeln!(stdout, "{obj}")?;
         } else {

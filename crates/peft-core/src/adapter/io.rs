@@ -183,6 +183,60 @@ pub fn load_adapter<B: Backend>(dir: &Path, dims: &ModelDims, device: &B::Device
     Ok((adapter, config))
 }
 
+/// What an adapter directory holds, read without a model (for `peft inspect`).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct AdapterSummary {
+    /// The parsed configuration.
+    pub config: AdapterConfig,
+    /// Shape of `prompt_embeddings`.
+    pub tensor_shape: Vec<usize>,
+    /// Its dtype as safetensors names it.
+    pub dtype: String,
+    /// Number of stored values (the trainable count of a direct adapter).
+    pub parameters: usize,
+    /// Size of the weights file in bytes.
+    pub file_bytes: u64,
+}
+
+impl AdapterSummary {
+    /// Which models the adapter fits, in words.
+    pub fn compatible_models(&self) -> String {
+        let c = &self.config;
+        let opt = |v: Option<usize>| v.map_or("?".to_string(), |v| v.to_string());
+        match c.peft_type {
+            PeftType::PromptTuning => format!("decoder-only models with hidden size {}", opt(c.token_dim)),
+            PeftType::PrefixTuning => {
+                let head_dim = c.token_dim.zip(c.num_attention_heads).and_then(|(t, h)| t.checked_div(h));
+                format!(
+                    "decoder-only models with {} layers, {} key/value heads and head dim {}",
+                    opt(c.num_layers),
+                    opt(c.num_attention_heads),
+                    opt(head_dim)
+                )
+            }
+        }
+    }
+}
+
+/// Reads an adapter directory's config and tensor header.
+pub fn inspect_adapter(dir: &Path) -> Result<AdapterSummary> {
+    let config = AdapterConfig::read(&dir.join(CONFIG_FILE))?;
+    let weights_path = dir.join(WEIGHTS_FILE);
+    let bytes = std::fs::read(&weights_path).map_err(|e| PeftError::io(&weights_path, e))?;
+    let st = SafeTensors::deserialize(&bytes)
+        .map_err(|e| PeftError::malformed(&weights_path, format!("invalid safetensors: {e}")))?;
+    let view = st.tensor(TENSOR_NAME).map_err(|_| {
+        PeftError::malformed(&weights_path, format!("no tensor `{TENSOR_NAME}` (found: {})", st.names().join(", ")))
+    })?;
+    Ok(AdapterSummary {
+        tensor_shape: view.shape().to_vec(),
+        dtype: format!("{:?}", view.dtype()),
+        parameters: view.shape().iter().product(),
+        file_bytes: bytes.len() as u64,
+        config,
+    })
+}
+
 fn to_f32(dtype: Dtype, bytes: &[u8]) -> std::result::Result<Vec<f32>, String> {
     Ok(match dtype {
         Dtype::F32 => bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect(),

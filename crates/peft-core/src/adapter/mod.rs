@@ -4,7 +4,7 @@ mod config;
 mod io;
 
 pub use config::{AdapterConfig, PeftType};
-pub use io::{SaveOptions, load_adapter, save_adapter};
+pub use io::{AdapterSummary, CONFIG_FILE, SaveOptions, WEIGHTS_FILE, inspect_adapter, load_adapter, save_adapter};
 
 use burn::{module::Module, tensor::{Tensor, backend::Backend}};
 

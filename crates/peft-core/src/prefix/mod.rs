@@ -15,12 +15,13 @@
 
 use burn::{
     module::{Module, Param},
-    nn::{Linear, LinearConfig},
-    tensor::{Distribution, Tensor, activation::tanh, backend::Backend},
+    nn::Linear,
+    tensor::{Tensor, activation::tanh, backend::Backend},
 };
 
 use crate::{
     error::{PeftError, Result},
+    init,
     model::{CausalLm, KvCache, ModelDims, PrefixKv},
 };
 
@@ -121,17 +122,15 @@ impl<B: Backend> Prefix<B> {
 
     /// A randomly initialised direct prefix of `n` slots.
     pub fn random(n: usize, std: f64, seed: u64, layout: PrefixLayout, device: &B::Device) -> Self {
-        B::seed(device, seed);
-        Self::direct(Tensor::random([n, layout.width()], Distribution::Normal(0.0, std), device), layout)
+        Self::direct(init::normal([n, layout.width()], std, seed, device), layout)
     }
 
     /// A reparameterised prefix of `n` slots with `P'` of width `d_in` and MLP width `d_hidden`.
     pub fn mlp(n: usize, d_in: usize, d_hidden: usize, seed: u64, layout: PrefixLayout, device: &B::Device) -> Self {
-        B::seed(device, seed);
         let mlp = PrefixMlp {
-            embedding: Param::from_tensor(Tensor::random([n, d_in], Distribution::Normal(0.0, 1.0), device)),
-            hidden: LinearConfig::new(d_in, d_hidden).init(device),
-            out: LinearConfig::new(d_hidden, layout.width()).init(device),
+            embedding: Param::from_tensor(init::normal([n, d_in], 1.0, seed, device)),
+            hidden: init::linear(d_in, d_hidden, seed.wrapping_add(1), device),
+            out: init::linear(d_hidden, layout.width(), seed.wrapping_add(3), device),
         };
         Self::with_params(PrefixParams::Mlp(mlp), layout)
     }

@@ -7,7 +7,7 @@
 
 use burn::{
     module::{Module, Param},
-    tensor::{Distribution, Int, Tensor, TensorData, backend::Backend},
+    tensor::{ElementConversion, Int, Tensor, TensorData, backend::Backend},
 };
 use rand::{Rng, SeedableRng, rngs::StdRng};
 
@@ -83,10 +83,8 @@ impl<B: Backend> SoftPrompt<B> {
         };
         let embedding = match init {
             PromptInit::Random { seed } => {
-                let std = table.clone().var(0).mean().sqrt().into_scalar();
-                let std: f64 = num_traits_to_f64(std);
-                B::seed(&device, *seed);
-                Tensor::random([n, hidden], Distribution::Normal(0.0, std), &device)
+                let std: f64 = table.clone().var(0).mean().sqrt().into_scalar().elem();
+                crate::init::normal([n, hidden], std, *seed, &device)
             }
             PromptInit::SampleVocab { seed } => {
                 let mut rng = StdRng::seed_from_u64(*seed);
@@ -120,10 +118,6 @@ impl<B: Backend> SoftPrompt<B> {
     pub fn embeddings(&self) -> Tensor<B, 2> {
         self.embedding.val()
     }
-}
-
-fn num_traits_to_f64<E: burn::tensor::ElementConversion>(v: E) -> f64 {
-    v.elem::<f64>()
 }
 
 #[cfg(test)]

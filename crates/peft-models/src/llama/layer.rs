@@ -6,7 +6,7 @@ use burn::{
     nn::{Linear, RmsNorm},
     tensor::{Int, Tensor, activation::silu},
 };
-use peft_kernels::{PrefixAttention, PrefixAttentionBackend};
+use peft_kernels::{AttentionPath, PrefixAttention, PrefixAttentionBackend};
 
 use super::rope::RopeSlice;
 
@@ -26,6 +26,9 @@ pub struct Attention<B: PrefixAttentionBackend> {
     /// Dimension of one head.
     #[module(skip)]
     pub head_dim: usize,
+    /// Attention implementation for this layer; `None` follows the process-wide setting.
+    #[module(skip)]
+    pub path: Option<AttentionPath>,
 }
 
 /// SwiGLU MLP with fused gate/up projection.
@@ -94,6 +97,9 @@ impl<B: PrefixAttentionBackend> Attention<B> {
             None => (k, v),
         };
         let mut op = PrefixAttention::new(q, k, v);
+        if let Some(path) = self.path {
+            op = op.with_path(path);
+        }
         if let Some((pk, pv)) = ctx.prefix {
             op = op.with_prefix(pk.clone(), pv.clone());
         }

@@ -9,7 +9,7 @@ use burn::{
     tensor::{Int, Tensor, TensorData},
 };
 use peft_core::{CausalLm, DecoderInput, KvCache, ModelDims, Positions};
-use peft_kernels::PrefixAttentionBackend;
+use peft_kernels::{AttentionPath, PrefixAttentionBackend};
 
 pub use layer::{Attention, DecoderLayer, Mlp};
 pub use rope::{Rope, RopeSlice};
@@ -146,6 +146,7 @@ impl<B: PrefixAttentionBackend> Loader<'_, B> {
                 heads: c.num_heads,
                 kv_heads: c.num_kv_heads,
                 head_dim: c.head_dim,
+                path: None,
             },
             mlp_norm: self.norm(key(LayerWeight::MlpNorm), c.hidden_size, c.rms_norm_eps)?,
             mlp: Mlp {
@@ -215,6 +216,15 @@ impl<B: PrefixAttentionBackend> Llama<B> {
             ),
             config: config.clone(),
         })
+    }
+
+    /// Pins the attention implementation of every layer (benchmarks and tests compare paths
+    /// within one process this way).
+    pub fn with_attention_path(mut self, path: AttentionPath) -> Self {
+        for layer in &mut self.layers {
+            layer.attn.path = Some(path);
+        }
+        self
     }
 
     /// Checks that `len` positions fit the model's context.
