@@ -2,6 +2,7 @@
 
 mod backend;
 mod commands;
+mod plot;
 
 use std::process::ExitCode;
 
@@ -17,6 +18,10 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Train a soft prompt or prefix adapter on a JSONL dataset.
+    Train(Box<commands::train::TrainArgs>),
+    /// Loss, perplexity and exact match of a model, with or without an adapter.
+    Eval(commands::eval::EvalArgs),
     /// Generate text with a model (and optionally an adapter).
     Generate(commands::generate::GenerateArgs),
     /// Describe an adapter directory: method, sizes, trainable count, compatible models.
@@ -26,6 +31,8 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Train(args) => commands::train::run(*args),
+        Command::Eval(args) => commands::eval::run(args),
         Command::Generate(args) => commands::generate::run(args),
         Command::Inspect(args) => commands::inspect::run(args),
     };

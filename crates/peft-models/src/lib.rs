@@ -18,6 +18,7 @@
 pub mod checkpoint;
 pub mod config;
 pub mod error;
+pub mod evaluate;
 pub mod generate;
 pub mod gguf;
 pub mod llama;

@@ -1,7 +1,9 @@
 //! One module per subcommand.
 
+pub mod eval;
 pub mod generate;
 pub mod inspect;
+pub mod train;
 
 use std::path::{Path, PathBuf};
 

@@ -89,22 +89,6 @@ pub struct Prefix<B: Backend> {
     pub head_dim: usize,
 }
 
-/// How a prefix starts.
-#[derive(Debug, Clone, PartialEq)]
-pub enum PrefixInit {
-    /// Gaussian values `N(0, std²)` for the direct prefix (PEFT uses `std = 1`); for the MLP,
-    /// `P'` is `N(0, 1)` and the linear layers use PyTorch's default initialisation.
-    Random {
-        /// Standard deviation of the direct prefix.
-        std: f64,
-        /// Seed.
-        seed: u64,
-    },
-    /// The keys and values the frozen model computes for a text (direct prefix only): the
-    /// adapter starts out exactly as if the text had been read before the input.
-    Text(String),
-}
-
 impl<B: Backend> Prefix<B> {
     /// A direct prefix from its flat values `[N, layers·2·kv_heads·head_dim]`.
     pub fn direct(flat: Tensor<B, 2>, layout: PrefixLayout) -> Self {

@@ -1,0 +1,444 @@
+//! `peft train`: tune an adapter on a JSONL dataset, with progress, metrics, checkpoints and a
+//! loss curve, and export it in Hugging Face PEFT's layout.
+
+use std::{
+    io::IsTerminal,
+    path::{Path, PathBuf},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+};
+
+use anyhow::{Context, Result, bail};
+use burn::backend::{Autodiff, autodiff::checkpoint::strategy::BalancedCheckpointing};
+use clap::Args;
+use indicatif::{ProgressBar, ProgressStyle};
+use peft_core::{
+    Adapter, CausalLm, Method,
+    adapter::SaveOptions,
+    prefix::{Prefix, PrefixLayout},
+    prompt::{PromptInit, SoftPrompt},
+    train::{
+        EvalMetrics, Observer, Outcome, StepMetrics, TrainConfig, Trainer,
+        checkpoint::latest_checkpoint,
+        data::{Dataset, Truncation, read_jsonl},
+        metrics::{METRICS_FILE, read_series},
+        schedule::Decay,
+    },
+};
+use peft_kernels::{
+    PrefixAttentionAutodiffBackend, PrefixAttentionBackend,
+    backends::{BackendKind, BackendVisitor, dispatch},
+};
+use peft_models::{Checkpoint, DEFAULT_MODEL_PATH, Tokenizer};
+use serde::{Deserialize, Serialize};
+
+use crate::backend::parse_backend;
+
+/// Arguments of `peft train`. Every option can also come from `--config FILE` (TOML or JSON,
+/// same names with `-` or `_`); the command line wins.
+#[derive(Debug, Clone, Default, Args, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct TrainArgs {
+    /// Model: a .gguf file or a Hugging Face directory. [default: models/SmolLM2-135M-Instruct.Q4_1.gguf]
+    #[arg(long)]
+    pub model: Option<PathBuf>,
+    /// prompt (soft prompt), prefix (direct prefix, P-tuning v2) or prefix-mlp (prefix through an MLP). [default: prompt]
+    #[arg(long)]
+    pub method: Option<String>,
+    /// Training data, JSONL: {"input": ..., "output": ...} (loss on the output) or {"text": ...}.
+    #[arg(long)]
+    pub data: Option<PathBuf>,
+    /// Evaluation data in the same format; evaluated every --eval-every steps and at the end.
+    #[arg(long)]
+    pub eval: Option<PathBuf>,
+    /// Run directory: the adapter, metrics.jsonl, loss.png and checkpoints/ go here.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Optimizer steps (or use --epochs). [default: 100]
+    #[arg(long, conflicts_with = "epochs")]
+    pub steps: Option<usize>,
+    /// Passes over the training data instead of --steps.
+    #[arg(long)]
+    pub epochs: Option<f64>,
+    /// Examples per micro-batch. [default: 8]
+    #[arg(long)]
+    pub batch_size: Option<usize>,
+    /// Micro-batches per optimizer step; gradients are averaged. [default: 1]
+    #[arg(long)]
+    pub grad_accum: Option<usize>,
+    /// Peak learning rate. [default: 3e-2 prompt, 5e-3 prefix, 1e-3 prefix-mlp]
+    #[arg(long)]
+    pub lr: Option<f64>,
+    /// Linear warmup steps. [default: 10% of the steps]
+    #[arg(long)]
+    pub warmup: Option<usize>,
+    /// Decay after warmup: cosine, linear or constant. [default: cosine]
+    #[arg(long)]
+    pub schedule: Option<String>,
+    /// AdamW decoupled weight decay. [default: 0]
+    #[arg(long)]
+    pub weight_decay: Option<f64>,
+    /// Clip the global gradient norm (0 disables). [default: 1.0]
+    #[arg(long)]
+    pub max_grad_norm: Option<f64>,
+    /// Virtual tokens (prompt) or prefix slots (prefix). [default: 20]
+    #[arg(long)]
+    pub virtual_tokens: Option<usize>,
+    /// Initialisation: random, vocab (prompt), or text:"..." (prompt: its token embeddings;
+    /// prefix: the keys/values the model computes for it). [default: vocab for prompt, random for prefix]
+    #[arg(long)]
+    pub init: Option<String>,
+    /// prefix-mlp: hidden width of the MLP. [default: 512]
+    #[arg(long)]
+    pub mlp_hidden: Option<usize>,
+    /// Longest example in tokens, virtual tokens included. [default: 256]
+    #[arg(long)]
+    pub max_len: Option<usize>,
+    /// Longer examples: left (drop the start of the input), drop, or error. [default: left]
+    #[arg(long)]
+    pub truncation: Option<String>,
+    /// Evaluate every N steps. [default: steps / 5]
+    #[arg(long)]
+    pub eval_every: Option<usize>,
+    /// Checkpoint every N steps (always at the end and on Ctrl-C). [default: steps / 5]
+    #[arg(long)]
+    pub checkpoint_every: Option<usize>,
+    /// Checkpoints to keep. [default: 2]
+    #[arg(long)]
+    pub keep_checkpoints: Option<usize>,
+    /// Seed of the initialisation and the data order. [default: 42]
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Recompute activations in the backward pass instead of storing them (less memory).
+    #[arg(long)]
+    pub gradient_checkpointing: Option<bool>,
+    /// Compute backend. [default: flex]
+    #[arg(long, value_parser = parse_backend)]
+    #[serde(skip)]
+    pub backend: Option<BackendKind>,
+    /// Read options from this TOML or JSON file.
+    #[arg(long)]
+    #[serde(skip)]
+    pub config: Option<PathBuf>,
+    /// Continue the run in this directory from its latest checkpoint (with its saved settings;
+    /// --steps may extend it).
+    #[arg(long)]
+    #[serde(skip)]
+    pub resume: Option<PathBuf>,
+}
+
+/// Settings with every default filled in; saved as `train_config.json` in the run directory.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Settings {
+    /// Model path.
+    pub model: PathBuf,
+    /// Method name.
+    pub method: String,
+    /// Training data.
+    pub data: PathBuf,
+    /// Evaluation data.
+    pub eval: Option<PathBuf>,
+    /// Run directory.
+    pub out: PathBuf,
+    /// Virtual tokens / prefix slots.
+    pub virtual_tokens: usize,
+    /// Init spec.
+    pub init: String,
+    /// MLP hidden width.
+    pub mlp_hidden: usize,
+    /// Example length limit.
+    pub max_len: usize,
+    /// Truncation policy.
+    pub truncation: Truncation,
+    /// Epochs requested (resolved into `train.steps`).
+    pub epochs: Option<f64>,
+    /// Gradient checkpointing.
+    pub gradient_checkpointing: bool,
+    /// Loop settings.
+    pub train: TrainConfig,
+}
+
+const SETTINGS_FILE: &str = "train_config.json";
+
+fn merge(cli: TrainArgs) -> Result<TrainArgs> {
+    let Some(path) = &cli.config else { return Ok(cli) };
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let value: serde_json::Value = if path.extension().is_some_and(|e| e == "json") {
+        serde_json::from_str(&text).with_context(|| format!("{}: invalid JSON config", path.display()))?
+    } else {
+        toml::from_str(&text).with_context(|| format!("{}: invalid TOML config", path.display()))?
+    };
+    // Accept snake_case keys as well as the kebab-case of the command line.
+    let value = match value {
+        serde_json::Value::Object(map) => {
+            serde_json::Value::Object(map.into_iter().map(|(k, v)| (k.replace('_', "-"), v)).collect())
+        }
+        _ => bail!("{}: the config must be a table of options", path.display()),
+    };
+    let file: TrainArgs = serde_json::from_value(value).with_context(|| format!("{}: invalid option", path.display()))?;
+    macro_rules! pick {
+        ($($f:ident),*) => { TrainArgs { $($f: cli.$f.or(file.$f),)* backend: cli.backend, config: cli.config.clone(), resume: cli.resume.clone() } };
+    }
+    Ok(pick!(
+        model, method, data, eval, out, steps, epochs, batch_size, grad_accum, lr, warmup, schedule, weight_decay,
+        max_grad_norm, virtual_tokens, init, mlp_hidden, max_len, truncation, eval_every, checkpoint_every,
+        keep_checkpoints, seed, gradient_checkpointing
+    ))
+}
+
+fn resolve(a: &TrainArgs) -> Result<Settings> {
+    let method: Method = a.method.as_deref().unwrap_or("prompt").parse()?;
+    let Some(data) = a.data.clone() else { bail!("--data is required (a JSONL file)") };
+    let Some(out) = a.out.clone() else { bail!("--out is required (the run directory)") };
+    let default_lr = match method {
+        Method::Prompt => 3e-2,
+        Method::Prefix => 5e-3,
+        Method::PrefixMlp => 1e-3,
+    };
+    let steps = a.steps.unwrap_or(100);
+    let default_init = if method == Method::Prompt { "vocab" } else { "random" };
+    let train = TrainConfig {
+        steps,
+        batch_size: a.batch_size.unwrap_or(8),
+        grad_accum: a.grad_accum.unwrap_or(1),
+        lr: a.lr.unwrap_or(default_lr),
+        warmup_steps: a.warmup.unwrap_or(steps / 10),
+        decay: a.schedule.as_deref().unwrap_or("cosine").parse::<Decay>()?,
+        weight_decay: a.weight_decay.unwrap_or(0.0),
+        max_grad_norm: Some(a.max_grad_norm.unwrap_or(1.0)).filter(|n| *n > 0.0),
+        eval_every: Some(a.eval_every.unwrap_or((steps / 5).max(1))),
+        checkpoint_every: Some(a.checkpoint_every.unwrap_or((steps / 5).max(1))),
+        keep_checkpoints: a.keep_checkpoints.unwrap_or(2),
+        seed: a.seed.unwrap_or(42),
+    };
+    Ok(Settings {
+        model: a.model.clone().unwrap_or_else(|| DEFAULT_MODEL_PATH.into()),
+        method: method.name().into(),
+        data,
+        eval: a.eval.clone(),
+        out,
+        virtual_tokens: a.virtual_tokens.unwrap_or(20),
+        init: a.init.clone().unwrap_or_else(|| default_init.into()),
+        mlp_hidden: a.mlp_hidden.unwrap_or(512),
+        max_len: a.max_len.unwrap_or(256),
+        truncation: a.truncation.as_deref().unwrap_or("left").parse()?,
+        epochs: a.epochs,
+        gradient_checkpointing: a.gradient_checkpointing.unwrap_or(false),
+        train,
+    })
+}
+
+/// Builds the adapter a run starts from, and the prompt init to record in its config.
+fn init_adapter<B: PrefixAttentionBackend, M: CausalLm<B>>(s: &Settings, model: &M, tok: &Tokenizer) -> Result<(Adapter<B>, Option<PromptInit>)> {
+    let method: Method = s.method.parse()?;
+    let n = s.virtual_tokens;
+    let seed = s.train.seed;
+    let text = s.init.strip_prefix("text:").map(|t| t.trim_matches('"').to_string());
+    let encode = |t: &str| tok.encode(t).map_err(|e| peft_core::PeftError::Invalid(e.to_string()));
+    let layout = PrefixLayout::of(&model.dims());
+    let device = model.embedding_table().device();
+    let prompt = |init: PromptInit| -> Result<(Adapter<B>, Option<PromptInit>)> {
+        Ok((Adapter::Prompt(SoftPrompt::init(model, n, &init, encode)?), Some(init)))
+    };
+    Ok(match (method, s.init.as_str(), text) {
+        (Method::Prompt, _, Some(t)) => prompt(PromptInit::Text(t))?,
+        (Method::Prompt, "vocab", None) => prompt(PromptInit::SampleVocab { seed })?,
+        (Method::Prompt, "random", None) => prompt(PromptInit::Random { seed })?,
+        (Method::Prefix, "random", None) => (Adapter::Prefix(Prefix::random(n, 1.0, seed, layout, &device)), None),
+        (Method::Prefix, _, Some(t)) => {
+            let ids = peft_core::prompt::text_init_ids(&encode(&t)?, n);
+            (Adapter::Prefix(Prefix::from_text(model, &ids)?), None)
+        }
+        (Method::PrefixMlp, "random", None) => {
+            (Adapter::Prefix(Prefix::mlp(n, layout.token_dim(), s.mlp_hidden, seed, layout, &device)), None)
+        }
+        (m, init, _) => bail!(
+            "--init {init} does not apply to --method {}: use {}",
+            m.name(),
+            match m {
+                Method::Prompt => "random, vocab or text:\"...\"",
+                Method::Prefix => "random or text:\"...\"",
+                Method::PrefixMlp => "random",
+            }
+        ),
+    })
+}
+
+fn load_data(path: &Path, tok: &Tokenizer, s: &Settings, context: usize) -> Result<Dataset> {
+    let virtual_tokens = s.virtual_tokens;
+    let limit = s.max_len.min(context).checked_sub(virtual_tokens).filter(|l| *l >= 2).with_context(|| {
+        format!("--max-len {} leaves no room for tokens after {virtual_tokens} virtual tokens", s.max_len)
+    })?;
+    let records = read_jsonl(path)?;
+    Ok(Dataset::tokenize(path, records, tok, limit, s.truncation)?)
+}
+
+/// Progress bar on a terminal, plain periodic lines otherwise (logs, CI).
+struct Progress {
+    bar: Option<ProgressBar>,
+    total: usize,
+    every: usize,
+}
+
+impl Progress {
+    fn new(start: usize, total: usize) -> Self {
+        let bar = std::io::stderr().is_terminal().then(|| {
+            let bar = ProgressBar::new(total as u64);
+            bar.set_style(
+                ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} {msg} ETA {eta}")
+                    .unwrap_or_else(|_| ProgressStyle::default_bar()),
+            );
+            bar.set_position(start as u64);
+            bar
+        });
+        Self { bar, total, every: (total / 20).max(1) }
+    }
+
+    fn line(&self, text: String) {
+        match &self.bar {
+            Some(bar) => bar.println(text),
+            None => eprintln!("{text}"),
+        }
+    }
+}
+
+impl Observer for Progress {
+    fn on_step(&mut self, m: &StepMetrics) {
+        let msg = format!("loss {:.4} lr {:.2e} {:.0} tok/s", m.loss, m.lr, m.tokens as f64 / m.seconds.max(1e-9));
+        match &self.bar {
+            Some(bar) => {
+                bar.set_position(m.step as u64);
+                bar.set_message(msg);
+            }
+            None if m.step % self.every == 0 || m.step == self.total || m.step == 1 => eprintln!("step {}/{}: {msg}", m.step, self.total),
+            None => {}
+        }
+    }
+
+    fn on_eval(&mut self, m: &EvalMetrics) {
+        self.line(format!("step {}: eval loss {:.4}, perplexity {:.3} ({} tokens)", m.step, m.loss, m.perplexity, m.tokens));
+    }
+
+    fn on_checkpoint(&mut self, path: &Path) {
+        if self.bar.is_none() {
+            eprintln!("checkpoint: {}", path.display());
+        }
+    }
+}
+
+struct Run {
+    settings: Settings,
+    resume: Option<PathBuf>,
+}
+
+impl BackendVisitor for Run {
+    type Output = Result<()>;
+
+    fn visit<B: PrefixAttentionBackend>(self, device: B::Device) -> Result<()> {
+        if self.settings.gradient_checkpointing {
+            train::<Autodiff<B, BalancedCheckpointing>>(self.settings, self.resume, &device)
+        } else {
+            train::<Autodiff<B>>(self.settings, self.resume, &device)
+        }
+    }
+}
+
+fn train<B: PrefixAttentionAutodiffBackend>(s: Settings, resume: Option<PathBuf>, device: &B::Device) -> Result<()> {
+    let ckpt = Checkpoint::open(&s.model).with_context(|| format!("opening model {}", s.model.display()))?;
+    let context = ckpt.config.max_position_embeddings;
+    let data = load_data(&s.data, &ckpt.tokenizer, &s, context)?;
+    let eval = s.eval.as_ref().map(|p| load_data(p, &ckpt.tokenizer, &s, context)).transpose()?;
+    let mut s = s;
+    if let Some(epochs) = s.epochs.filter(|_| resume.is_none()) {
+        s.train.steps = s.train.steps_for_epochs(epochs, data.len());
+    }
+    s.train.validate()?;
+    eprintln!(
+        "data: {} examples from {} ({} truncated, {} dropped){}",
+        data.len(),
+        s.data.display(),
+        data.truncated,
+        data.skipped,
+        eval.as_ref().map(|e| format!("; eval: {} examples", e.len())).unwrap_or_default()
+    );
+    let model = ckpt.load::<B>(device)?;
+    let model = peft_core::PeftModel::new(model);
+    let (adapter, prompt_init) = init_adapter::<B, _>(&s, model.base(), &ckpt.tokenizer)?;
+    let params = peft_core::ParameterCount {
+        trainable: burn::module::Module::num_params(&adapter),
+        total: burn::module::Module::num_params(model.base()) + burn::module::Module::num_params(&adapter),
+    };
+    eprintln!("{} on {} — {params}", s.method, ckpt.config.architecture);
+    std::fs::create_dir_all(&s.out).with_context(|| format!("creating {}", s.out.display()))?;
+    peft_core::fs::write_atomic(&s.out.join(SETTINGS_FILE), serde_json::to_string_pretty(&s)?.as_bytes())?;
+    let save = SaveOptions { base_model: Some(s.model.display().to_string()), prompt_init, tokenizer: None };
+    let trainer = Trainer::new(model.base(), &data, eval.as_ref(), s.train.clone(), s.out.clone(), save);
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = stop.clone();
+    // A second Ctrl-C exits at once; the first asks for a checkpoint at the end of the step.
+    let _ = ctrlc::set_handler(move || {
+        if flag.swap(true, Ordering::SeqCst) {
+            std::process::exit(130);
+        }
+        eprintln!("\ninterrupt: finishing the current step and writing a checkpoint (Ctrl-C again to abort)");
+    });
+    let start_step = resume.as_ref().map_or(0, |dir| {
+        std::fs::read(dir.join("state.json"))
+            .ok()
+            .and_then(|b| serde_json::from_slice::<peft_core::train::checkpoint::TrainState>(&b).ok())
+            .map_or(0, |st| st.step)
+    });
+    let mut progress = Progress::new(start_step, s.train.steps);
+    let result = trainer.run(adapter, resume.as_deref(), &mut progress, &stop)?;
+    if let Some(bar) = &progress.bar {
+        bar.finish_and_clear();
+    }
+    let metrics = s.out.join(METRICS_FILE);
+    let png = s.out.join("loss.png");
+    let title = format!("{} on {} ({} steps)", s.method, s.data.file_name().map(|n| n.to_string_lossy()).unwrap_or_default(), result.steps);
+    crate::plot::loss_curve(&read_series(&metrics, "train")?, &read_series(&metrics, "eval")?, &title, &png)?;
+    match result.outcome {
+        Outcome::Interrupted => {
+            eprintln!(
+                "interrupted after step {}: checkpoint {}\nresume with: peft train --resume {}",
+                result.steps,
+                result.checkpoint.map(|p| p.display().to_string()).unwrap_or_default(),
+                s.out.display()
+            );
+            std::process::exit(130);
+        }
+        Outcome::Finished => {
+            println!("adapter: {} (Hugging Face PEFT format)", s.out.display());
+            println!("metrics: {}  loss curve: {}", metrics.display(), png.display());
+            println!(
+                "try it:  peft generate --model {} --adapter {} --prompt \"...\"",
+                s.model.display(),
+                s.out.display()
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Runs `peft train`.
+pub fn run(args: TrainArgs) -> Result<()> {
+    let backend = args.backend.unwrap_or(BackendKind::Flex);
+    let (settings, resume) = match &args.resume {
+        Some(dir) => {
+            let text = std::fs::read_to_string(dir.join(SETTINGS_FILE))
+                .with_context(|| format!("{} is not a run directory (no {SETTINGS_FILE})", dir.display()))?;
+            let mut s: Settings = serde_json::from_str(&text).with_context(|| format!("{}: invalid {SETTINGS_FILE}", dir.display()))?;
+            if let Some(steps) = args.steps {
+                s.train.steps = steps;
+            }
+            s.out = dir.clone();
+            let ckpt = latest_checkpoint(dir).with_context(|| format!("{} has no complete checkpoint to resume", dir.display()))?;
+            eprintln!("resuming from {}", ckpt.display());
+            (s, Some(ckpt))
+        }
+        None => (resolve(&merge(args)?)?, None),
+    };
+    dispatch(backend, Run { settings, resume })?
+}
