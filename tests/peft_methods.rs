@@ -42,7 +42,12 @@ fn trainable_parameter_report_counts_like_peft() {
     assert_eq!(report.total, base + 4 * 32);
     let report = model.trainable_parameters("x").expect("report");
     assert_eq!(report.trainable, 5 * 2 * 2 * 2 * 8);
-    assert!(report.to_string().starts_with("trainable params: 320 || all params: "), "{report}");
+    assert!(
+        report
+            .to_string()
+            .starts_with("trainable params: 320 || all params: "),
+        "{report}"
+    );
 }
 
 #[test]
@@ -52,7 +57,12 @@ fn mixed_batch_equals_separate_forwards() {
     model.add_adapter("a", prompt).expect("add");
     model.add_adapter("b", prefix).expect("add");
     model.add_adapter("c", mlp).expect("add");
-    let rows = vec![vec![5, 17, 42, 99], vec![1, 2, 3, 4, 5, 6], vec![300, 12], vec![7, 8, 9]];
+    let rows = vec![
+        vec![5, 17, 42, 99],
+        vec![1, 2, 3, 4, 5, 6],
+        vec![300, 12],
+        vec![7, 8, 9],
+    ];
     let choice = [Some("a"), Some("b"), None, Some("c")];
     let mixed = model.forward_mixed(&rows, &choice).expect("mixed");
     for (r, name) in choice.iter().enumerate() {
@@ -60,14 +70,23 @@ fn mixed_batch_equals_separate_forwards() {
         for t in 0..rows[r].len() {
             let a = values(model.logits(mixed.gather(&[mixed.flat_index(r, t)])));
             let b = values(model.logits(alone.gather(&[alone.flat_index(0, t)])));
-            let diff = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0.0f32, f32::max);
-            assert!(diff < 1e-5, "row {r} ({name:?}) token {t}: mixed and separate logits differ by {diff}");
+            let diff = a
+                .iter()
+                .zip(&b)
+                .map(|(x, y)| (x - y).abs())
+                .fold(0.0f32, f32::max);
+            assert!(
+                diff < 1e-5,
+                "row {r} ({name:?}) token {t}: mixed and separate logits differ by {diff}"
+            );
         }
     }
 }
 
 fn adapter_grads<C: CheckpointStrategy>(path: AttentionPath) -> Vec<Vec<f32>> {
-    let model = tiny::<Autodiff<Flex, C>>().no_grad().with_attention_path(path);
+    let model = tiny::<Autodiff<Flex, C>>()
+        .no_grad()
+        .with_attention_path(path);
     adapters(&model)
         .iter()
         .map(|adapter| {
@@ -77,7 +96,12 @@ fn adapter_grads<C: CheckpointStrategy>(path: AttentionPath) -> Vec<Vec<f32>> {
             impl<B: AutodiffBackend> burn::module::ModuleVisitor<B> for Grads<'_, B> {
                 fn visit_float<const D: usize>(&mut self, p: &burn::module::Param<Tensor<B, D>>) {
                     let g = p.val().grad(self.0).expect("adapter gradient");
-                    self.1.extend(g.into_data().convert::<f32>().into_vec::<f32>().expect("f32"));
+                    self.1.extend(
+                        g.into_data()
+                            .convert::<f32>()
+                            .into_vec::<f32>()
+                            .expect("f32"),
+                    );
                 }
             }
             adapter.visit(&mut Grads::<Autodiff<Flex, C>>(&grads, &mut flat));
@@ -89,24 +113,43 @@ fn adapter_grads<C: CheckpointStrategy>(path: AttentionPath) -> Vec<Vec<f32>> {
 #[test]
 fn checkpointed_gradients_equal_plain_ones() {
     for path in [AttentionPath::Unfused, AttentionPath::Fused] {
-        let plain = adapter_grads::<burn::backend::autodiff::checkpoint::strategy::NoCheckpointing>(path);
+        let plain =
+            adapter_grads::<burn::backend::autodiff::checkpoint::strategy::NoCheckpointing>(path);
         let ckpt = adapter_grads::<BalancedCheckpointing>(path);
         for (a, b) in plain.iter().zip(&ckpt) {
             let scale = a.iter().fold(1e-12f32, |m, x| m.max(x.abs()));
-            let diff = a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0f32, f32::max);
-            assert!(diff / scale < 1e-5, "{path:?}: checkpointed gradients differ by {diff} (max {scale})");
+            let diff = a
+                .iter()
+                .zip(b)
+                .map(|(x, y)| (x - y).abs())
+                .fold(0.0f32, f32::max);
+            assert!(
+                diff / scale < 1e-5,
+                "{path:?}: checkpointed gradients differ by {diff} (max {scale})"
+            );
         }
     }
 }
 
 #[test]
 fn attention_paths_give_the_same_gradients() {
-    let unfused = adapter_grads::<burn::backend::autodiff::checkpoint::strategy::NoCheckpointing>(AttentionPath::Unfused);
-    let fused = adapter_grads::<burn::backend::autodiff::checkpoint::strategy::NoCheckpointing>(AttentionPath::Fused);
+    let unfused = adapter_grads::<burn::backend::autodiff::checkpoint::strategy::NoCheckpointing>(
+        AttentionPath::Unfused,
+    );
+    let fused = adapter_grads::<burn::backend::autodiff::checkpoint::strategy::NoCheckpointing>(
+        AttentionPath::Fused,
+    );
     for (a, b) in unfused.iter().zip(&fused) {
         let scale = a.iter().fold(1e-12f32, |m, x| m.max(x.abs()));
-        let diff = a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0f32, f32::max);
-        assert!(diff / scale < 1e-4, "op-path gradients differ from the composed path by {diff} (max {scale})");
+        let diff = a
+            .iter()
+            .zip(b)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0.0f32, f32::max);
+        assert!(
+            diff / scale < 1e-4,
+            "op-path gradients differ from the composed path by {diff} (max {scale})"
+        );
     }
 }
 
@@ -118,13 +161,25 @@ fn adapters_round_trip_through_peft_files_and_mlp_collapses() {
     for (i, adapter) in adapters(&model).into_iter().enumerate() {
         let path = dir.join(i.to_string());
         save_adapter(&path, &adapter, &dims, &SaveOptions::default()).expect("save");
-        let (loaded, config) = load_adapter::<Flex>(&path, &dims, &Default::default()).expect("load");
-        assert_eq!(config.prefix_projection, matches!(adapter, Adapter::Prefix(_)).then_some(adapter.method() == peft_core::Method::PrefixMlp));
+        let (loaded, config) =
+            load_adapter::<Flex>(&path, &dims, &Default::default()).expect("load");
+        assert_eq!(
+            config.prefix_projection,
+            matches!(adapter, Adapter::Prefix(_))
+                .then_some(adapter.method() == peft_core::Method::PrefixMlp)
+        );
         let rows = rows();
         let a = forward(&model, &rows, Routing::All(Some(&adapter))).expect("fwd");
         let b = forward(&model, &rows, Routing::All(Some(&loaded))).expect("fwd");
-        let diff = values(a.hidden).iter().zip(values(b.hidden)).map(|(x, y)| (x - y).abs()).fold(0.0f32, f32::max);
-        assert!(diff < 1e-6, "adapter {i}: reloaded (collapsed) adapter changes the output by {diff}");
+        let diff = values(a.hidden)
+            .iter()
+            .zip(values(b.hidden))
+            .map(|(x, y)| (x - y).abs())
+            .fold(0.0f32, f32::max);
+        assert!(
+            diff < 1e-6,
+            "adapter {i}: reloaded (collapsed) adapter changes the output by {diff}"
+        );
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
@@ -133,16 +188,33 @@ fn adapters_round_trip_through_peft_files_and_mlp_collapses() {
 fn adapter_for_another_model_is_refused_naming_both() {
     let model = tiny::<Flex>();
     let mut dims = model.dims();
-    let prefix = Adapter::Prefix(Prefix::<Flex>::random(2, 1.0, 0, PrefixLayout::of(&dims), &Default::default()));
+    let prefix = Adapter::Prefix(Prefix::<Flex>::random(
+        2,
+        1.0,
+        0,
+        PrefixLayout::of(&dims),
+        &Default::default(),
+    ));
     let dir = std::env::temp_dir().join(format!("peft-methods-fit-{}", std::process::id()));
     save_adapter(&dir, &prefix, &dims, &SaveOptions::default()).expect("save");
     dims.num_layers = 3;
-    let err = load_adapter::<Flex>(&dir, &dims, &Default::default()).unwrap_err().to_string();
-    assert!(err.contains("num_layers 2") && err.contains("3 layers"), "{err}");
+    let err = load_adapter::<Flex>(&dir, &dims, &Default::default())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("num_layers 2") && err.contains("3 layers"),
+        "{err}"
+    );
     let mut model = PeftModel::new(model);
-    let wide = Adapter::Prompt(SoftPrompt::from_tensor(Tensor::<Flex, 2>::zeros([2, 48], &Default::default())));
+    let wide = Adapter::Prompt(SoftPrompt::from_tensor(Tensor::<Flex, 2>::zeros(
+        [2, 48],
+        &Default::default(),
+    )));
     let err = model.add_adapter("wide", wide).unwrap_err().to_string();
-    assert!(err.contains("width 48") && err.contains("hidden size 32"), "{err}");
+    assert!(
+        err.contains("width 48") && err.contains("hidden size 32"),
+        "{err}"
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }
 

@@ -50,6 +50,7 @@ mod reference;
 pub mod cube;
 
 pub use op::{
-    AttentionGrads, PrefixAttention, PrefixAttentionArgs, PrefixAttentionAutodiffBackend, PrefixAttentionBackend,
+    AttentionGrads, PrefixAttention, PrefixAttentionArgs, PrefixAttentionAutodiffBackend,
+    PrefixAttentionBackend,
 };
 pub use path::{AttentionPath, attention_path, set_attention_path};

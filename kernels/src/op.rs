@@ -143,7 +143,8 @@ pub trait PrefixAttentionBackend: Backend {
 /// An autodiff backend whose inner backend has prefix attention too: what training code needs
 /// (`Autodiff<B>` for any [`PrefixAttentionBackend`] `B`).
 pub trait PrefixAttentionAutodiffBackend:
-    burn::tensor::backend::AutodiffBackend<InnerBackend: PrefixAttentionBackend> + PrefixAttentionBackend
+    burn::tensor::backend::AutodiffBackend<InnerBackend: PrefixAttentionBackend>
+    + PrefixAttentionBackend
 {
 }
 

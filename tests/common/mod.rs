@@ -24,22 +24,38 @@ use peft_models::{Checkpoint, Llama, generate::Conditioning};
 
 /// What generation needs from an adapter.
 pub fn conditioning<B: Backend>(adapter: &Adapter<B>) -> Conditioning<B> {
-    Conditioning { virtual_tokens: adapter.virtual_tokens(), prefix: adapter.prefix() }
+    Conditioning {
+        virtual_tokens: adapter.virtual_tokens(),
+        prefix: adapter.prefix(),
+    }
 }
 
 pub fn tiny<B: PrefixAttentionBackend>() -> Llama<B> {
     let dir = model::repo_root().join("crates/peft-models/tests/fixtures/tiny-llama");
-    Checkpoint::open(dir).expect("open").load::<B>(&Default::default()).expect("load")
+    Checkpoint::open(dir)
+        .expect("open")
+        .load::<B>(&Default::default())
+        .expect("load")
 }
 
 pub fn rows() -> Vec<Vec<u32>> {
-    vec![vec![5, 17, 42, 99, 3, 250, 7], vec![1, 2, 3], vec![300, 12, 45, 45, 8]]
+    vec![
+        vec![5, 17, 42, 99, 3, 250, 7],
+        vec![1, 2, 3],
+        vec![300, 12, 45, 45, 8],
+    ]
 }
 
 pub fn adapters<B: PrefixAttentionBackend>(model: &Llama<B>) -> [Adapter<B>; 3] {
     let device = Default::default();
     let layout = PrefixLayout::of(&model.dims());
-    let prompt = SoftPrompt::init(model, 4, &PromptInit::SampleVocab { seed: 3 }, |_| unreachable!()).expect("prompt");
+    let prompt = SoftPrompt::init(
+        model,
+        4,
+        &PromptInit::SampleVocab { seed: 3 },
+        |_| unreachable!(),
+    )
+    .expect("prompt");
     [
         Adapter::Prompt(prompt),
         Adapter::Prefix(Prefix::random(5, 0.5, 11, layout, &device)),
@@ -55,7 +71,13 @@ pub fn all_params<B: burn::tensor::backend::Backend, M: Module<B>>(m: &M) -> Vec
     struct Collect(Vec<f32>);
     impl<B: burn::tensor::backend::Backend> burn::module::ModuleVisitor<B> for Collect {
         fn visit_float<const D: usize>(&mut self, p: &burn::module::Param<Tensor<B, D>>) {
-            self.0.extend(p.val().into_data().convert::<f32>().into_vec::<f32>().expect("f32"));
+            self.0.extend(
+                p.val()
+                    .into_data()
+                    .convert::<f32>()
+                    .into_vec::<f32>()
+                    .expect("f32"),
+            );
         }
     }
     let mut c = Collect(Vec::new());
@@ -63,12 +85,17 @@ pub fn all_params<B: burn::tensor::backend::Backend, M: Module<B>>(m: &M) -> Vec
     c.0
 }
 
-pub fn loss<B: AutodiffBackend + PrefixAttentionBackend>(model: &Llama<B>, adapter: &Adapter<B>) -> Tensor<B, 1> {
+pub fn loss<B: AutodiffBackend + PrefixAttentionBackend>(
+    model: &Llama<B>,
+    adapter: &Adapter<B>,
+) -> Tensor<B, 1> {
     let rows = rows();
     let mask: Vec<Vec<bool>> = rows.iter().map(|r| vec![true; r.len()]).collect();
     let targets = Targets::from_rows(&rows, &mask);
     let out = forward(model, &rows, Routing::All(Some(adapter))).expect("forward");
-    nll_sum(model, &out, &targets).expect("loss").div_scalar(targets.len() as f32)
+    nll_sum(model, &out, &targets)
+        .expect("loss")
+        .div_scalar(targets.len() as f32)
 }
 
 /// One AdamW step on each kind of adapter: the frozen base gets no gradient and keeps its
@@ -81,19 +108,36 @@ pub fn one_step_changes_only_the_adapter<B: PrefixAttentionAutodiffBackend>() {
         let adapter_before = all_params(&adapter);
         let mut grads = loss(base.base(), &adapter).backward();
         let base_grads = GradientsParams::from_module(&mut grads, base.base());
-        assert_eq!(base_grads.len(), 0, "{method:?}: the frozen base received gradients");
+        assert_eq!(
+            base_grads.len(),
+            0,
+            "{method:?}: the frozen base received gradients"
+        );
         let grads = GradientsParams::from_grads(grads, &adapter);
-        assert!(grads.len() > 0, "{method:?}: the adapter received no gradient");
+        assert!(
+            grads.len() > 0,
+            "{method:?}: the adapter received no gradient"
+        );
         let mut optim = AdamWConfig::new().init::<B, Adapter<B>>();
         let adapter = optim.step(1e-2, adapter, grads);
         let after = all_params(&adapter);
-        let changed = adapter_before.iter().zip(&after).filter(|(a, b)| a != b).count();
-        assert!(changed * 2 > after.len(), "{method:?}: only {changed} of {} adapter values moved", after.len());
+        let changed = adapter_before
+            .iter()
+            .zip(&after)
+            .filter(|(a, b)| a != b)
+            .count();
+        assert!(
+            changed * 2 > after.len(),
+            "{method:?}: only {changed} of {} adapter values moved",
+            after.len()
+        );
         let base_after = all_params(base.base());
         assert!(
-            before.iter().zip(&base_after).all(|(a, b)| a.to_bits() == b.to_bits()),
+            before
+                .iter()
+                .zip(&base_after)
+                .all(|(a, b)| a.to_bits() == b.to_bits()),
             "{method:?}: base weights changed"
         );
     }
 }
-

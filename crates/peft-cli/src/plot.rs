@@ -8,16 +8,37 @@ use plotters::prelude::*;
 static FONT: &[u8] = include_bytes!("../assets/DejaVuSans.ttf");
 
 /// Draws training (and evaluation) loss against the step into `png`.
-pub fn loss_curve(train: &[(usize, f64)], eval: &[(usize, f64)], title: &str, png: &Path) -> Result<()> {
+pub fn loss_curve(
+    train: &[(usize, f64)],
+    eval: &[(usize, f64)],
+    title: &str,
+    png: &Path,
+) -> Result<()> {
     if train.is_empty() {
         return Ok(());
     }
-    plotters::style::register_font("sans-serif", FontStyle::Normal, FONT).map_err(|_| anyhow!("the bundled font is invalid"))?;
-    let all = train.iter().chain(eval).map(|p| p.1).filter(|v| v.is_finite());
-    let (lo, hi) = all.fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), v| (lo.min(v), hi.max(v)));
+    plotters::style::register_font("sans-serif", FontStyle::Normal, FONT)
+        .map_err(|_| anyhow!("the bundled font is invalid"))?;
+    let all = train
+        .iter()
+        .chain(eval)
+        .map(|p| p.1)
+        .filter(|v| v.is_finite());
+    let (lo, hi) = all.fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), v| {
+        (lo.min(v), hi.max(v))
+    });
     let pad = ((hi - lo) * 0.05).max(1e-3);
-    let last = train.iter().chain(eval).map(|p| p.0).max().unwrap_or(1).max(1);
-    let name = png.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let last = train
+        .iter()
+        .chain(eval)
+        .map(|p| p.0)
+        .max()
+        .unwrap_or(1)
+        .max(1);
+    let name = png
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     let tmp = png.with_file_name(format!(".{name}.partial.png"));
     {
         let root = BitMapBackend::new(&tmp, (900, 520)).into_drawing_area();
@@ -46,7 +67,9 @@ pub fn loss_curve(train: &[(usize, f64)], eval: &[(usize, f64)], title: &str, pn
                 .map_err(|e| anyhow!("{e}"))?
                 .label("eval")
                 .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], RED.stroke_width(2)));
-            chart.draw_series(eval.iter().map(|&p| Circle::new(p, 4, RED.filled()))).map_err(|e| anyhow!("{e}"))?;
+            chart
+                .draw_series(eval.iter().map(|&p| Circle::new(p, 4, RED.filled())))
+                .map_err(|e| anyhow!("{e}"))?;
         }
         chart
             .configure_series_labels()

@@ -23,7 +23,9 @@ pub enum PeftError {
         what: String,
     },
     /// An adapter does not fit the model it is applied to.
-    #[error("adapter {adapter} does not fit the model: the adapter has {adapter_dims}, the model has {model_dims}")]
+    #[error(
+        "adapter {adapter} does not fit the model: the adapter has {adapter_dims}, the model has {model_dims}"
+    )]
     Incompatible {
         /// The adapter (directory or name).
         adapter: String,
@@ -63,10 +65,16 @@ pub type Result<T, E = PeftError> = std::result::Result<T, E>;
 
 impl PeftError {
     pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
-        Self::Io { path: path.into(), error: source }
+        Self::Io {
+            path: path.into(),
+            error: source,
+        }
     }
 
     pub(crate) fn malformed(path: impl Into<PathBuf>, what: impl Into<String>) -> Self {
-        Self::Malformed { path: path.into(), what: what.into() }
+        Self::Malformed {
+            path: path.into(),
+            what: what.into(),
+        }
     }
 }

@@ -11,7 +11,10 @@ use crate::error::{PeftError, Result};
 
 /// The temporary sibling used while writing `path`.
 pub fn temp_path(path: &Path) -> PathBuf {
-    let mut name = path.file_name().map(|n| n.to_os_string()).unwrap_or_default();
+    let mut name = path
+        .file_name()
+        .map(|n| n.to_os_string())
+        .unwrap_or_default();
     name.push(format!(".tmp-{}", std::process::id()));
     path.with_file_name(name)
 }
@@ -42,7 +45,9 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
 pub fn replace_dir(staged: &Path, dir: &Path) -> Result<()> {
     let old = dir.with_file_name(format!(
         "{}.old-{}",
-        dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
+        dir.file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default(),
         std::process::id()
     ));
     let had_old = dir.exists();

@@ -50,11 +50,19 @@ impl Targets {
 ///
 /// Only the target positions go through the LM head, which for short outputs after long inputs
 /// saves most of the `[positions, vocab]` logits.
-pub fn nll_sum<B: Backend, M: CausalLm<B>>(base: &M, out: &PeftOutput<B>, targets: &Targets) -> Result<Tensor<B, 1>> {
+pub fn nll_sum<B: Backend, M: CausalLm<B>>(
+    base: &M,
+    out: &PeftOutput<B>,
+    targets: &Targets,
+) -> Result<Tensor<B, 1>> {
     if targets.is_empty() {
         return Err(PeftError::Invalid("the batch has no target tokens".into()));
     }
-    let flat: Vec<usize> = targets.positions.iter().map(|&(r, t)| out.flat_index(r, t)).collect();
+    let flat: Vec<usize> = targets
+        .positions
+        .iter()
+        .map(|&(r, t)| out.flat_index(r, t))
+        .collect();
     let hidden = out.gather(&flat);
     let [n, h] = hidden.dims();
     let vocab = base.dims().vocab_size;

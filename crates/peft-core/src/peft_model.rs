@@ -51,7 +51,9 @@ impl<B: Backend> PeftOutput<B> {
 
     /// Hidden state `[B, hidden]` of each row's last real token.
     pub fn last(&self) -> Tensor<B, 2> {
-        let idx: Vec<usize> = (0..self.lengths.len()).map(|r| self.flat_index(r, self.lengths[r] - 1)).collect();
+        let idx: Vec<usize> = (0..self.lengths.len())
+            .map(|r| self.flat_index(r, self.lengths[r] - 1))
+            .collect();
         self.gather(&idx)
     }
 }
@@ -70,18 +72,35 @@ fn ids_tensor<B: Backend>(rows: &[Vec<u32>], pad: u32, device: &B::Device) -> Te
 ///
 /// Rows are right-padded. Padding needs no attention mask: under the causal mask a real token
 /// never sees a later (padding) position, and padded positions are never read.
-pub fn forward<B: Backend, M: CausalLm<B>>(base: &M, rows: &[Vec<u32>], routing: Routing<'_, B>) -> Result<PeftOutput<B>> {
+pub fn forward<B: Backend, M: CausalLm<B>>(
+    base: &M,
+    rows: &[Vec<u32>],
+    routing: Routing<'_, B>,
+) -> Result<PeftOutput<B>> {
     let dims = base.dims();
     if rows.is_empty() || rows.iter().any(Vec::is_empty) {
-        return Err(PeftError::Invalid("every row of a batch needs at least one token".into()));
+        return Err(PeftError::Invalid(
+            "every row of a batch needs at least one token".into(),
+        ));
     }
     if let Routing::PerRow(a) = routing
         && a.len() != rows.len()
     {
-        return Err(PeftError::Invalid(format!("{} rows but {} adapter choices", rows.len(), a.len())));
+        return Err(PeftError::Invalid(format!(
+            "{} rows but {} adapter choices",
+            rows.len(),
+            a.len()
+        )));
     }
-    if let Some(bad) = rows.iter().flatten().find(|&&id| id as usize >= dims.vocab_size) {
-        return Err(PeftError::Invalid(format!("token id {bad} is outside the vocabulary of {}", dims.vocab_size)));
+    if let Some(bad) = rows
+        .iter()
+        .flatten()
+        .find(|&&id| id as usize >= dims.vocab_size)
+    {
+        return Err(PeftError::Invalid(format!(
+            "token id {bad} is outside the vocabulary of {}",
+            dims.vocab_size
+        )));
     }
     let adapter_of = |r: usize| match routing {
         Routing::All(a) => a,
@@ -106,10 +125,24 @@ pub fn forward<B: Backend, M: CausalLm<B>>(base: &M, rows: &[Vec<u32>], routing:
         Routing::PerRow(adapters) => mixed(tokens, &lengths, adapters, &device),
     };
     let starts = match routing {
-        Routing::All(a) => vec![a.and_then(Adapter::virtual_tokens).map_or(0, |v| v.dims()[0]); b],
-        Routing::PerRow(a) => a.iter().map(|a| a.and_then(Adapter::virtual_tokens).map_or(0, |v| v.dims()[0])).collect(),
+        Routing::All(a) => vec![
+            a.and_then(Adapter::virtual_tokens)
+                .map_or(0, |v| v.dims()[0]);
+            b
+        ],
+        Routing::PerRow(a) => a
+            .iter()
+            .map(|a| {
+                a.and_then(Adapter::virtual_tokens)
+                    .map_or(0, |v| v.dims()[0])
+            })
+            .collect(),
     };
-    Ok(PeftOutput { hidden: base.forward_hidden(input), starts, lengths })
+    Ok(PeftOutput {
+        hidden: base.forward_hidden(input),
+        starts,
+        lengths,
+    })
 }
 
 /// Every row uses the same adapter: broadcast the prompt, share the prefix.
@@ -121,7 +154,10 @@ fn uniform<B: Backend>(tokens: Tensor<B, 3>, adapter: Option<&Adapter<B>>) -> De
         Some(a @ Adapter::Prompt(_)) => {
             if let Some(virt) = a.virtual_tokens() {
                 let n = virt.dims()[0];
-                input.embeds = Tensor::cat(vec![virt.unsqueeze::<3>().expand([b, n, hidden]), tokens], 1);
+                input.embeds = Tensor::cat(
+                    vec![virt.unsqueeze::<3>().expand([b, n, hidden]), tokens],
+                    1,
+                );
             }
         }
         Some(a @ Adapter::Prefix(_)) => {
@@ -142,8 +178,13 @@ fn mixed<B: Backend>(
     device: &B::Device,
 ) -> DecoderInput<B> {
     let [b, _, hidden] = tokens.dims();
-    let virt: Vec<Option<Tensor<B, 2>>> = adapters.iter().map(|a| a.and_then(Adapter::virtual_tokens)).collect();
-    let total: Vec<usize> = (0..b).map(|r| lengths[r] + virt[r].as_ref().map_or(0, |v| v.dims()[0])).collect();
+    let virt: Vec<Option<Tensor<B, 2>>> = adapters
+        .iter()
+        .map(|a| a.and_then(Adapter::virtual_tokens))
+        .collect();
+    let total: Vec<usize> = (0..b)
+        .map(|r| lengths[r] + virt[r].as_ref().map_or(0, |v| v.dims()[0]))
+        .collect();
     let width = total.iter().copied().max().unwrap_or(0);
     let embeds = (0..b)
         .map(|r| {
@@ -159,20 +200,34 @@ fn mixed<B: Backend>(
         })
         .collect();
     let mut input = DecoderInput::new(Tensor::cat(embeds, 0));
-    let prefixes: Vec<Option<PrefixKv<B>>> = adapters.iter().map(|a| a.and_then(Adapter::prefix)).collect();
-    let slots: Vec<usize> = prefixes.iter().map(|p| p.as_ref().map_or(0, PrefixKv::len)).collect();
+    let prefixes: Vec<Option<PrefixKv<B>>> = adapters
+        .iter()
+        .map(|a| a.and_then(Adapter::prefix))
+        .collect();
+    let slots: Vec<usize> = prefixes
+        .iter()
+        .map(|p| p.as_ref().map_or(0, PrefixKv::len))
+        .collect();
     let max_slots = slots.iter().copied().max().unwrap_or(0);
     if max_slots > 0 {
-        let layers = prefixes.iter().flatten().next().map_or(0, |p| p.layers.len());
-        let (kv_heads, head_dim) = prefixes
+        let layers = prefixes
             .iter()
             .flatten()
             .next()
-            .map_or((0, 0), |p| (p.layers[0].0.dims()[1], p.layers[0].0.dims()[3]));
+            .map_or(0, |p| p.layers.len());
+        let (kv_heads, head_dim) = prefixes.iter().flatten().next().map_or((0, 0), |p| {
+            (p.layers[0].0.dims()[1], p.layers[0].0.dims()[3])
+        });
         let padded = |t: Option<&Tensor<B, 4>>, n: usize| -> Tensor<B, 4> {
             match t {
                 Some(t) if n == max_slots => t.clone(),
-                Some(t) => Tensor::cat(vec![t.clone(), Tensor::zeros([1, kv_heads, max_slots - n, head_dim], device)], 2),
+                Some(t) => Tensor::cat(
+                    vec![
+                        t.clone(),
+                        Tensor::zeros([1, kv_heads, max_slots - n, head_dim], device),
+                    ],
+                    2,
+                ),
                 None => Tensor::zeros([1, kv_heads, max_slots, head_dim], device),
             }
         };
@@ -181,7 +236,13 @@ fn mixed<B: Backend>(
                 let pick = |which: usize| {
                     let rows = (0..b)
                         .map(|r| {
-                            let t = prefixes[r].as_ref().map(|p| if which == 0 { &p.layers[l].0 } else { &p.layers[l].1 });
+                            let t = prefixes[r].as_ref().map(|p| {
+                                if which == 0 {
+                                    &p.layers[l].0
+                                } else {
+                                    &p.layers[l].1
+                                }
+                            });
                             padded(t, slots[r])
                         })
                         .collect();
@@ -246,7 +307,10 @@ pub struct PeftModel<B: Backend, M: CausalLm<B>> {
 impl<B: Backend, M: CausalLm<B>> PeftModel<B, M> {
     /// Wraps (and freezes) a base model.
     pub fn new(base: M) -> Self {
-        Self { base: base.no_grad(), adapters: BTreeMap::new() }
+        Self {
+            base: base.no_grad(),
+            adapters: BTreeMap::new(),
+        }
     }
 
     /// The frozen base model.
@@ -280,7 +344,10 @@ impl<B: Backend, M: CausalLm<B>> PeftModel<B, M> {
     fn lookup(&self, name: &str) -> Result<&Adapter<B>> {
         self.adapters.get(name).ok_or_else(|| {
             let known: Vec<&str> = self.adapter_names().collect();
-            PeftError::Invalid(format!("no adapter named `{name}` (loaded: {})", known.join(", ")))
+            PeftError::Invalid(format!(
+                "no adapter named `{name}` (loaded: {})",
+                known.join(", ")
+            ))
         })
     }
 
@@ -291,8 +358,15 @@ impl<B: Backend, M: CausalLm<B>> PeftModel<B, M> {
     }
 
     /// Forward pass of a batch whose row `r` uses adapter `adapters[r]` (or none), in one pass.
-    pub fn forward_mixed(&self, rows: &[Vec<u32>], adapters: &[Option<&str>]) -> Result<PeftOutput<B>> {
-        let resolved = adapters.iter().map(|a| a.map(|n| self.lookup(n)).transpose()).collect::<Result<Vec<_>>>()?;
+    pub fn forward_mixed(
+        &self,
+        rows: &[Vec<u32>],
+        adapters: &[Option<&str>],
+    ) -> Result<PeftOutput<B>> {
+        let resolved = adapters
+            .iter()
+            .map(|a| a.map(|n| self.lookup(n)).transpose())
+            .collect::<Result<Vec<_>>>()?;
         forward(&self.base, rows, Routing::PerRow(&resolved))
     }
 
@@ -306,11 +380,16 @@ impl<B: Backend, M: CausalLm<B>> PeftModel<B, M> {
     /// Parameter counts with adapter `name` trainable, like PEFT's `print_trainable_parameters`.
     pub fn trainable_parameters(&self, name: &str) -> Result<ParameterCount> {
         let adapter = self.lookup(name)?.num_params();
-        Ok(ParameterCount { trainable: adapter, total: self.base.num_params() + adapter })
+        Ok(ParameterCount {
+            trainable: adapter,
+            total: self.base.num_params() + adapter,
+        })
     }
 }
 
-impl<B: burn::tensor::backend::AutodiffBackend, M: CausalLm<B> + AutodiffModule<B>> PeftModel<B, M> {
+impl<B: burn::tensor::backend::AutodiffBackend, M: CausalLm<B> + AutodiffModule<B>>
+    PeftModel<B, M>
+{
     /// Drops the autodiff wrapper (for evaluation on the inner backend).
     pub fn valid(&self) -> PeftModel<B::InnerBackend, M::InnerModule>
     where
@@ -318,7 +397,11 @@ impl<B: burn::tensor::backend::AutodiffBackend, M: CausalLm<B> + AutodiffModule<
     {
         PeftModel {
             base: self.base.valid(),
-            adapters: self.adapters.iter().map(|(k, v)| (k.clone(), v.valid())).collect(),
+            adapters: self
+                .adapters
+                .iter()
+                .map(|(k, v)| (k.clone(), v.valid()))
+                .collect(),
         }
     }
 }

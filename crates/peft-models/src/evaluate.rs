@@ -1,7 +1,10 @@
 //! Task metrics that need generation: exact match of greedy completions, and corpus BLEU.
 
 use burn::tensor::backend::Backend;
-use peft_core::{CausalLm, train::data::{Example, Record}};
+use peft_core::{
+    CausalLm,
+    train::data::{Example, Record},
+};
 
 use crate::{
     error::Result,
@@ -37,7 +40,9 @@ pub fn complete<B: Backend, M: CausalLm<B>>(
 ) -> Result<Vec<Completion>> {
     let mut out = Vec::new();
     for e in examples {
-        let Record::Pair { output, .. } = &e.record else { continue };
+        let Record::Pair { output, .. } = &e.record else {
+            continue;
+        };
         let input = &e.ids[..e.input_len];
         if input.is_empty() {
             continue;
@@ -49,14 +54,19 @@ pub fn complete<B: Backend, M: CausalLm<B>>(
             stop_at_eos: true,
         };
         let g = generate(model, tokenizer, input, conditioning, &config, |_| {})?;
-        out.push(Completion { line: e.line, expected: output.clone(), generated: g.text });
+        out.push(Completion {
+            line: e.line,
+            expected: output.clone(),
+            generated: g.text,
+        });
     }
     Ok(out)
 }
 
 /// Fraction of exact completions (`None` when there are none to score).
 pub fn exact_match(completions: &[Completion]) -> Option<f64> {
-    (!completions.is_empty()).then(|| completions.iter().filter(|c| c.exact()).count() as f64 / completions.len() as f64)
+    (!completions.is_empty())
+        .then(|| completions.iter().filter(|c| c.exact()).count() as f64 / completions.len() as f64)
 }
 
 fn ngrams<'a>(tokens: &[&'a str], n: usize) -> std::collections::HashMap<Vec<&'a str>, usize> {
@@ -80,15 +90,25 @@ pub fn corpus_bleu(completions: &[Completion]) -> f64 {
         ref_len += reference.len();
         for n in 1..=4 {
             let (h, r) = (ngrams(&hyp, n), ngrams(&reference, n));
-            matches[n - 1] += h.iter().map(|(g, c)| (*c).min(r.get(g).copied().unwrap_or(0))).sum::<usize>();
+            matches[n - 1] += h
+                .iter()
+                .map(|(g, c)| (*c).min(r.get(g).copied().unwrap_or(0)))
+                .sum::<usize>();
             totals[n - 1] += hyp.len().saturating_sub(n - 1);
         }
     }
     if matches.contains(&0) || hyp_len == 0 {
         return 0.0;
     }
-    let log_precision: f64 = (0..4).map(|i| (matches[i] as f64 / totals[i] as f64).ln()).sum::<f64>() / 4.0;
-    let brevity = if hyp_len >= ref_len { 1.0 } else { (1.0 - ref_len as f64 / hyp_len as f64).exp() };
+    let log_precision: f64 = (0..4)
+        .map(|i| (matches[i] as f64 / totals[i] as f64).ln())
+        .sum::<f64>()
+        / 4.0;
+    let brevity = if hyp_len >= ref_len {
+        1.0
+    } else {
+        (1.0 - ref_len as f64 / hyp_len as f64).exp()
+    };
     100.0 * brevity * log_precision.exp()
 }
 
@@ -97,7 +117,11 @@ mod tests {
     use super::*;
 
     fn c(generated: &str, expected: &str) -> Completion {
-        Completion { line: 1, expected: expected.into(), generated: generated.into() }
+        Completion {
+            line: 1,
+            expected: expected.into(),
+            generated: generated.into(),
+        }
     }
 
     #[test]
@@ -111,8 +135,12 @@ mod tests {
     fn bleu_matches_a_hand_computed_value() {
         // hyp 6 tokens, ref 6; p1 = 5/6, p2 = 3/5, p3 = 1/4, p4 = 0 -> with a second, identical
         // pair the pooled counts become p1 = 11/12, p2 = 8/10, p3 = 5/8, p4 = 3/6.
-        let pairs = [c("the cat sat on a mat", "the cat sat on the mat"), c("one two three four five six", "one two three four five six")];
-        let expected = 100.0 * ((11.0f64 / 12.0) * (8.0 / 10.0) * (5.0 / 8.0) * (3.0 / 6.0)).powf(0.25);
+        let pairs = [
+            c("the cat sat on a mat", "the cat sat on the mat"),
+            c("one two three four five six", "one two three four five six"),
+        ];
+        let expected =
+            100.0 * ((11.0f64 / 12.0) * (8.0 / 10.0) * (5.0 / 8.0) * (3.0 / 6.0)).powf(0.25);
         let got = corpus_bleu(&pairs);
         assert!((got - expected).abs() < 1e-9, "{got} vs {expected}");
     }

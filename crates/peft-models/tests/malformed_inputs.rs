@@ -40,7 +40,10 @@ fn load_error(path: &Path) -> String {
         },
     };
     let msg = err.to_string();
-    assert!(msg.contains(&path.display().to_string()), "error does not name the file: {msg}");
+    assert!(
+        msg.contains(&path.display().to_string()),
+        "error does not name the file: {msg}"
+    );
     msg
 }
 
@@ -54,7 +57,8 @@ fn valid_synthetic_gguf_loads() {
     let dir = TempDir::new("valid");
     let path = dir.write("model.gguf", &tiny_llama().build());
     let ckpt = Checkpoint::open(&path).expect("open");
-    ckpt.load::<Flex>(&Default::default()).expect("a valid file loads");
+    ckpt.load::<Flex>(&Default::default())
+        .expect("a valid file loads");
 }
 
 #[test]
@@ -71,55 +75,107 @@ fn empty_and_foreign_files() {
 fn truncated_files() {
     let bytes = tiny_llama().build();
     let msg = gguf_error("trunc-meta", &bytes[..200]);
-    assert!(msg.contains("file ends inside") || msg.contains("cannot fit"), "{msg}");
+    assert!(
+        msg.contains("file ends inside") || msg.contains("cannot fit"),
+        "{msg}"
+    );
     let msg = gguf_error("trunc-data", &bytes[..bytes.len() - 40]);
-    assert!(msg.contains("tensor `blk.0.ffn_down.weight`") && msg.contains("run past the end"), "{msg}");
+    assert!(
+        msg.contains("tensor `blk.0.ffn_down.weight`") && msg.contains("run past the end"),
+        "{msg}"
+    );
 }
 
 #[test]
 fn lengths_larger_than_the_file_are_refused_before_allocating() {
-    let huge_string = GgufBuilder::new().raw_meta("general.name", 8, u64::MAX.to_le_bytes().to_vec()).build();
+    let huge_string = GgufBuilder::new()
+        .raw_meta("general.name", 8, u64::MAX.to_le_bytes().to_vec())
+        .build();
     let msg = gguf_error("huge-string", &huge_string);
-    assert!(msg.contains("general.name") && msg.contains("string of"), "{msg}");
+    assert!(
+        msg.contains("general.name") && msg.contains("string of"),
+        "{msg}"
+    );
     let mut payload = 4u32.to_le_bytes().to_vec();
     payload.extend(1_000_000_000_000u64.to_le_bytes());
-    let huge_array = GgufBuilder::new().raw_meta("tokenizer.ggml.tokens", 9, payload).build();
+    let huge_array = GgufBuilder::new()
+        .raw_meta("tokenizer.ggml.tokens", 9, payload)
+        .build();
     let msg = gguf_error("huge-array", &huge_array);
-    assert!(msg.contains("tokenizer.ggml.tokens") && msg.contains("does not fit"), "{msg}");
-    let huge_tensor = tiny_llama().tensor_raw("big", &[1 << 20, 1 << 20], 0, vec![]).build();
+    assert!(
+        msg.contains("tokenizer.ggml.tokens") && msg.contains("does not fit"),
+        "{msg}"
+    );
+    let huge_tensor = tiny_llama()
+        .tensor_raw("big", &[1 << 20, 1 << 20], 0, vec![])
+        .build();
     let msg = gguf_error("huge-tensor", &huge_tensor);
-    assert!(msg.contains("tensor `big`") && msg.contains("run past the end"), "{msg}");
+    assert!(
+        msg.contains("tensor `big`") && msg.contains("run past the end"),
+        "{msg}"
+    );
 }
 
 #[test]
 fn unknown_and_unsupported_tensor_types() {
-    let unknown = tiny_llama().tensor_raw("odd", &[32], 99, vec![0; 64]).build();
+    let unknown = tiny_llama()
+        .tensor_raw("odd", &[32], 99, vec![0; 64])
+        .build();
     let msg = gguf_error("unknown-type", &unknown);
-    assert!(msg.contains("tensor `odd`: unknown tensor type 99"), "{msg}");
+    assert!(
+        msg.contains("tensor `odd`: unknown tensor type 99"),
+        "{msg}"
+    );
     // IQ2_XXS is valid GGUF, but has no dequantiser here.
     let iq = tiny_llama()
         .without_tensor("blk.0.attn_norm.weight")
         .tensor_raw("blk.0.attn_norm.weight", &[256], 16, vec![0; 66])
         .build();
     let msg = gguf_error("unsupported-type", &iq);
-    assert!(msg.contains("blk.0.attn_norm.weight") && msg.contains("IQ2_XXS is not supported"), "{msg}");
+    assert!(
+        msg.contains("blk.0.attn_norm.weight") && msg.contains("IQ2_XXS is not supported"),
+        "{msg}"
+    );
 }
 
 #[test]
 fn missing_metadata_and_tensors_and_wrong_shapes() {
-    let msg = gguf_error("no-layers", &tiny_llama().without_meta("llama.block_count").build());
-    assert!(msg.contains("config field `llama.block_count`: missing"), "{msg}");
-    let msg = gguf_error("no-tensor", &tiny_llama().without_tensor("blk.0.ffn_up.weight").build());
-    assert!(msg.contains("missing tensor `blk.0.ffn_up.weight`"), "{msg}");
+    let msg = gguf_error(
+        "no-layers",
+        &tiny_llama().without_meta("llama.block_count").build(),
+    );
+    assert!(
+        msg.contains("config field `llama.block_count`: missing"),
+        "{msg}"
+    );
+    let msg = gguf_error(
+        "no-tensor",
+        &tiny_llama().without_tensor("blk.0.ffn_up.weight").build(),
+    );
+    assert!(
+        msg.contains("missing tensor `blk.0.ffn_up.weight`"),
+        "{msg}"
+    );
     let wrong = tiny_llama()
         .without_tensor("blk.0.attn_k.weight")
         .tensor_f32("blk.0.attn_k.weight", &[8, 8], &[0.0; 64])
         .build();
     let msg = gguf_error("shape", &wrong);
-    assert!(msg.contains("tensor `blk.0.attn_k.weight` has shape [8, 8], the model configuration expects [4, 8]"), "{msg}");
-    let bad_heads = tiny_llama().without_meta("llama.attention.head_count_kv").u32("llama.attention.head_count_kv", 3).build();
+    assert!(
+        msg.contains(
+            "tensor `blk.0.attn_k.weight` has shape [8, 8], the model configuration expects [4, 8]"
+        ),
+        "{msg}"
+    );
+    let bad_heads = tiny_llama()
+        .without_meta("llama.attention.head_count_kv")
+        .u32("llama.attention.head_count_kv", 3)
+        .build();
     let msg = gguf_error("heads", &bad_heads);
-    assert!(msg.contains("num_key_value_heads") && msg.contains("not a multiple"), "{msg}");
+    assert!(
+        msg.contains("num_key_value_heads") && msg.contains("not a multiple"),
+        "{msg}"
+    );
 }
 
 fn hf_dir(tag: &str) -> TempDir {
@@ -137,12 +193,18 @@ fn broken_hugging_face_checkpoints() {
     let st = std::fs::read(dir.0.join("model.safetensors")).expect("read");
     dir.write("model.safetensors", &st[..st.len() / 2]);
     let msg = load_error(&dir.0);
-    assert!(msg.contains("model.safetensors") && msg.contains("invalid safetensors"), "{msg}");
+    assert!(
+        msg.contains("model.safetensors") && msg.contains("invalid safetensors"),
+        "{msg}"
+    );
 
     let dir = hf_dir("json");
     let path = dir.write("config.json", b"{\n  \"hidden_size\": 32,\n  oops\n}");
     let msg = load_error(&dir.0);
-    assert!(msg.contains(&path.display().to_string()) && msg.contains("line 3"), "{msg}");
+    assert!(
+        msg.contains(&path.display().to_string()) && msg.contains("line 3"),
+        "{msg}"
+    );
 
     let dir = hf_dir("field");
     let cfg = std::fs::read_to_string(dir.0.join("config.json")).expect("read");
@@ -156,7 +218,12 @@ fn broken_hugging_face_checkpoints() {
     json["intermediate_size"] = 65.into();
     dir.write("config.json", json.to_string().as_bytes());
     let msg = load_error(&dir.0);
-    assert!(msg.contains("model.layers.0.mlp.gate_proj.weight") && msg.contains("[64, 32]") && msg.contains("[65, 32]"), "{msg}");
+    assert!(
+        msg.contains("model.layers.0.mlp.gate_proj.weight")
+            && msg.contains("[64, 32]")
+            && msg.contains("[65, 32]"),
+        "{msg}"
+    );
 
     let dir = hf_dir("tokenizer");
     dir.write("tokenizer.json", b"{\"model\": 7}");

@@ -17,7 +17,10 @@ fn fixtures() -> PathBuf {
 }
 
 fn reference() -> Value {
-    serde_json::from_str(&std::fs::read_to_string(fixtures().join("tiny_reference.json")).expect("read")).expect("json")
+    serde_json::from_str(
+        &std::fs::read_to_string(fixtures().join("tiny_reference.json")).expect("read"),
+    )
+    .expect("json")
 }
 
 fn logits(ckpt: &Checkpoint, seq: &[u32]) -> Vec<f32> {
@@ -26,19 +29,47 @@ fn logits(ckpt: &Checkpoint, seq: &[u32]) -> Vec<f32> {
     let ids: Vec<i64> = seq.iter().map(|&i| i as i64).collect();
     let ids = Tensor::<Flex, 2, Int>::from_data(TensorData::new(ids, [1, seq.len()]), &device);
     let hidden = model.forward_hidden(DecoderInput::new(model.embed(ids)));
-    model.logits(hidden).into_data().convert::<f32>().into_vec().expect("f32")
+    model
+        .logits(hidden)
+        .into_data()
+        .convert::<f32>()
+        .into_vec()
+        .expect("f32")
 }
 
 fn check(ckpt: &Checkpoint, key: &str) {
     let r = reference();
-    for (seq, want) in r["sequences"].as_array().expect("seqs").iter().zip(r[key].as_array().expect("logits")) {
-        let seq: Vec<u32> = seq.as_array().expect("seq").iter().map(|v| v.as_u64().expect("id") as u32).collect();
-        let want: Vec<f32> = want.as_array().expect("rows").iter().flat_map(|row| {
-            row.as_array().expect("row").iter().map(|v| v.as_f64().expect("logit") as f32).collect::<Vec<_>>()
-        }).collect();
+    for (seq, want) in r["sequences"]
+        .as_array()
+        .expect("seqs")
+        .iter()
+        .zip(r[key].as_array().expect("logits"))
+    {
+        let seq: Vec<u32> = seq
+            .as_array()
+            .expect("seq")
+            .iter()
+            .map(|v| v.as_u64().expect("id") as u32)
+            .collect();
+        let want: Vec<f32> = want
+            .as_array()
+            .expect("rows")
+            .iter()
+            .flat_map(|row| {
+                row.as_array()
+                    .expect("row")
+                    .iter()
+                    .map(|v| v.as_f64().expect("logit") as f32)
+                    .collect::<Vec<_>>()
+            })
+            .collect();
         let got = logits(ckpt, &seq);
         assert_eq!(got.len(), want.len());
-        let worst = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+        let worst = got
+            .iter()
+            .zip(&want)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0f32, f32::max);
         assert!(worst < 1e-4, "{key} {seq:?}: max |Δlogit| = {worst}");
     }
 }
@@ -63,9 +94,22 @@ fn gguf_and_tokenizer_json_tokenizers_agree_with_hugging_face() {
     let hf = Checkpoint::open(fixtures().join("tiny-llama")).expect("open");
     for case in reference()["tokenizer"].as_array().expect("cases") {
         let text = case["text"].as_str().expect("text");
-        let want: Vec<u32> = case["ids"].as_array().expect("ids").iter().map(|v| v.as_u64().expect("id") as u32).collect();
-        assert_eq!(gguf.tokenizer.encode(text).expect("gguf"), want, "GGUF tokenizer on {text:?}");
-        assert_eq!(hf.tokenizer.encode(text).expect("json"), want, "tokenizer.json on {text:?}");
+        let want: Vec<u32> = case["ids"]
+            .as_array()
+            .expect("ids")
+            .iter()
+            .map(|v| v.as_u64().expect("id") as u32)
+            .collect();
+        assert_eq!(
+            gguf.tokenizer.encode(text).expect("gguf"),
+            want,
+            "GGUF tokenizer on {text:?}"
+        );
+        assert_eq!(
+            hf.tokenizer.encode(text).expect("json"),
+            want,
+            "tokenizer.json on {text:?}"
+        );
     }
     assert_eq!(hf.tokenizer.eos_ids(), &[2]);
     assert_eq!(gguf.tokenizer.eos_ids(), &[2]);

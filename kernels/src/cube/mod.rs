@@ -1,12 +1,279 @@
-//! Fused prefix-attention kernels for Burn's CubeCL backends (wgpu and CUDA).
+//! Fused prefix-attention kernels for Burn's CubeCL backends (wgpu and CUDA), and their launch.
+//!
+//! The kernels run in f32 with head dimensions up to [`MAX_HEAD_DIM`]; other dtypes and larger
+//! heads use the reference path (still correct, not fused). See `docs/kernels.md` for the
+//! algorithm, tiling and launch shapes.
 
 mod fusion;
+mod kernels;
 
-use burn_cubecl::{CubeBackend, CubeRuntime, FloatElement, IntElement, element::BoolElement};
+use burn::tensor::{
+    DType, Shape, TensorMetadata,
+    ops::{FloatTensorOps, IntTensorOps},
+};
+use burn_cubecl::{
+    CubeBackend, CubeRuntime, FloatElement, IntElement, element::BoolElement,
+    kernel::into_contiguous, tensor::CubeTensor,
+};
+use cubecl::{CubeCount, CubeDim};
 
-use crate::PrefixAttentionBackend;
+use crate::{
+    op::{AttentionDims, AttentionGrads, PrefixAttentionArgs, PrefixAttentionBackend},
+    reference,
+};
+
+pub use kernels::NEG_LARGE;
+
+/// Largest head dimension the kernels take (the per-unit registers grow with it).
+pub const MAX_HEAD_DIM: usize = 128;
+/// Query rows (forward, dQ) or key columns (dK/dV) per cube.
+pub const CUBE_ROWS: u32 = 64;
+/// Key/value columns (forward, dQ) or query rows (dK/dV) staged per tile.
+pub const TILE: usize = 32;
+
+type Cube<R, F, I, BT> = CubeBackend<R, F, I, BT>;
+
+fn supported(args_dtype: DType, dims: &AttentionDims) -> bool {
+    args_dtype == DType::F32 && dims.head_dim <= MAX_HEAD_DIM && dims.head_dim > 0
+}
+
+/// Contiguous inputs and the `[2·B]` lengths (prefix lengths, then key lengths).
+struct Prepared<R: CubeRuntime> {
+    q: CubeTensor<R>,
+    k: CubeTensor<R>,
+    v: CubeTensor<R>,
+    pk: CubeTensor<R>,
+    pv: CubeTensor<R>,
+    lengths: CubeTensor<R>,
+    dims: AttentionDims,
+    scale: f32,
+}
+
+fn empty<R: CubeRuntime>(like: &CubeTensor<R>, shape: Shape, dtype: DType) -> CubeTensor<R> {
+    let bytes = shape.num_elements() * dtype.size();
+    CubeTensor::new_contiguous(
+        like.client.clone(),
+        like.device.clone(),
+        shape,
+        like.client.empty(bytes),
+        dtype,
+    )
+}
+
+fn prepare<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement>(
+    args: PrefixAttentionArgs<Cube<R, F, I, BT>>,
+) -> Prepared<R> {
+    let dims = args.dims();
+    let q = into_contiguous(args.query);
+    let k = into_contiguous(args.key);
+    let v = into_contiguous(args.value);
+    q.assert_is_on_same_device(&k);
+    let (pk, pv) = match (args.prefix_key, args.prefix_value) {
+        (Some(pk), Some(pv)) => (into_contiguous(pk), into_contiguous(pv)),
+        // Never read when there is no prefix (the kernels see P = 0).
+        _ => (k.clone(), v.clone()),
+    };
+    let device = q.device.clone();
+    let int_dtype = I::dtype();
+    let full = |n: usize| {
+        <Cube<R, F, I, BT> as IntTensorOps<_>>::int_full(
+            Shape::new([dims.batch]),
+            (n as i64).into(),
+            &device,
+            int_dtype.into(),
+        )
+    };
+    let prefix_lengths = args.prefix_lengths.unwrap_or_else(|| full(dims.prefix));
+    let key_lengths = args.key_lengths.unwrap_or_else(|| full(dims.keys));
+    let lengths = into_contiguous(<Cube<R, F, I, BT> as IntTensorOps<_>>::int_cat(
+        vec![prefix_lengths, key_lengths],
+        0,
+    ));
+    Prepared {
+        q,
+        k,
+        v,
+        pk,
+        pv,
+        lengths,
+        dims,
+        scale: args.scale,
+    }
+}
+
+/// Whether to unroll the head-dimension loops (keeping per-row arrays in registers). Unrolled
+/// kernels are faster on GPUs but take LLVM tens of seconds to compile on a CPU Vulkan driver
+/// (lavapipe), where the loops stay rolled. `PEFT_KERNEL_UNROLL=0|1` overrides.
+fn unroll_loops<R: CubeRuntime>(t: &CubeTensor<R>) -> bool {
+    match std::env::var("PEFT_KERNEL_UNROLL").as_deref() {
+        Ok("0") => false,
+        Ok("1") => true,
+        _ => !R::name(&t.client).contains("wgpu"),
+    }
+}
+
+fn cube_count(units: usize, groups: usize) -> CubeCount {
+    CubeCount::Static(units.div_ceil(CUBE_ROWS as usize) as u32, groups as u32, 1)
+}
 
 impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> PrefixAttentionBackend
-    for CubeBackend<R, F, I, BT>
+    for Cube<R, F, I, BT>
 {
+    fn has_fused_prefix_attention() -> bool {
+        true
+    }
+
+    fn prefix_attention_forward(args: PrefixAttentionArgs<Self>) -> (CubeTensor<R>, CubeTensor<R>) {
+        if !supported(args.query.dtype(), &args.dims()) {
+            let (out, lse) = reference::forward_with_lse::<Self>(&args.into_tensors());
+            return (out.into_primitive().tensor(), lse.into_primitive().tensor());
+        }
+        let p = prepare(args);
+        let d = p.dims;
+        let dtype = p.q.dtype;
+        let unroll = unroll_loops(&p.q);
+        let out = empty(
+            &p.q,
+            Shape::new([d.batch, d.heads, d.queries, d.head_dim]),
+            dtype,
+        );
+        let lse = empty(&p.q, Shape::new([d.batch, d.heads, d.queries]), dtype);
+        kernels::forward_kernel::launch::<R>(
+            &p.q.client,
+            cube_count(d.group() * d.queries, d.batch * d.kv_heads),
+            CubeDim::new_1d(CUBE_ROWS),
+            p.q.clone().into_tensor_arg(),
+            p.k.into_tensor_arg(),
+            p.v.into_tensor_arg(),
+            p.pk.into_tensor_arg(),
+            p.pv.into_tensor_arg(),
+            p.lengths.clone().into_tensor_arg(),
+            out.clone().into_tensor_arg(),
+            lse.clone().into_tensor_arg(),
+            p.scale,
+            d.prefix as u32,
+            u32::from(d.prefix_batch == 1),
+            d.head_dim,
+            TILE,
+            unroll,
+            [dtype.into(), p.lengths.dtype.into()],
+        );
+        (out, lse)
+    }
+
+    fn prefix_attention_backward(
+        args: PrefixAttentionArgs<Self>,
+        out: CubeTensor<R>,
+        lse: CubeTensor<R>,
+        grad_out: CubeTensor<R>,
+    ) -> AttentionGrads<Self> {
+        if !supported(args.query.dtype(), &args.dims()) {
+            use burn::tensor::{Tensor, TensorPrimitive};
+            let (out, grad_out) = (
+                Tensor::from_primitive(TensorPrimitive::Float(out)),
+                Tensor::from_primitive(TensorPrimitive::Float(grad_out)),
+            );
+            let lse = Tensor::from_primitive(TensorPrimitive::Float(lse));
+            return reference::backward::<Self>(&args.into_tensors(), out, lse, grad_out);
+        }
+        let p = prepare(args);
+        let d = p.dims;
+        let dtype = p.q.dtype;
+        let unroll = unroll_loops(&p.q);
+        let client = p.q.client.clone();
+        let out = into_contiguous(out);
+        let grad_out = into_contiguous(grad_out);
+        let lse = into_contiguous(lse);
+        let rows = d.batch * d.heads * d.queries;
+        let delta = empty(&p.q, Shape::new([rows]), dtype);
+        kernels::delta_kernel::launch::<R>(
+            &client,
+            CubeCount::Static(rows.div_ceil(CUBE_ROWS as usize) as u32, 1, 1),
+            CubeDim::new_1d(CUBE_ROWS),
+            out.into_tensor_arg(),
+            grad_out.clone().into_tensor_arg(),
+            delta.clone().into_tensor_arg(),
+            d.head_dim,
+            unroll,
+            dtype.into(),
+        );
+        // stats = [lse ; delta] in one buffer, so the backward kernels stay within 12 bindings.
+        let lse = <Self as FloatTensorOps<Self>>::float_reshape(lse, Shape::new([rows]));
+        let stats = into_contiguous(<Self as FloatTensorOps<Self>>::float_cat(
+            vec![lse, delta],
+            0,
+        ));
+        let dq = empty(
+            &p.q,
+            Shape::new([d.batch, d.heads, d.queries, d.head_dim]),
+            dtype,
+        );
+        kernels::dq_kernel::launch::<R>(
+            &client,
+            cube_count(d.group() * d.queries, d.batch * d.kv_heads),
+            CubeDim::new_1d(CUBE_ROWS),
+            p.q.clone().into_tensor_arg(),
+            p.k.clone().into_tensor_arg(),
+            p.v.clone().into_tensor_arg(),
+            p.pk.clone().into_tensor_arg(),
+            p.pv.clone().into_tensor_arg(),
+            p.lengths.clone().into_tensor_arg(),
+            grad_out.clone().into_tensor_arg(),
+            stats.clone().into_tensor_arg(),
+            dq.clone().into_tensor_arg(),
+            p.scale,
+            d.prefix as u32,
+            u32::from(d.prefix_batch == 1),
+            d.head_dim,
+            TILE,
+            unroll,
+            [dtype.into(), p.lengths.dtype.into()],
+        );
+        let kv_shape = Shape::new([d.batch, d.kv_heads, d.keys, d.head_dim]);
+        let dk = empty(&p.q, kv_shape.clone(), dtype);
+        let dv = empty(&p.q, kv_shape, dtype);
+        // Per-batch prefix partials (at least one element so the binding is valid).
+        let prefix_shape = Shape::new([d.batch, d.kv_heads, d.prefix.max(1), d.head_dim]);
+        let dpk = empty(&p.q, prefix_shape.clone(), dtype);
+        let dpv = empty(&p.q, prefix_shape, dtype);
+        kernels::dkdv_kernel::launch::<R>(
+            &client,
+            cube_count(d.prefix + d.keys, d.batch * d.kv_heads),
+            CubeDim::new_1d(CUBE_ROWS),
+            p.q.into_tensor_arg(),
+            p.k.into_tensor_arg(),
+            p.v.into_tensor_arg(),
+            p.pk.into_tensor_arg(),
+            p.pv.into_tensor_arg(),
+            p.lengths.clone().into_tensor_arg(),
+            grad_out.into_tensor_arg(),
+            stats.into_tensor_arg(),
+            dk.clone().into_tensor_arg(),
+            dv.clone().into_tensor_arg(),
+            dpk.clone().into_tensor_arg(),
+            dpv.clone().into_tensor_arg(),
+            p.scale,
+            d.prefix as u32,
+            u32::from(d.prefix_batch == 1),
+            d.head_dim,
+            TILE,
+            unroll,
+            [dtype.into(), p.lengths.dtype.into()],
+        );
+        let (prefix_key, prefix_value) = if d.prefix == 0 {
+            (None, None)
+        } else if d.prefix_batch == 1 && d.batch > 1 {
+            let sum = |t: CubeTensor<R>| <Self as FloatTensorOps<Self>>::float_sum_dim(t, 0);
+            (Some(sum(dpk)), Some(sum(dpv)))
+        } else {
+            (Some(dpk), Some(dpv))
+        };
+        AttentionGrads {
+            query: dq,
+            key: dk,
+            value: dv,
+            prefix_key,
+            prefix_value,
+        }
+    }
 }

@@ -309,6 +309,36 @@ pub fn values<B: Backend, const D: usize>(t: Tensor<B, D>) -> Vec<f32> {
 }
 
 use burn::backend::Autodiff;
+
+/// f32 tolerance of the output against the f64 oracle (absolute).
+pub const OUT_TOL: f64 = 1e-4;
+/// f32 tolerance of every gradient, relative to that gradient's largest magnitude.
+pub const GRAD_TOL: f64 = 1e-3;
+
+/// The sweep of the issue: P ∈ {0, 1, 7, 20, 64}, L ∈ {1, 17, 113}, GQA ratios 1 and 3 and a
+/// single key/value head, d ∈ {32, 64}; plus padded rows, a fully padded row, per-row prefixes
+/// and a KV-cache shape (S > L).
+pub fn sweep() -> Vec<Case> {
+    let mut cases = Vec::new();
+    for &p in &[0, 1, 7, 20, 64] {
+        for &l in &[1, 17, 113] {
+            for &(h, hkv) in &[(2, 2), (6, 2), (3, 1)] {
+                for &d in &[32, 64] {
+                    if l == 113 && (d == 64 || h == 6) {
+                        continue; // keep the f64 oracle fast; large L is covered at d = 32
+                    }
+                    cases.push(Case::new(2, h, hkv, l, d, p));
+                }
+            }
+        }
+    }
+    cases.push(Case::new(3, 6, 2, 17, 32, 7).key_lengths(vec![17, 5, 0]));
+    cases.push(Case::new(3, 3, 1, 9, 32, 0).key_lengths(vec![9, 0, 4]));
+    cases.push(Case::new(3, 6, 2, 11, 32, 8).per_row_prefix(vec![8, 3, 0]));
+    cases.push(Case::new(2, 6, 3, 4, 32, 5).keys(13));
+    cases
+}
+
 use peft_kernels::{AttentionPath, PrefixAttention, PrefixAttentionBackend};
 
 /// Errors of one backend run against the f64 oracle.

@@ -61,15 +61,29 @@ impl BackendVisitor for Run {
 
     fn visit<B: PrefixAttentionBackend>(self, device: B::Device) -> Result<()> {
         let a = self.0;
-        let ckpt = Checkpoint::open(&a.model).with_context(|| format!("opening model {}", a.model.display()))?;
+        let ckpt = Checkpoint::open(&a.model)
+            .with_context(|| format!("opening model {}", a.model.display()))?;
         let model = ckpt.load::<B>(&device)?;
         let adapter: Option<Adapter<B>> = match &a.adapter {
-            Some(dir) => Some(load_adapter(dir, &model.dims(), &device).with_context(|| format!("loading adapter {}", dir.display()))?.0),
+            Some(dir) => Some(
+                load_adapter(dir, &model.dims(), &device)
+                    .with_context(|| format!("loading adapter {}", dir.display()))?
+                    .0,
+            ),
             None => None,
         };
         let virtual_tokens = adapter.as_ref().map_or(0, Adapter::num_virtual_tokens);
-        let limit = a.max_len.min(ckpt.config.max_position_embeddings).saturating_sub(virtual_tokens);
-        let data = Dataset::tokenize(&a.data, read_jsonl(&a.data)?, &ckpt.tokenizer, limit, Truncation::Left)?;
+        let limit = a
+            .max_len
+            .min(ckpt.config.max_position_embeddings)
+            .saturating_sub(virtual_tokens);
+        let data = Dataset::tokenize(
+            &a.data,
+            read_jsonl(&a.data)?,
+            &ckpt.tokenizer,
+            limit,
+            Truncation::Left,
+        )?;
         let (loss, tokens) = evaluate_loss(&model, adapter.as_ref(), &data, a.batch_size)?;
         let (em, completions) = if data.is_pairs() && !a.no_generate {
             let cond = Conditioning {
@@ -93,12 +107,20 @@ impl BackendVisitor for Run {
         } else {
             println!(
                 "{}: {} examples, {tokens} target tokens",
-                a.adapter.as_ref().map_or("base model".to_string(), |p| format!("adapter {}", p.display())),
+                a.adapter
+                    .as_ref()
+                    .map_or("base model".to_string(), |p| format!(
+                        "adapter {}",
+                        p.display()
+                    )),
                 data.len()
             );
             println!("loss {loss:.4}  perplexity {:.3}", loss.exp());
             if let Some(em) = em {
-                println!("exact match {:.1}% ({completions} greedy completions)", 100.0 * em);
+                println!(
+                    "exact match {:.1}% ({completions} greedy completions)",
+                    100.0 * em
+                );
             }
         }
         Ok(())

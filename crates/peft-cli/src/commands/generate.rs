@@ -130,8 +130,18 @@ impl BackendVisitor for Run {
             if let Some(k) = args.top_logits {
                 obj["top_logits"] = json!(top_k(&out.prompt_logits, k));
                 if let Some(dir) = &args.adapter {
-                    let plain = GenerationConfig { max_new_tokens: 0, ..config.clone() };
-                    let base = generate(&model, &ckpt.tokenizer, &prompt_ids, &Conditioning::default(), &plain, |_| {})?;
+                    let plain = GenerationConfig {
+                        max_new_tokens: 0,
+                        ..config.clone()
+                    };
+                    let base = generate(
+                        &model,
+                        &ckpt.tokenizer,
+                        &prompt_ids,
+                        &Conditioning::default(),
+                        &plain,
+                        |_| {},
+                    )?;
                     obj["base_top_logits"] = json!(top_k(&base.prompt_logits, k));
                     obj["adapter"] = json!(dir.display().to_string());
                 }

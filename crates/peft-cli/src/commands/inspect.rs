@@ -18,11 +18,14 @@ pub struct InspectArgs {
 
 /// Runs `peft inspect`.
 pub fn run(args: InspectArgs) -> Result<()> {
-    let s = inspect_adapter(&args.dir).with_context(|| format!("inspecting {}", args.dir.display()))?;
+    let s =
+        inspect_adapter(&args.dir).with_context(|| format!("inspecting {}", args.dir.display()))?;
     let c = &s.config;
     let method = match (c.peft_type, c.prefix_projection) {
         (PeftType::PromptTuning, _) => "prompt tuning (soft prompt)",
-        (PeftType::PrefixTuning, Some(true)) => "prefix tuning, trained through the MLP (stored collapsed)",
+        (PeftType::PrefixTuning, Some(true)) => {
+            "prefix tuning, trained through the MLP (stored collapsed)"
+        }
         (PeftType::PrefixTuning, _) => "prefix tuning (direct, P-tuning v2)",
     };
     let checkpoints = crate::commands::train_checkpoints(&args.dir);
@@ -30,7 +33,10 @@ pub fn run(args: InspectArgs) -> Result<()> {
         let mut v = serde_json::to_value(&s)?;
         v["method"] = method.into();
         v["compatible_models"] = s.compatible_models().into();
-        v["training_checkpoints"] = checkpoints.iter().map(|p| p.display().to_string()).collect();
+        v["training_checkpoints"] = checkpoints
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect();
         println!("{v}");
         return Ok(());
     }
@@ -38,13 +44,26 @@ pub fn run(args: InspectArgs) -> Result<()> {
     println!("method:             {method}");
     println!("peft_type:          {:?}", c.peft_type);
     println!("virtual tokens:     {}", c.num_virtual_tokens);
-    println!("tensor:             prompt_embeddings {:?} {}", s.tensor_shape, s.dtype);
-    println!("trainable values:   {} ({} bytes on disk)", s.parameters, s.file_bytes);
-    if let Some(hidden) = c.encoder_hidden_size.filter(|_| c.prefix_projection == Some(true)) {
+    println!(
+        "tensor:             prompt_embeddings {:?} {}",
+        s.tensor_shape, s.dtype
+    );
+    println!(
+        "trainable values:   {} ({} bytes on disk)",
+        s.parameters, s.file_bytes
+    );
+    if let Some(hidden) = c
+        .encoder_hidden_size
+        .filter(|_| c.prefix_projection == Some(true))
+    {
         println!("MLP hidden size:    {hidden} (kept only in training checkpoints)");
     }
     if let Some(init) = &c.prompt_tuning_init {
-        let text = c.prompt_tuning_init_text.as_deref().map(|t| format!(" {t:?}")).unwrap_or_default();
+        let text = c
+            .prompt_tuning_init_text
+            .as_deref()
+            .map(|t| format!(" {t:?}"))
+            .unwrap_or_default();
         println!("init:               {init}{text}");
     }
     if let Some(base) = &c.base_model_name_or_path {

@@ -9,10 +9,16 @@ use std::path::{Path, PathBuf};
 
 /// Training checkpoints kept next to an adapter (`DIR/checkpoints/step-*`), oldest first.
 pub fn train_checkpoints(dir: &Path) -> Vec<PathBuf> {
-    let Ok(entries) = std::fs::read_dir(dir.join("checkpoints")) else { return Vec::new() };
+    let Ok(entries) = std::fs::read_dir(dir.join("checkpoints")) else {
+        return Vec::new();
+    };
     let mut found: Vec<PathBuf> = entries
         .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.is_dir() && p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("step-")))
+        .filter(|p| {
+            p.is_dir()
+                && p.file_name()
+                    .is_some_and(|n| n.to_string_lossy().starts_with("step-"))
+        })
         .collect();
     found.sort();
     found

@@ -163,42 +163,78 @@ pub struct Settings {
 const SETTINGS_FILE: &str = "train_config.json";
 
 fn merge(cli: TrainArgs) -> Result<TrainArgs> {
-    let Some(path) = &cli.config else { return Ok(cli) };
-    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let Some(path) = &cli.config else {
+        return Ok(cli);
+    };
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     let value: serde_json::Value = if path.extension().is_some_and(|e| e == "json") {
-        serde_json::from_str(&text).with_context(|| format!("{}: invalid JSON config", path.display()))?
+        serde_json::from_str(&text)
+            .with_context(|| format!("{}: invalid JSON config", path.display()))?
     } else {
         toml::from_str(&text).with_context(|| format!("{}: invalid TOML config", path.display()))?
     };
     // Accept snake_case keys as well as the kebab-case of the command line.
     let value = match value {
-        serde_json::Value::Object(map) => {
-            serde_json::Value::Object(map.into_iter().map(|(k, v)| (k.replace('_', "-"), v)).collect())
-        }
+        serde_json::Value::Object(map) => serde_json::Value::Object(
+            map.into_iter()
+                .map(|(k, v)| (k.replace('_', "-"), v))
+                .collect(),
+        ),
         _ => bail!("{}: the config must be a table of options", path.display()),
     };
-    let file: TrainArgs = serde_json::from_value(value).with_context(|| format!("{}: invalid option", path.display()))?;
+    let file: TrainArgs = serde_json::from_value(value)
+        .with_context(|| format!("{}: invalid option", path.display()))?;
     macro_rules! pick {
         ($($f:ident),*) => { TrainArgs { $($f: cli.$f.or(file.$f),)* backend: cli.backend, config: cli.config.clone(), resume: cli.resume.clone() } };
     }
     Ok(pick!(
-        model, method, data, eval, out, steps, epochs, batch_size, grad_accum, lr, warmup, schedule, weight_decay,
-        max_grad_norm, virtual_tokens, init, mlp_hidden, max_len, truncation, eval_every, checkpoint_every,
-        keep_checkpoints, seed, gradient_checkpointing
+        model,
+        method,
+        data,
+        eval,
+        out,
+        steps,
+        epochs,
+        batch_size,
+        grad_accum,
+        lr,
+        warmup,
+        schedule,
+        weight_decay,
+        max_grad_norm,
+        virtual_tokens,
+        init,
+        mlp_hidden,
+        max_len,
+        truncation,
+        eval_every,
+        checkpoint_every,
+        keep_checkpoints,
+        seed,
+        gradient_checkpointing
     ))
 }
 
 fn resolve(a: &TrainArgs) -> Result<Settings> {
     let method: Method = a.method.as_deref().unwrap_or("prompt").parse()?;
-    let Some(data) = a.data.clone() else { bail!("--data is required (a JSONL file)") };
-    let Some(out) = a.out.clone() else { bail!("--out is required (the run directory)") };
+    let Some(data) = a.data.clone() else {
+        bail!("--data is required (a JSONL file)")
+    };
+    let Some(out) = a.out.clone() else {
+        bail!("--out is required (the run directory)")
+    };
     let default_lr = match method {
         Method::Prompt => 3e-2,
         Method::Prefix => 5e-3,
         Method::PrefixMlp => 1e-3,
     };
     let steps = a.steps.unwrap_or(100);
-    let default_init = if method == Method::Prompt { "vocab" } else { "random" };
+    let default_init = if method == Method::Prompt {
+        "vocab"
+    } else {
+        "random"
+    };
     let train = TrainConfig {
         steps,
         batch_size: a.batch_size.unwrap_or(8),
@@ -231,29 +267,53 @@ fn resolve(a: &TrainArgs) -> Result<Settings> {
 }
 
 /// Builds the adapter a run starts from, and the prompt init to record in its config.
-fn init_adapter<B: PrefixAttentionBackend, M: CausalLm<B>>(s: &Settings, model: &M, tok: &Tokenizer) -> Result<(Adapter<B>, Option<PromptInit>)> {
+fn init_adapter<B: PrefixAttentionBackend, M: CausalLm<B>>(
+    s: &Settings,
+    model: &M,
+    tok: &Tokenizer,
+) -> Result<(Adapter<B>, Option<PromptInit>)> {
     let method: Method = s.method.parse()?;
     let n = s.virtual_tokens;
     let seed = s.train.seed;
-    let text = s.init.strip_prefix("text:").map(|t| t.trim_matches('"').to_string());
-    let encode = |t: &str| tok.encode(t).map_err(|e| peft_core::PeftError::Invalid(e.to_string()));
+    let text = s
+        .init
+        .strip_prefix("text:")
+        .map(|t| t.trim_matches('"').to_string());
+    let encode = |t: &str| {
+        tok.encode(t)
+            .map_err(|e| peft_core::PeftError::Invalid(e.to_string()))
+    };
     let layout = PrefixLayout::of(&model.dims());
     let device = model.embedding_table().device();
     let prompt = |init: PromptInit| -> Result<(Adapter<B>, Option<PromptInit>)> {
-        Ok((Adapter::Prompt(SoftPrompt::init(model, n, &init, encode)?), Some(init)))
+        Ok((
+            Adapter::Prompt(SoftPrompt::init(model, n, &init, encode)?),
+            Some(init),
+        ))
     };
     Ok(match (method, s.init.as_str(), text) {
         (Method::Prompt, _, Some(t)) => prompt(PromptInit::Text(t))?,
         (Method::Prompt, "vocab", None) => prompt(PromptInit::SampleVocab { seed })?,
         (Method::Prompt, "random", None) => prompt(PromptInit::Random { seed })?,
-        (Method::Prefix, "random", None) => (Adapter::Prefix(Prefix::random(n, 1.0, seed, layout, &device)), None),
+        (Method::Prefix, "random", None) => (
+            Adapter::Prefix(Prefix::random(n, 1.0, seed, layout, &device)),
+            None,
+        ),
         (Method::Prefix, _, Some(t)) => {
             let ids = peft_core::prompt::text_init_ids(&encode(&t)?, n);
             (Adapter::Prefix(Prefix::from_text(model, &ids)?), None)
         }
-        (Method::PrefixMlp, "random", None) => {
-            (Adapter::Prefix(Prefix::mlp(n, layout.token_dim(), s.mlp_hidden, seed, layout, &device)), None)
-        }
+        (Method::PrefixMlp, "random", None) => (
+            Adapter::Prefix(Prefix::mlp(
+                n,
+                layout.token_dim(),
+                s.mlp_hidden,
+                seed,
+                layout,
+                &device,
+            )),
+            None,
+        ),
         (m, init, _) => bail!(
             "--init {init} does not apply to --method {}: use {}",
             m.name(),
@@ -268,9 +328,17 @@ fn init_adapter<B: PrefixAttentionBackend, M: CausalLm<B>>(s: &Settings, model: 
 
 fn load_data(path: &Path, tok: &Tokenizer, s: &Settings, context: usize) -> Result<Dataset> {
     let virtual_tokens = s.virtual_tokens;
-    let limit = s.max_len.min(context).checked_sub(virtual_tokens).filter(|l| *l >= 2).with_context(|| {
-        format!("--max-len {} leaves no room for tokens after {virtual_tokens} virtual tokens", s.max_len)
-    })?;
+    let limit = s
+        .max_len
+        .min(context)
+        .checked_sub(virtual_tokens)
+        .filter(|l| *l >= 2)
+        .with_context(|| {
+            format!(
+                "--max-len {} leaves no room for tokens after {virtual_tokens} virtual tokens",
+                s.max_len
+            )
+        })?;
     let records = read_jsonl(path)?;
     Ok(Dataset::tokenize(path, records, tok, limit, s.truncation)?)
 }
@@ -287,13 +355,19 @@ impl Progress {
         let bar = std::io::stderr().is_terminal().then(|| {
             let bar = ProgressBar::new(total as u64);
             bar.set_style(
-                ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} {msg} ETA {eta}")
-                    .unwrap_or_else(|_| ProgressStyle::default_bar()),
+                ProgressStyle::with_template(
+                    "{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} {msg} ETA {eta}",
+                )
+                .unwrap_or_else(|_| ProgressStyle::default_bar()),
             );
             bar.set_position(start as u64);
             bar
         });
-        Self { bar, total, every: (total / 20).max(1) }
+        Self {
+            bar,
+            total,
+            every: (total / 20).max(1),
+        }
     }
 
     fn line(&self, text: String) {
@@ -306,19 +380,29 @@ impl Progress {
 
 impl Observer for Progress {
     fn on_step(&mut self, m: &StepMetrics) {
-        let msg = format!("loss {:.4} lr {:.2e} {:.0} tok/s", m.loss, m.lr, m.tokens as f64 / m.seconds.max(1e-9));
+        let msg = format!(
+            "loss {:.4} lr {:.2e} {:.0} tok/s",
+            m.loss,
+            m.lr,
+            m.tokens as f64 / m.seconds.max(1e-9)
+        );
         match &self.bar {
             Some(bar) => {
                 bar.set_position(m.step as u64);
                 bar.set_message(msg);
             }
-            None if m.step % self.every == 0 || m.step == self.total || m.step == 1 => eprintln!("step {}/{}: {msg}", m.step, self.total),
+            None if m.step % self.every == 0 || m.step == self.total || m.step == 1 => {
+                eprintln!("step {}/{}: {msg}", m.step, self.total)
+            }
             None => {}
         }
     }
 
     fn on_eval(&mut self, m: &EvalMetrics) {
-        self.line(format!("step {}: eval loss {:.4}, perplexity {:.3} ({} tokens)", m.step, m.loss, m.perplexity, m.tokens));
+        self.line(format!(
+            "step {}: eval loss {:.4}, perplexity {:.3} ({} tokens)",
+            m.step, m.loss, m.perplexity, m.tokens
+        ));
     }
 
     fn on_checkpoint(&mut self, path: &Path) {
@@ -345,11 +429,20 @@ impl BackendVisitor for Run {
     }
 }
 
-fn train<B: PrefixAttentionAutodiffBackend>(s: Settings, resume: Option<PathBuf>, device: &B::Device) -> Result<()> {
-    let ckpt = Checkpoint::open(&s.model).with_context(|| format!("opening model {}", s.model.display()))?;
+fn train<B: PrefixAttentionAutodiffBackend>(
+    s: Settings,
+    resume: Option<PathBuf>,
+    device: &B::Device,
+) -> Result<()> {
+    let ckpt = Checkpoint::open(&s.model)
+        .with_context(|| format!("opening model {}", s.model.display()))?;
     let context = ckpt.config.max_position_embeddings;
     let data = load_data(&s.data, &ckpt.tokenizer, &s, context)?;
-    let eval = s.eval.as_ref().map(|p| load_data(p, &ckpt.tokenizer, &s, context)).transpose()?;
+    let eval = s
+        .eval
+        .as_ref()
+        .map(|p| load_data(p, &ckpt.tokenizer, &s, context))
+        .transpose()?;
     let mut s = s;
     if let Some(epochs) = s.epochs.filter(|_| resume.is_none()) {
         s.train.steps = s.train.steps_for_epochs(epochs, data.len());
@@ -361,20 +454,37 @@ fn train<B: PrefixAttentionAutodiffBackend>(s: Settings, resume: Option<PathBuf>
         s.data.display(),
         data.truncated,
         data.skipped,
-        eval.as_ref().map(|e| format!("; eval: {} examples", e.len())).unwrap_or_default()
+        eval.as_ref()
+            .map(|e| format!("; eval: {} examples", e.len()))
+            .unwrap_or_default()
     );
     let model = ckpt.load::<B>(device)?;
     let model = peft_core::PeftModel::new(model);
     let (adapter, prompt_init) = init_adapter::<B, _>(&s, model.base(), &ckpt.tokenizer)?;
     let params = peft_core::ParameterCount {
         trainable: burn::module::Module::num_params(&adapter),
-        total: burn::module::Module::num_params(model.base()) + burn::module::Module::num_params(&adapter),
+        total: burn::module::Module::num_params(model.base())
+            + burn::module::Module::num_params(&adapter),
     };
     eprintln!("{} on {} — {params}", s.method, ckpt.config.architecture);
     std::fs::create_dir_all(&s.out).with_context(|| format!("creating {}", s.out.display()))?;
-    peft_core::fs::write_atomic(&s.out.join(SETTINGS_FILE), serde_json::to_string_pretty(&s)?.as_bytes())?;
-    let save = SaveOptions { base_model: Some(s.model.display().to_string()), prompt_init, tokenizer: None };
-    let trainer = Trainer::new(model.base(), &data, eval.as_ref(), s.train.clone(), s.out.clone(), save);
+    peft_core::fs::write_atomic(
+        &s.out.join(SETTINGS_FILE),
+        serde_json::to_string_pretty(&s)?.as_bytes(),
+    )?;
+    let save = SaveOptions {
+        base_model: Some(s.model.display().to_string()),
+        prompt_init,
+        tokenizer: None,
+    };
+    let trainer = Trainer::new(
+        model.base(),
+        &data,
+        eval.as_ref(),
+        s.train.clone(),
+        s.out.clone(),
+        save,
+    );
     let stop = Arc::new(AtomicBool::new(false));
     let flag = stop.clone();
     // A second Ctrl-C exits at once; the first asks for a checkpoint at the end of the step.
@@ -382,12 +492,16 @@ fn train<B: PrefixAttentionAutodiffBackend>(s: Settings, resume: Option<PathBuf>
         if flag.swap(true, Ordering::SeqCst) {
             std::process::exit(130);
         }
-        eprintln!("\ninterrupt: finishing the current step and writing a checkpoint (Ctrl-C again to abort)");
+        eprintln!(
+            "\ninterrupt: finishing the current step and writing a checkpoint (Ctrl-C again to abort)"
+        );
     });
     let start_step = resume.as_ref().map_or(0, |dir| {
         std::fs::read(dir.join("state.json"))
             .ok()
-            .and_then(|b| serde_json::from_slice::<peft_core::train::checkpoint::TrainState>(&b).ok())
+            .and_then(|b| {
+                serde_json::from_slice::<peft_core::train::checkpoint::TrainState>(&b).ok()
+            })
             .map_or(0, |st| st.step)
     });
     let mut progress = Progress::new(start_step, s.train.steps);
@@ -397,21 +511,41 @@ fn train<B: PrefixAttentionAutodiffBackend>(s: Settings, resume: Option<PathBuf>
     }
     let metrics = s.out.join(METRICS_FILE);
     let png = s.out.join("loss.png");
-    let title = format!("{} on {} ({} steps)", s.method, s.data.file_name().map(|n| n.to_string_lossy()).unwrap_or_default(), result.steps);
-    crate::plot::loss_curve(&read_series(&metrics, "train")?, &read_series(&metrics, "eval")?, &title, &png)?;
+    let title = format!(
+        "{} on {} ({} steps)",
+        s.method,
+        s.data
+            .file_name()
+            .map(|n| n.to_string_lossy())
+            .unwrap_or_default(),
+        result.steps
+    );
+    crate::plot::loss_curve(
+        &read_series(&metrics, "train")?,
+        &read_series(&metrics, "eval")?,
+        &title,
+        &png,
+    )?;
     match result.outcome {
         Outcome::Interrupted => {
             eprintln!(
                 "interrupted after step {}: checkpoint {}\nresume with: peft train --resume {}",
                 result.steps,
-                result.checkpoint.map(|p| p.display().to_string()).unwrap_or_default(),
+                result
+                    .checkpoint
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_default(),
                 s.out.display()
             );
             std::process::exit(130);
         }
         Outcome::Finished => {
             println!("adapter: {} (Hugging Face PEFT format)", s.out.display());
-            println!("metrics: {}  loss curve: {}", metrics.display(), png.display());
+            println!(
+                "metrics: {}  loss curve: {}",
+                metrics.display(),
+                png.display()
+            );
             println!(
                 "try it:  peft generate --model {} --adapter {} --prompt \"...\"",
                 s.model.display(),
@@ -427,14 +561,21 @@ pub fn run(args: TrainArgs) -> Result<()> {
     let backend = args.backend.unwrap_or(BackendKind::Flex);
     let (settings, resume) = match &args.resume {
         Some(dir) => {
-            let text = std::fs::read_to_string(dir.join(SETTINGS_FILE))
-                .with_context(|| format!("{} is not a run directory (no {SETTINGS_FILE})", dir.display()))?;
-            let mut s: Settings = serde_json::from_str(&text).with_context(|| format!("{}: invalid {SETTINGS_FILE}", dir.display()))?;
+            let text = std::fs::read_to_string(dir.join(SETTINGS_FILE)).with_context(|| {
+                format!(
+                    "{} is not a run directory (no {SETTINGS_FILE})",
+                    dir.display()
+                )
+            })?;
+            let mut s: Settings = serde_json::from_str(&text)
+                .with_context(|| format!("{}: invalid {SETTINGS_FILE}", dir.display()))?;
             if let Some(steps) = args.steps {
                 s.train.steps = steps;
             }
             s.out = dir.clone();
-            let ckpt = latest_checkpoint(dir).with_context(|| format!("{} has no complete checkpoint to resume", dir.display()))?;
+            let ckpt = latest_checkpoint(dir).with_context(|| {
+                format!("{} has no complete checkpoint to resume", dir.display())
+            })?;
             eprintln!("resuming from {}", ckpt.display());
             (s, Some(ckpt))
         }

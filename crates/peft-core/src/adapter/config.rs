@@ -72,17 +72,32 @@ impl AdapterConfig {
     pub fn read(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path).map_err(|e| PeftError::io(path, e))?;
         let value: Value = serde_json::from_str(&text).map_err(|e| {
-            PeftError::malformed(path, format!("invalid JSON at line {}, column {}: {e}", e.line(), e.column()))
+            PeftError::malformed(
+                path,
+                format!(
+                    "invalid JSON at line {}, column {}: {e}",
+                    e.line(),
+                    e.column()
+                ),
+            )
         })?;
-        let obj = value.as_object().ok_or_else(|| PeftError::malformed(path, "top level is not a JSON object"))?;
-        let peft_type = obj.get("peft_type").and_then(Value::as_str).unwrap_or("<missing>");
+        let obj = value
+            .as_object()
+            .ok_or_else(|| PeftError::malformed(path, "top level is not a JSON object"))?;
+        let peft_type = obj
+            .get("peft_type")
+            .and_then(Value::as_str)
+            .unwrap_or("<missing>");
         if !matches!(peft_type, "PROMPT_TUNING" | "PREFIX_TUNING") {
             return Err(PeftError::Unsupported {
                 path: path.to_path_buf(),
-                what: format!("peft_type `{peft_type}` is not supported (PROMPT_TUNING and PREFIX_TUNING are)"),
+                what: format!(
+                    "peft_type `{peft_type}` is not supported (PROMPT_TUNING and PREFIX_TUNING are)"
+                ),
             });
         }
-        serde_json::from_value(value).map_err(|e| PeftError::malformed(path, format!("invalid field: {e}")))
+        serde_json::from_value(value)
+            .map_err(|e| PeftError::malformed(path, format!("invalid field: {e}")))
     }
 
     /// The JSON PEFT would write: keys sorted, two-space indentation, trailing newline.

@@ -38,14 +38,34 @@ pub struct SaveOptions {
 
 /// Writes `adapter` (collapsed to its inference form) to `dir` in PEFT's layout. Each file is
 /// written atomically; other files in `dir` are left alone.
-pub fn save_adapter<B: Backend>(dir: &Path, adapter: &Adapter<B>, dims: &ModelDims, opts: &SaveOptions) -> Result<()> {
+pub fn save_adapter<B: Backend>(
+    dir: &Path,
+    adapter: &Adapter<B>,
+    dims: &ModelDims,
+    opts: &SaveOptions,
+) -> Result<()> {
     adapter.check_fits(&dir.display().to_string(), dims)?;
     let n = adapter.num_virtual_tokens();
     let (flat, mut config) = match adapter {
-        Adapter::Prompt(p) => (p.embeddings(), base_config(PeftType::PromptTuning, n, dims.hidden_size, dims.num_heads, dims)),
+        Adapter::Prompt(p) => (
+            p.embeddings(),
+            base_config(
+                PeftType::PromptTuning,
+                n,
+                dims.hidden_size,
+                dims.num_heads,
+                dims,
+            ),
+        ),
         Adapter::Prefix(p) => {
             let layout = p.layout();
-            let mut c = base_config(PeftType::PrefixTuning, n, layout.token_dim(), layout.kv_heads, dims);
+            let mut c = base_config(
+                PeftType::PrefixTuning,
+                n,
+                layout.token_dim(),
+                layout.kv_heads,
+                dims,
+            );
             c.prefix_projection = Some(p.is_reparameterised());
             c.encoder_hidden_size = Some(match &p.params {
                 crate::prefix::PrefixParams::Mlp(m) => m.hidden.weight.dims()[1],
@@ -56,11 +76,15 @@ pub fn save_adapter<B: Backend>(dir: &Path, adapter: &Adapter<B>, dims: &ModelDi
         }
     };
     if let Adapter::Prompt(_) = adapter {
-        let init = opts.prompt_init.clone().unwrap_or(PromptInit::Random { seed: 0 });
+        let init = opts
+            .prompt_init
+            .clone()
+            .unwrap_or(PromptInit::Random { seed: 0 });
         config.prompt_tuning_init = Some(init.peft_name().into());
         if let PromptInit::Text(t) = &init {
             config.prompt_tuning_init_text = Some(t.clone());
-            config.tokenizer_name_or_path = opts.tokenizer.clone().or_else(|| opts.base_model.clone());
+            config.tokenizer_name_or_path =
+                opts.tokenizer.clone().or_else(|| opts.base_model.clone());
         }
     }
     config.base_model_name_or_path = opts.base_model.clone();
@@ -80,9 +104,18 @@ pub fn save_adapter<B: Backend>(dir: &Path, adapter: &Adapter<B>, dims: &ModelDi
     write_atomic(&dir.join(CONFIG_FILE), config.to_json().as_bytes())
 }
 
-fn base_config(peft_type: PeftType, n: usize, token_dim: usize, heads: usize, dims: &ModelDims) -> AdapterConfig {
+fn base_config(
+    peft_type: PeftType,
+    n: usize,
+    token_dim: usize,
+    heads: usize,
+    dims: &ModelDims,
+) -> AdapterConfig {
     let mut extra = serde_json::Map::new();
-    extra.insert("peft_version".into(), json!(concat!("burn-peft ", env!("CARGO_PKG_VERSION"))));
+    extra.insert(
+        "peft_version".into(),
+        json!(concat!("burn-peft ", env!("CARGO_PKG_VERSION"))),
+    );
     extra.insert("revision".into(), Value::Null);
     extra.insert("auto_mapping".into(), Value::Null);
     extra.insert("modules_to_save".into(), Value::Null);
@@ -109,24 +142,41 @@ fn base_config(peft_type: PeftType, n: usize, token_dim: usize, heads: usize, di
 ///
 /// A reparameterised prefix loads in its collapsed form, as in PEFT's inference mode. An adapter
 /// made for other sizes is refused with an error that names both.
-pub fn load_adapter<B: Backend>(dir: &Path, dims: &ModelDims, device: &B::Device) -> Result<(Adapter<B>, AdapterConfig)> {
+pub fn load_adapter<B: Backend>(
+    dir: &Path,
+    dims: &ModelDims,
+    device: &B::Device,
+) -> Result<(Adapter<B>, AdapterConfig)> {
     let config_path = dir.join(CONFIG_FILE);
     if !config_path.exists() {
         return Err(PeftError::io(
             &config_path,
-            std::io::Error::new(std::io::ErrorKind::NotFound, "no adapter_config.json: not an adapter directory"),
+            std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                "no adapter_config.json: not an adapter directory",
+            ),
         ));
     }
     let config = AdapterConfig::read(&config_path)?;
-    let unsupported = |what: String| PeftError::Unsupported { path: config_path.clone(), what };
+    let unsupported = |what: String| PeftError::Unsupported {
+        path: config_path.clone(),
+        what,
+    };
     if let Some(task) = config.task_type.as_deref().filter(|t| *t != "CAUSAL_LM") {
-        return Err(unsupported(format!("task_type `{task}`: only CAUSAL_LM adapters apply to a decoder-only model")));
+        return Err(unsupported(format!(
+            "task_type `{task}`: only CAUSAL_LM adapters apply to a decoder-only model"
+        )));
     }
     if config.num_transformer_submodules.is_some_and(|s| s != 1) {
-        return Err(unsupported("num_transformer_submodules != 1 (encoder-decoder adapters) is not supported".into()));
+        return Err(unsupported(
+            "num_transformer_submodules != 1 (encoder-decoder adapters) is not supported".into(),
+        ));
     }
     if config.num_virtual_tokens == 0 {
-        return Err(PeftError::malformed(&config_path, "field `num_virtual_tokens` must be positive"));
+        return Err(PeftError::malformed(
+            &config_path,
+            "field `num_virtual_tokens` must be positive",
+        ));
     }
     let adapter_name = dir.display().to_string();
     let incompatible = |adapter_dims: String| PeftError::Incompatible {
@@ -139,7 +189,9 @@ pub fn load_adapter<B: Backend>(dir: &Path, dims: &ModelDims, device: &B::Device
         PeftType::PromptTuning => {
             let width = config.token_dim.unwrap_or(dims.hidden_size);
             if width != dims.hidden_size {
-                return Err(incompatible(format!("token_dim {width} (virtual tokens of width {width})")));
+                return Err(incompatible(format!(
+                    "token_dim {width} (virtual tokens of width {width})"
+                )));
             }
             (width, None)
         }
@@ -147,7 +199,10 @@ pub fn load_adapter<B: Backend>(dir: &Path, dims: &ModelDims, device: &B::Device
             let layers = config.num_layers.unwrap_or(dims.num_layers);
             let heads = config.num_attention_heads.unwrap_or(dims.num_kv_heads);
             let token_dim = config.token_dim.unwrap_or(dims.kv_width());
-            if layers != dims.num_layers || heads != dims.num_kv_heads || token_dim != dims.kv_width() {
+            if layers != dims.num_layers
+                || heads != dims.num_kv_heads
+                || token_dim != dims.kv_width()
+            {
                 return Err(incompatible(format!(
                     "num_layers {layers}, num_attention_heads {heads}, token_dim {token_dim} (prefix for {layers} layers × {heads} kv heads × head dim {})",
                     token_dim.checked_div(heads).unwrap_or(0)
@@ -162,7 +217,13 @@ pub fn load_adapter<B: Backend>(dir: &Path, dims: &ModelDims, device: &B::Device
     let st = SafeTensors::deserialize(&bytes)
         .map_err(|e| PeftError::malformed(&weights_path, format!("invalid safetensors: {e}")))?;
     let view = st.tensor(TENSOR_NAME).map_err(|_| {
-        PeftError::malformed(&weights_path, format!("no tensor `{TENSOR_NAME}` (found: {})", st.names().join(", ")))
+        PeftError::malformed(
+            &weights_path,
+            format!(
+                "no tensor `{TENSOR_NAME}` (found: {})",
+                st.names().join(", ")
+            ),
+        )
     })?;
     if view.shape() != [n, expected_cols] {
         return Err(incompatible(format!(
@@ -171,9 +232,13 @@ pub fn load_adapter<B: Backend>(dir: &Path, dims: &ModelDims, device: &B::Device
             [n, expected_cols]
         )));
     }
-    let values = to_f32(view.dtype(), view.data()).map_err(|what| PeftError::malformed(&weights_path, what))?;
+    let values = to_f32(view.dtype(), view.data())
+        .map_err(|what| PeftError::malformed(&weights_path, what))?;
     if values.iter().any(|v| !v.is_finite()) {
-        return Err(PeftError::malformed(&weights_path, format!("tensor `{TENSOR_NAME}` holds NaN or infinite values")));
+        return Err(PeftError::malformed(
+            &weights_path,
+            format!("tensor `{TENSOR_NAME}` holds NaN or infinite values"),
+        ));
     }
     let flat = Tensor::<B, 2>::from_data(TensorData::new(values, [n, expected_cols]), device);
     let adapter = match layout {
@@ -204,9 +269,14 @@ impl AdapterSummary {
         let c = &self.config;
         let opt = |v: Option<usize>| v.map_or("?".to_string(), |v| v.to_string());
         match c.peft_type {
-            PeftType::PromptTuning => format!("decoder-only models with hidden size {}", opt(c.token_dim)),
+            PeftType::PromptTuning => {
+                format!("decoder-only models with hidden size {}", opt(c.token_dim))
+            }
             PeftType::PrefixTuning => {
-                let head_dim = c.token_dim.zip(c.num_attention_heads).and_then(|(t, h)| t.checked_div(h));
+                let head_dim = c
+                    .token_dim
+                    .zip(c.num_attention_heads)
+                    .and_then(|(t, h)| t.checked_div(h));
                 format!(
                     "decoder-only models with {} layers, {} key/value heads and head dim {}",
                     opt(c.num_layers),
@@ -226,7 +296,13 @@ pub fn inspect_adapter(dir: &Path) -> Result<AdapterSummary> {
     let st = SafeTensors::deserialize(&bytes)
         .map_err(|e| PeftError::malformed(&weights_path, format!("invalid safetensors: {e}")))?;
     let view = st.tensor(TENSOR_NAME).map_err(|_| {
-        PeftError::malformed(&weights_path, format!("no tensor `{TENSOR_NAME}` (found: {})", st.names().join(", ")))
+        PeftError::malformed(
+            &weights_path,
+            format!(
+                "no tensor `{TENSOR_NAME}` (found: {})",
+                st.names().join(", ")
+            ),
+        )
     })?;
     Ok(AdapterSummary {
         tensor_shape: view.shape().to_vec(),
@@ -239,10 +315,23 @@ pub fn inspect_adapter(dir: &Path) -> Result<AdapterSummary> {
 
 fn to_f32(dtype: Dtype, bytes: &[u8]) -> std::result::Result<Vec<f32>, String> {
     Ok(match dtype {
-        Dtype::F32 => bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect(),
-        Dtype::F16 => bytes.chunks_exact(2).map(|b| half_to_f32(u16::from_le_bytes([b[0], b[1]]))).collect(),
-        Dtype::BF16 => bytes.chunks_exact(2).map(|b| f32::from_bits(u32::from(u16::from_le_bytes([b[0], b[1]])) << 16)).collect(),
-        other => return Err(format!("tensor `{TENSOR_NAME}` has dtype {other:?}; F32, F16 or BF16 expected")),
+        Dtype::F32 => bytes
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect(),
+        Dtype::F16 => bytes
+            .chunks_exact(2)
+            .map(|b| half_to_f32(u16::from_le_bytes([b[0], b[1]])))
+            .collect(),
+        Dtype::BF16 => bytes
+            .chunks_exact(2)
+            .map(|b| f32::from_bits(u32::from(u16::from_le_bytes([b[0], b[1]])) << 16))
+            .collect(),
+        other => {
+            return Err(format!(
+                "tensor `{TENSOR_NAME}` has dtype {other:?}; F32, F16 or BF16 expected"
+            ));
+        }
     })
 }
 

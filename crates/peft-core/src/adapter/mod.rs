@@ -4,9 +4,15 @@ mod config;
 mod io;
 
 pub use config::{AdapterConfig, PeftType};
-pub use io::{AdapterSummary, CONFIG_FILE, SaveOptions, WEIGHTS_FILE, inspect_adapter, load_adapter, save_adapter};
+pub use io::{
+    AdapterSummary, CONFIG_FILE, SaveOptions, WEIGHTS_FILE, inspect_adapter, load_adapter,
+    save_adapter,
+};
 
-use burn::{module::Module, tensor::{Tensor, backend::Backend}};
+use burn::{
+    module::Module,
+    tensor::{Tensor, backend::Backend},
+};
 
 use crate::{
     error::{PeftError, Result},
@@ -53,7 +59,9 @@ impl std::str::FromStr for Method {
             "prompt" => Ok(Self::Prompt),
             "prefix" => Ok(Self::Prefix),
             "prefix-mlp" => Ok(Self::PrefixMlp),
-            other => Err(PeftError::Invalid(format!("unknown method `{other}`; expected prompt, prefix or prefix-mlp"))),
+            other => Err(PeftError::Invalid(format!(
+                "unknown method `{other}`; expected prompt, prefix or prefix-mlp"
+            ))),
         }
     }
 }
@@ -119,10 +127,20 @@ impl<B: Backend> Adapter<B> {
     /// The adapter's sizes in words.
     pub fn describe(&self) -> String {
         match self {
-            Self::Prompt(p) => format!("{} virtual tokens of width {}", p.len(), p.embedding.dims()[1]),
+            Self::Prompt(p) => format!(
+                "{} virtual tokens of width {}",
+                p.len(),
+                p.embedding.dims()[1]
+            ),
             Self::Prefix(p) => {
                 let l = p.layout();
-                format!("{} prefix slots for {} layers × {} kv heads × head dim {}", p.len(), l.num_layers, l.kv_heads, l.head_dim)
+                format!(
+                    "{} prefix slots for {} layers × {} kv heads × head dim {}",
+                    p.len(),
+                    l.num_layers,
+                    l.kv_heads,
+                    l.head_dim
+                )
             }
         }
     }
@@ -132,6 +150,10 @@ impl<B: Backend> Adapter<B> {
 pub fn describe_model(d: &ModelDims) -> String {
     format!(
         "hidden size {}, {} layers, {} kv heads × head dim {} (kv width {})",
-        d.hidden_size, d.num_layers, d.num_kv_heads, d.head_dim, d.kv_width()
+        d.hidden_size,
+        d.num_layers,
+        d.num_kv_heads,
+        d.head_dim,
+        d.kv_width()
     )
 }

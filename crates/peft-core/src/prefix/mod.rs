@@ -39,7 +39,11 @@ pub struct PrefixLayout {
 impl PrefixLayout {
     /// The layout for a model.
     pub fn of(dims: &ModelDims) -> Self {
-        Self { num_layers: dims.num_layers, kv_heads: dims.num_kv_heads, head_dim: dims.head_dim }
+        Self {
+            num_layers: dims.num_layers,
+            kv_heads: dims.num_kv_heads,
+            head_dim: dims.head_dim,
+        }
     }
 
     /// `kv_heads · head_dim`, PEFT's `token_dim` for prefix tuning.
@@ -96,12 +100,21 @@ impl<B: Backend> Prefix<B> {
     }
 
     fn with_params(params: PrefixParams<B>, layout: PrefixLayout) -> Self {
-        Self { params, num_layers: layout.num_layers, kv_heads: layout.kv_heads, head_dim: layout.head_dim }
+        Self {
+            params,
+            num_layers: layout.num_layers,
+            kv_heads: layout.kv_heads,
+            head_dim: layout.head_dim,
+        }
     }
 
     /// The layout this prefix was built for.
     pub fn layout(&self) -> PrefixLayout {
-        PrefixLayout { num_layers: self.num_layers, kv_heads: self.kv_heads, head_dim: self.head_dim }
+        PrefixLayout {
+            num_layers: self.num_layers,
+            kv_heads: self.kv_heads,
+            head_dim: self.head_dim,
+        }
     }
 
     /// A randomly initialised direct prefix of `n` slots.
@@ -110,7 +123,14 @@ impl<B: Backend> Prefix<B> {
     }
 
     /// A reparameterised prefix of `n` slots with `P'` of width `d_in` and MLP width `d_hidden`.
-    pub fn mlp(n: usize, d_in: usize, d_hidden: usize, seed: u64, layout: PrefixLayout, device: &B::Device) -> Self {
+    pub fn mlp(
+        n: usize,
+        d_in: usize,
+        d_hidden: usize,
+        seed: u64,
+        layout: PrefixLayout,
+        device: &B::Device,
+    ) -> Self {
         let mlp = PrefixMlp {
             embedding: Param::from_tensor(init::normal([n, d_in], 1.0, seed, device)),
             hidden: init::linear(d_in, d_hidden, seed.wrapping_add(1), device),
@@ -122,23 +142,39 @@ impl<B: Backend> Prefix<B> {
     /// A direct prefix holding the keys and values `model` computes for `ids`.
     pub fn from_text<M: CausalLm<B>>(model: &M, ids: &[u32]) -> Result<Self> {
         if ids.is_empty() {
-            return Err(PeftError::Invalid("the prefix init text has no tokens".into()));
+            return Err(PeftError::Invalid(
+                "the prefix init text has no tokens".into(),
+            ));
         }
         let dims = model.dims();
         let device = model.embedding_table().device();
         let ids: Vec<i64> = ids.iter().map(|&i| i64::from(i)).collect();
         let n = ids.len();
-        let ids = Tensor::<B, 2, burn::tensor::Int>::from_data(burn::tensor::TensorData::new(ids, [1, n]), &device);
+        let ids = Tensor::<B, 2, burn::tensor::Int>::from_data(
+            burn::tensor::TensorData::new(ids, [1, n]),
+            &device,
+        );
         let mut cache = KvCache::<B>::new(dims.num_layers);
         model.forward_cached(model.embed(ids), &mut cache);
         let layout = PrefixLayout::of(&dims);
         let layers = (0..dims.num_layers)
             .map(|l| {
-                let (k, v) = cache.layer(l).ok_or_else(|| PeftError::Invalid("the model filled no KV cache".into()))?;
+                let (k, v) = cache
+                    .layer(l)
+                    .ok_or_else(|| PeftError::Invalid("the model filled no KV cache".into()))?;
                 Ok((k.clone().detach(), v.clone().detach()))
             })
             .collect::<Result<Vec<_>>>()?;
-        Ok(Self::direct(flatten(&PrefixKv { layers, lengths: None }, layout), layout))
+        Ok(Self::direct(
+            flatten(
+                &PrefixKv {
+                    layers,
+                    lengths: None,
+                },
+                layout,
+            ),
+            layout,
+        ))
     }
 
     /// Number of slots `N`.
@@ -187,22 +223,37 @@ impl<B: Backend> Prefix<B> {
 /// `[1, kv_heads, N, head_dim]`.
 pub fn unflatten<B: Backend>(flat: Tensor<B, 2>, layout: PrefixLayout) -> PrefixKv<B> {
     let [n, _] = flat.dims();
-    let PrefixLayout { num_layers, kv_heads, head_dim } = layout;
+    let PrefixLayout {
+        num_layers,
+        kv_heads,
+        head_dim,
+    } = layout;
     // [N, 2L, Hkv, d] -> [2L, Hkv, N, d]
-    let all = flat.reshape([n, 2 * num_layers, kv_heads, head_dim]).permute([1, 2, 0, 3]);
+    let all = flat
+        .reshape([n, 2 * num_layers, kv_heads, head_dim])
+        .permute([1, 2, 0, 3]);
     let layers = (0..num_layers)
         .map(|l| {
             let pick = |i: usize| all.clone().narrow(0, i, 1);
             (pick(2 * l), pick(2 * l + 1))
         })
         .collect();
-    PrefixKv { layers, lengths: None }
+    PrefixKv {
+        layers,
+        lengths: None,
+    }
 }
 
 /// The inverse of [`unflatten`] for a shared (batch 1) prefix.
 pub fn flatten<B: Backend>(kv: &PrefixKv<B>, layout: PrefixLayout) -> Tensor<B, 2> {
-    let parts: Vec<Tensor<B, 4>> = kv.layers.iter().flat_map(|(k, v)| [k.clone(), v.clone()]).collect();
+    let parts: Vec<Tensor<B, 4>> = kv
+        .layers
+        .iter()
+        .flat_map(|(k, v)| [k.clone(), v.clone()])
+        .collect();
     let n = kv.len();
     // [2L, Hkv, N, d] -> [N, 2L, Hkv, d]
-    Tensor::cat(parts, 0).permute([2, 0, 1, 3]).reshape([n, layout.width()])
+    Tensor::cat(parts, 0)
+        .permute([2, 0, 1, 3])
+        .reshape([n, layout.width()])
 }

@@ -54,13 +54,19 @@ pub struct SoftPrompt<B: Backend> {
 
 /// PEFT's TEXT rule: the ids of the text, truncated to `n` or repeated until `n` are filled.
 pub fn text_init_ids(ids: &[u32], n: usize) -> Vec<u32> {
-    ids.iter().copied().cycle().take(if ids.is_empty() { 0 } else { n }).collect()
+    ids.iter()
+        .copied()
+        .cycle()
+        .take(if ids.is_empty() { 0 } else { n })
+        .collect()
 }
 
 impl<B: Backend> SoftPrompt<B> {
     /// A prompt holding the given embeddings `[N, hidden]`.
     pub fn from_tensor(embedding: Tensor<B, 2>) -> Self {
-        Self { embedding: Param::from_tensor(embedding) }
+        Self {
+            embedding: Param::from_tensor(embedding),
+        }
     }
 
     /// Initialises `n` virtual tokens for `model`; `tokenize` turns the init text into ids.
@@ -71,7 +77,9 @@ impl<B: Backend> SoftPrompt<B> {
         tokenize: impl Fn(&str) -> Result<Vec<u32>>,
     ) -> Result<Self> {
         if n == 0 {
-            return Err(PeftError::Invalid("a soft prompt needs at least one virtual token".into()));
+            return Err(PeftError::Invalid(
+                "a soft prompt needs at least one virtual token".into(),
+            ));
         }
         let table = model.embedding_table().detach();
         let [vocab, hidden] = table.dims();
@@ -79,7 +87,10 @@ impl<B: Backend> SoftPrompt<B> {
         let rows = |ids: Vec<u32>| {
             let ids: Vec<i64> = ids.into_iter().map(i64::from).collect();
             let len = ids.len();
-            table.clone().select(0, Tensor::<B, 1, Int>::from_data(TensorData::new(ids, [len]), &device))
+            table.clone().select(
+                0,
+                Tensor::<B, 1, Int>::from_data(TensorData::new(ids, [len]), &device),
+            )
         };
         let embedding = match init {
             PromptInit::Random { seed } => {
@@ -93,10 +104,14 @@ impl<B: Backend> SoftPrompt<B> {
             PromptInit::Text(text) => {
                 let ids = tokenize(text)?;
                 if ids.is_empty() {
-                    return Err(PeftError::Invalid(format!("the init text {text:?} has no tokens")));
+                    return Err(PeftError::Invalid(format!(
+                        "the init text {text:?} has no tokens"
+                    )));
                 }
                 if let Some(bad) = ids.iter().find(|&&i| i as usize >= vocab) {
-                    return Err(PeftError::Invalid(format!("init token id {bad} is outside the vocabulary of {vocab}")));
+                    return Err(PeftError::Invalid(format!(
+                        "init token id {bad} is outside the vocabulary of {vocab}"
+                    )));
                 }
                 rows(text_init_ids(&ids, n))
             }

@@ -21,7 +21,11 @@ pub struct BatchPlan {
 impl BatchPlan {
     /// A plan over examples of the given lengths.
     pub fn new(lengths: Vec<usize>, batch_size: usize, seed: u64) -> Self {
-        Self { lengths, batch_size: batch_size.max(1), seed }
+        Self {
+            lengths,
+            batch_size: batch_size.max(1),
+            seed,
+        }
     }
 
     /// Micro-batches per epoch (the last one may be smaller).
@@ -31,7 +35,8 @@ impl BatchPlan {
 
     /// The example indices of every batch of `epoch`, in training order.
     pub fn epoch(&self, epoch: usize) -> Vec<Vec<usize>> {
-        let mut rng = StdRng::seed_from_u64(self.seed ^ (epoch as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+        let mut rng =
+            StdRng::seed_from_u64(self.seed ^ (epoch as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
         let mut order: Vec<usize> = (0..self.lengths.len()).collect();
         order.shuffle(&mut rng);
         let mut batches = Vec::with_capacity(self.batches_per_epoch());

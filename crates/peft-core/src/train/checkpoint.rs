@@ -74,11 +74,23 @@ impl AdapterShape {
     /// The shape of `adapter`.
     pub fn of<B: burn::tensor::backend::Backend>(adapter: &Adapter<B>) -> Self {
         match adapter {
-            Adapter::Prompt(p) => Self::Prompt { n: p.len(), hidden: p.embedding.dims()[1] },
+            Adapter::Prompt(p) => Self::Prompt {
+                n: p.len(),
+                hidden: p.embedding.dims()[1],
+            },
             Adapter::Prefix(p) => {
-                let PrefixLayout { num_layers, kv_heads, head_dim } = p.layout();
+                let PrefixLayout {
+                    num_layers,
+                    kv_heads,
+                    head_dim,
+                } = p.layout();
                 match &p.params {
-                    PrefixParams::Direct(_) => Self::Prefix { n: p.len(), layers: num_layers, kv_heads, head_dim },
+                    PrefixParams::Direct(_) => Self::Prefix {
+                        n: p.len(),
+                        layers: num_layers,
+                        kv_heads,
+                        head_dim,
+                    },
                     PrefixParams::Mlp(m) => Self::PrefixMlp {
                         n: p.len(),
                         layers: num_layers,
@@ -96,13 +108,35 @@ impl AdapterShape {
     pub fn skeleton<B: burn::tensor::backend::Backend>(&self, device: &B::Device) -> Adapter<B> {
         let zeros = |shape: [usize; 2]| burn::tensor::Tensor::<B, 2>::zeros(shape, device);
         match *self {
-            Self::Prompt { n, hidden } => Adapter::Prompt(SoftPrompt::from_tensor(zeros([n, hidden]))),
-            Self::Prefix { n, layers, kv_heads, head_dim } => {
-                let layout = PrefixLayout { num_layers: layers, kv_heads, head_dim };
+            Self::Prompt { n, hidden } => {
+                Adapter::Prompt(SoftPrompt::from_tensor(zeros([n, hidden])))
+            }
+            Self::Prefix {
+                n,
+                layers,
+                kv_heads,
+                head_dim,
+            } => {
+                let layout = PrefixLayout {
+                    num_layers: layers,
+                    kv_heads,
+                    head_dim,
+                };
                 Adapter::Prefix(Prefix::direct(zeros([n, layout.width()]), layout))
             }
-            Self::PrefixMlp { n, layers, kv_heads, head_dim, d_in, d_hidden } => {
-                let layout = PrefixLayout { num_layers: layers, kv_heads, head_dim };
+            Self::PrefixMlp {
+                n,
+                layers,
+                kv_heads,
+                head_dim,
+                d_in,
+                d_hidden,
+            } => {
+                let layout = PrefixLayout {
+                    num_layers: layers,
+                    kv_heads,
+                    head_dim,
+                };
                 Adapter::Prefix(Prefix::mlp(n, d_in, d_hidden, 0, layout, device))
             }
         }
@@ -131,7 +165,9 @@ pub fn checkpoint_name(step: usize) -> String {
 
 /// Complete checkpoints under `run_dir`, oldest first.
 pub fn list_checkpoints(run_dir: &Path) -> Vec<(usize, PathBuf)> {
-    let Ok(entries) = std::fs::read_dir(run_dir.join(CHECKPOINTS_DIR)) else { return Vec::new() };
+    let Ok(entries) = std::fs::read_dir(run_dir.join(CHECKPOINTS_DIR)) else {
+        return Vec::new();
+    };
     let mut found: Vec<(usize, PathBuf)> = entries
         .filter_map(|e| e.ok())
         .filter_map(|e| {
@@ -166,7 +202,11 @@ pub fn stage_checkpoint<B: AutodiffBackend, O: Optimizer<Adapter<B>, B>>(
 ) -> Result<StagedCheckpoint> {
     let root = run_dir.join(CHECKPOINTS_DIR);
     let target = root.join(checkpoint_name(state.step));
-    let staging = root.join(format!(".{}.partial-{}", checkpoint_name(state.step), std::process::id()));
+    let staging = root.join(format!(
+        ".{}.partial-{}",
+        checkpoint_name(state.step),
+        std::process::id()
+    ));
     let _ = std::fs::remove_dir_all(&staging);
     std::fs::create_dir_all(&staging).map_err(|e| PeftError::io(&staging, e))?;
     let recorder = Bytes::default();
@@ -189,7 +229,11 @@ impl StagedCheckpoint {
             std::fs::remove_dir_all(&self.target).map_err(|e| PeftError::io(&self.target, e))?;
         }
         std::fs::rename(&self.staging, &self.target).map_err(|e| PeftError::io(&self.target, e))?;
-        let root = self.target.parent().map(Path::to_path_buf).unwrap_or_default();
+        let root = self
+            .target
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_default();
         if let Some(run_dir) = root.parent() {
             let all = list_checkpoints(run_dir);
             for (_, old) in all.iter().take(all.len().saturating_sub(keep.max(1))) {
@@ -214,15 +258,33 @@ pub fn load_checkpoint<B: AutodiffBackend, O: Optimizer<Adapter<B>, B>>(
     optim: O,
     device: &B::Device,
 ) -> Result<(Adapter<B>, O, TrainState)> {
-    let read = |name: &str| std::fs::read(dir.join(name)).map_err(|e| PeftError::io(dir.join(name), e));
-    let state: TrainState = serde_json::from_slice(&read(STATE_FILE)?)
-        .map_err(|e| PeftError::malformed(dir.join(STATE_FILE), format!("invalid checkpoint state: {e}")))?;
+    let read =
+        |name: &str| std::fs::read(dir.join(name)).map_err(|e| PeftError::io(dir.join(name), e));
+    let state: TrainState = serde_json::from_slice(&read(STATE_FILE)?).map_err(|e| {
+        PeftError::malformed(
+            dir.join(STATE_FILE),
+            format!("invalid checkpoint state: {e}"),
+        )
+    })?;
     let recorder = Bytes::default();
-    let adapter_record = Recorder::<B>::load(&recorder, read(ADAPTER_FILE)?, device)
-        .map_err(|e| PeftError::malformed(dir.join(ADAPTER_FILE), format!("invalid adapter record: {e}")))?;
-    let adapter = state.shape.skeleton::<B>(device).load_record(adapter_record);
-    let optim_record = Recorder::<B>::load(&recorder, read(OPTIMIZER_FILE)?, device)
-        .map_err(|e| PeftError::malformed(dir.join(OPTIMIZER_FILE), format!("invalid optimizer record: {e}")))?;
+    let adapter_record =
+        Recorder::<B>::load(&recorder, read(ADAPTER_FILE)?, device).map_err(|e| {
+            PeftError::malformed(
+                dir.join(ADAPTER_FILE),
+                format!("invalid adapter record: {e}"),
+            )
+        })?;
+    let adapter = state
+        .shape
+        .skeleton::<B>(device)
+        .load_record(adapter_record);
+    let optim_record =
+        Recorder::<B>::load(&recorder, read(OPTIMIZER_FILE)?, device).map_err(|e| {
+            PeftError::malformed(
+                dir.join(OPTIMIZER_FILE),
+                format!("invalid optimizer record: {e}"),
+            )
+        })?;
     Ok((adapter, optim.load_record(optim_record), state))
 }
 

@@ -54,8 +54,17 @@ pub fn clip_global_norm<B: AutodiffBackend, M: AutodiffModule<B>>(
     module.visit(&mut sq);
     let norm = sq.total?.sqrt();
     if let Some(max) = max_norm {
-        let factor = norm.clone().add_scalar(1e-6).recip().mul_scalar(max).clamp_max(1.0);
-        module.visit(&mut Scale::<B> { grads, factor, ids: Vec::new() });
+        let factor = norm
+            .clone()
+            .add_scalar(1e-6)
+            .recip()
+            .mul_scalar(max)
+            .clamp_max(1.0);
+        module.visit(&mut Scale::<B> {
+            grads,
+            factor,
+            ids: Vec::new(),
+        });
     }
     Some(norm)
 }

@@ -45,32 +45,55 @@ pub fn parse_jsonl(path: &Path, text: &str) -> Result<Vec<(usize, Record)>> {
         if line.trim().is_empty() {
             continue;
         }
-        let bad = |what: String| PeftError::Data { path: path.to_path_buf(), line: line_no, what };
-        let value: Value = serde_json::from_str(line).map_err(|e| bad(format!("not valid JSON: {e}")))?;
-        let obj = value.as_object().ok_or_else(|| bad("expected a JSON object".into()))?;
+        let bad = |what: String| PeftError::Data {
+            path: path.to_path_buf(),
+            line: line_no,
+            what,
+        };
+        let value: Value =
+            serde_json::from_str(line).map_err(|e| bad(format!("not valid JSON: {e}")))?;
+        let obj = value
+            .as_object()
+            .ok_or_else(|| bad("expected a JSON object".into()))?;
         let field = |name: &str| -> Result<Option<String>> {
             match obj.get(name) {
                 None | Some(Value::Null) => Ok(None),
                 Some(Value::String(s)) => Ok(Some(s.clone())),
-                Some(other) => Err(bad(format!("field `{name}` must be a string, found {other}"))),
+                Some(other) => Err(bad(format!(
+                    "field `{name}` must be a string, found {other}"
+                ))),
             }
         };
         let record = match (field("text")?, field("input")?, field("output")?) {
             (Some(_), Some(_), _) | (Some(_), _, Some(_)) => {
-                return Err(bad("has both `text` and `input`/`output`; use one form per line".into()));
+                return Err(bad(
+                    "has both `text` and `input`/`output`; use one form per line".into(),
+                ));
             }
-            (Some(t), None, None) if t.trim().is_empty() => return Err(bad("field `text` is empty".into())),
+            (Some(t), None, None) if t.trim().is_empty() => {
+                return Err(bad("field `text` is empty".into()));
+            }
             (Some(t), None, None) => Record::Text(t),
             (None, Some(_), None) => return Err(bad("missing field `output`".into())),
             (None, None, Some(_)) => return Err(bad("missing field `input`".into())),
-            (None, Some(_), Some(o)) if o.trim().is_empty() => return Err(bad("field `output` is empty".into())),
+            (None, Some(_), Some(o)) if o.trim().is_empty() => {
+                return Err(bad("field `output` is empty".into()));
+            }
             (None, Some(input), Some(output)) => Record::Pair { input, output },
-            (None, None, None) => return Err(bad("expected field `text`, or fields `input` and `output`".into())),
+            (None, None, None) => {
+                return Err(bad(
+                    "expected field `text`, or fields `input` and `output`".into()
+                ));
+            }
         };
         records.push((line_no, record));
     }
     if records.is_empty() {
-        return Err(PeftError::Data { path: path.to_path_buf(), line: 0, what: "the dataset has no examples".into() });
+        return Err(PeftError::Data {
+            path: path.to_path_buf(),
+            line: 0,
+            what: "the dataset has no examples".into(),
+        });
     }
     Ok(records)
 }
@@ -96,7 +119,9 @@ impl std::str::FromStr for Truncation {
             "left" => Ok(Self::Left),
             "drop" => Ok(Self::Drop),
             "error" => Ok(Self::Error),
-            other => Err(PeftError::Invalid(format!("unknown truncation `{other}`; expected left, drop or error"))),
+            other => Err(PeftError::Invalid(format!(
+                "unknown truncation `{other}`; expected left, drop or error"
+            ))),
         }
     }
 }
@@ -149,7 +174,11 @@ impl Dataset {
         let mut examples = Vec::with_capacity(records.len());
         let (mut skipped, mut truncated) = (0, 0);
         for (line, record) in records {
-            let bad = |what: String| PeftError::Data { path: path.to_path_buf(), line, what };
+            let bad = |what: String| PeftError::Data {
+                path: path.to_path_buf(),
+                line,
+                what,
+            };
             let enc = |t: &str| tok.encode(t).map_err(|e| bad(format!("tokenizing: {e}")));
             let (mut input, mut output) = match &record {
                 Record::Pair { input, output } => (enc(input)?, enc(output)?),
@@ -162,7 +191,9 @@ impl Dataset {
             if total > max_len {
                 match truncation {
                     Truncation::Error => {
-                        return Err(bad(format!("{total} tokens exceed the limit of {max_len} (use --truncation left or drop)")));
+                        return Err(bad(format!(
+                            "{total} tokens exceed the limit of {max_len} (use --truncation left or drop)"
+                        )));
                     }
                     Truncation::Drop => {
                         skipped += 1;
@@ -190,7 +221,13 @@ impl Dataset {
             if input.len() < 2 {
                 return Err(bad("fewer than two tokens: nothing to predict".into()));
             }
-            examples.push(Example { line, ids: input, is_target, input_len, record });
+            examples.push(Example {
+                line,
+                ids: input,
+                is_target,
+                input_len,
+                record,
+            });
         }
         if examples.is_empty() {
             return Err(PeftError::Data {
@@ -199,7 +236,12 @@ impl Dataset {
                 what: format!("no example fits the limit of {max_len} tokens ({skipped} dropped)"),
             });
         }
-        Ok(Self { path: path.to_path_buf(), examples, skipped, truncated })
+        Ok(Self {
+            path: path.to_path_buf(),
+            examples,
+            skipped,
+            truncated,
+        })
     }
 
     /// Number of examples.
@@ -214,7 +256,9 @@ impl Dataset {
 
     /// Whether every example is an input/output pair.
     pub fn is_pairs(&self) -> bool {
-        self.examples.iter().all(|e| matches!(e.record, Record::Pair { .. }))
+        self.examples
+            .iter()
+            .all(|e| matches!(e.record, Record::Pair { .. }))
     }
 }
 
@@ -223,18 +267,38 @@ mod tests {
     use super::*;
 
     fn err(text: &str) -> String {
-        parse_jsonl(Path::new("d.jsonl"), text).unwrap_err().to_string()
+        parse_jsonl(Path::new("d.jsonl"), text)
+            .unwrap_err()
+            .to_string()
     }
 
     #[test]
     fn bad_lines_name_file_and_line() {
-        assert_eq!(err("{\"text\": \"a\"}\nnot json\n"), "d.jsonl:2: not valid JSON: expected ident at line 1 column 2");
-        assert_eq!(err("{\"input\": \"a\"}"), "d.jsonl:1: missing field `output`");
-        assert_eq!(err("\n\n{\"text\": \"  \"}"), "d.jsonl:3: field `text` is empty");
-        assert_eq!(err("{\"input\": \"a\", \"output\": \"\"}"), "d.jsonl:1: field `output` is empty");
-        assert_eq!(err("{\"text\": 5}"), "d.jsonl:1: field `text` must be a string, found 5");
+        assert_eq!(
+            err("{\"text\": \"a\"}\nnot json\n"),
+            "d.jsonl:2: not valid JSON: expected ident at line 1 column 2"
+        );
+        assert_eq!(
+            err("{\"input\": \"a\"}"),
+            "d.jsonl:1: missing field `output`"
+        );
+        assert_eq!(
+            err("\n\n{\"text\": \"  \"}"),
+            "d.jsonl:3: field `text` is empty"
+        );
+        assert_eq!(
+            err("{\"input\": \"a\", \"output\": \"\"}"),
+            "d.jsonl:1: field `output` is empty"
+        );
+        assert_eq!(
+            err("{\"text\": 5}"),
+            "d.jsonl:1: field `text` must be a string, found 5"
+        );
         assert_eq!(err("[1, 2]"), "d.jsonl:1: expected a JSON object");
-        assert_eq!(err("{\"id\": 1}"), "d.jsonl:1: expected field `text`, or fields `input` and `output`");
+        assert_eq!(
+            err("{\"id\": 1}"),
+            "d.jsonl:1: expected field `text`, or fields `input` and `output`"
+        );
         assert!(err("{\"text\": \"a\", \"input\": \"b\", \"output\": \"c\"}").contains("both"));
     }
 
@@ -256,16 +320,41 @@ mod tests {
 
     #[test]
     fn pairs_learn_only_the_output_and_truncate_the_input_start() {
-        let recs = vec![(1, Record::Pair { input: "abcdef".into(), output: "xy".into() })];
-        let ds = Dataset::tokenize(Path::new("d"), recs.clone(), &Chars, 100, Truncation::Left).expect("ok");
+        let recs = vec![(
+            1,
+            Record::Pair {
+                input: "abcdef".into(),
+                output: "xy".into(),
+            },
+        )];
+        let ds = Dataset::tokenize(Path::new("d"), recs.clone(), &Chars, 100, Truncation::Left)
+            .expect("ok");
         let e = &ds.examples[0];
-        assert_eq!(e.ids, b"abcdefxy\0".iter().map(|&b| u32::from(b)).collect::<Vec<_>>());
-        assert_eq!(e.is_target, [false, false, false, false, false, false, true, true, true]);
-        let ds = Dataset::tokenize(Path::new("d"), recs.clone(), &Chars, 5, Truncation::Left).expect("ok");
-        assert_eq!(ds.examples[0].ids, b"efxy\0".iter().map(|&b| u32::from(b)).collect::<Vec<_>>());
+        assert_eq!(
+            e.ids,
+            b"abcdefxy\0"
+                .iter()
+                .map(|&b| u32::from(b))
+                .collect::<Vec<_>>()
+        );
+        assert_eq!(
+            e.is_target,
+            [false, false, false, false, false, false, true, true, true]
+        );
+        let ds = Dataset::tokenize(Path::new("d"), recs.clone(), &Chars, 5, Truncation::Left)
+            .expect("ok");
+        assert_eq!(
+            ds.examples[0].ids,
+            b"efxy\0".iter().map(|&b| u32::from(b)).collect::<Vec<_>>()
+        );
         assert_eq!(ds.truncated, 1);
-        let err = Dataset::tokenize(Path::new("d"), recs.clone(), &Chars, 5, Truncation::Error).unwrap_err();
-        assert!(err.to_string().starts_with("d:1: 9 tokens exceed the limit of 5"), "{err}");
+        let err = Dataset::tokenize(Path::new("d"), recs.clone(), &Chars, 5, Truncation::Error)
+            .unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("d:1: 9 tokens exceed the limit of 5"),
+            "{err}"
+        );
         let err = Dataset::tokenize(Path::new("d"), recs, &Chars, 5, Truncation::Drop).unwrap_err();
         assert!(err.to_string().contains("no example fits"), "{err}");
     }

@@ -48,12 +48,20 @@ impl MetricsLog {
             text.push('\n');
         }
         write_atomic(path, text.as_bytes())?;
-        let file = OpenOptions::new().append(true).open(path).map_err(|e| PeftError::io(path, e))?;
-        Ok(Self { path: path.to_path_buf(), file })
+        let file = OpenOptions::new()
+            .append(true)
+            .open(path)
+            .map_err(|e| PeftError::io(path, e))?;
+        Ok(Self {
+            path: path.to_path_buf(),
+            file,
+        })
     }
 
     fn write(&mut self, v: Value) -> Result<()> {
-        writeln!(self.file, "{v}").and_then(|_| self.file.flush()).map_err(|e| PeftError::io(&self.path, e))
+        writeln!(self.file, "{v}")
+            .and_then(|_| self.file.flush())
+            .map_err(|e| PeftError::io(&self.path, e))
     }
 
     /// Logs a training step.

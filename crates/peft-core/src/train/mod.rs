@@ -211,7 +211,10 @@ pub fn evaluate_loss<B: burn::tensor::backend::Backend, M: CausalLm<B>>(
         count += targets.len();
     }
     if count == 0 {
-        return Err(PeftError::Invalid(format!("{}: no target tokens to evaluate", data.path.display())));
+        return Err(PeftError::Invalid(format!(
+            "{}: no target tokens to evaluate",
+            data.path.display()
+        )));
     }
     Ok((sum / count as f64, count))
 }
@@ -235,8 +238,23 @@ pub struct Trainer<'a, B: AutodiffBackend, M: CausalLm<B>> {
 
 impl<'a, B: AutodiffBackend, M: CausalLm<B>> Trainer<'a, B, M> {
     /// A run of `config` on `train` (and `eval`) writing into `out`.
-    pub fn new(base: &'a M, train: &'a Dataset, eval: Option<&'a Dataset>, config: TrainConfig, out: PathBuf, save: SaveOptions) -> Self {
-        Self { base, train, eval, config, out, save, _b: std::marker::PhantomData }
+    pub fn new(
+        base: &'a M,
+        train: &'a Dataset,
+        eval: Option<&'a Dataset>,
+        config: TrainConfig,
+        out: PathBuf,
+        save: SaveOptions,
+    ) -> Self {
+        Self {
+            base,
+            train,
+            eval,
+            config,
+            out,
+            save,
+            _b: std::marker::PhantomData,
+        }
     }
 
     fn optimizer(&self) -> AdapterOptimizer<B> {
@@ -247,7 +265,13 @@ impl<'a, B: AutodiffBackend, M: CausalLm<B>> Trainer<'a, B, M> {
     /// adapter argument is then ignored). Returns when all steps are done, when `stop` is raised
     /// (after writing a checkpoint), or with an error when the loss stops being finite (the last
     /// good checkpoint stays).
-    pub fn run(&self, adapter: Adapter<B>, resume: Option<&Path>, observer: &mut dyn Observer, stop: &AtomicBool) -> Result<TrainResult<B>> {
+    pub fn run(
+        &self,
+        adapter: Adapter<B>,
+        resume: Option<&Path>,
+        observer: &mut dyn Observer,
+        stop: &AtomicBool,
+    ) -> Result<TrainResult<B>> {
         let cfg = &self.config;
         cfg.validate()?;
         let device = self.base.embedding_table().device();
@@ -255,19 +279,43 @@ impl<'a, B: AutodiffBackend, M: CausalLm<B>> Trainer<'a, B, M> {
             Some(dir) => load_checkpoint(dir, self.optimizer(), &device)?,
             None => {
                 let shape = AdapterShape::of(&adapter);
-                (adapter, self.optimizer(), TrainState { step: 0, micro_batches: 0, tokens: 0, shape, last_loss: f64::NAN })
+                (
+                    adapter,
+                    self.optimizer(),
+                    TrainState {
+                        step: 0,
+                        micro_batches: 0,
+                        tokens: 0,
+                        shape,
+                        last_loss: f64::NAN,
+                    },
+                )
             }
         };
         adapter.check_fits("the trained adapter", &self.base.dims())?;
         std::fs::create_dir_all(&self.out).map_err(|e| PeftError::io(&self.out, e))?;
         let mut log = MetricsLog::open(&self.out.join(metrics::METRICS_FILE), state.step)?;
-        let plan = BatchPlan::new(self.train.examples.iter().map(|e| e.ids.len()).collect(), cfg.batch_size, cfg.seed);
-        let schedule = Schedule { lr: cfg.lr, warmup: cfg.warmup_steps, total: cfg.steps, decay: cfg.decay };
+        let plan = BatchPlan::new(
+            self.train.examples.iter().map(|e| e.ids.len()).collect(),
+            cfg.batch_size,
+            cfg.seed,
+        );
+        let schedule = Schedule {
+            lr: cfg.lr,
+            warmup: cfg.warmup_steps,
+            total: cfg.steps,
+            decay: cfg.decay,
+        };
         let mut checkpoint = None;
         while state.step < cfg.steps {
             if stop.load(Ordering::Relaxed) {
                 let path = self.checkpoint(&adapter, &optim, &state, observer)?;
-                return Ok(TrainResult { adapter, outcome: Outcome::Interrupted, steps: state.step, checkpoint: Some(path) });
+                return Ok(TrainResult {
+                    adapter,
+                    outcome: Outcome::Interrupted,
+                    steps: state.step,
+                    checkpoint: Some(path),
+                });
             }
             let started = Instant::now();
             let mut accum = GradientsAccumulator::<Adapter<B>>::new();
@@ -276,18 +324,28 @@ impl<'a, B: AutodiffBackend, M: CausalLm<B>> Trainer<'a, B, M> {
             for _ in 0..cfg.grad_accum {
                 let batch = plan.batch(state.micro_batches);
                 state.micro_batches += 1;
-                let rows: Vec<Vec<u32>> = batch.iter().map(|&i| self.train.examples[i].ids.clone()).collect();
-                let masks: Vec<Vec<bool>> = batch.iter().map(|&i| self.train.examples[i].is_target.clone()).collect();
+                let rows: Vec<Vec<u32>> = batch
+                    .iter()
+                    .map(|&i| self.train.examples[i].ids.clone())
+                    .collect();
+                let masks: Vec<Vec<bool>> = batch
+                    .iter()
+                    .map(|&i| self.train.examples[i].is_target.clone())
+                    .collect();
                 tokens += rows.iter().map(|r| r.len() as u64).sum::<u64>();
                 let targets = Targets::from_rows(&rows, &masks);
                 let out = forward(self.base, &rows, Routing::All(Some(&adapter)))?;
-                let loss = nll_sum(self.base, &out, &targets)?.div_scalar((targets.len() * cfg.grad_accum) as f64);
+                let loss = nll_sum(self.base, &out, &targets)?
+                    .div_scalar((targets.len() * cfg.grad_accum) as f64);
                 let value = loss.clone().inner();
                 loss_total = Some(match loss_total.take() {
                     Some(t) => t + value,
                     None => value,
                 });
-                accum.accumulate(&adapter, GradientsParams::from_grads(loss.backward(), &adapter));
+                accum.accumulate(
+                    &adapter,
+                    GradientsParams::from_grads(loss.backward(), &adapter),
+                );
             }
             let mut grads = accum.grads();
             let norm = clip::clip_global_norm(&adapter, &mut grads, cfg.max_grad_norm);
@@ -295,10 +353,16 @@ impl<'a, B: AutodiffBackend, M: CausalLm<B>> Trainer<'a, B, M> {
             let grad_norm: f64 = norm.map_or(0.0, |n| n.into_scalar().elem());
             if !loss.is_finite() || !grad_norm.is_finite() {
                 let kept = checkpoint::latest_checkpoint(&self.out)
-                    .map_or("no checkpoint had been written yet".to_string(), |p| format!("the last good checkpoint is {}", p.display()));
+                    .map_or("no checkpoint had been written yet".to_string(), |p| {
+                        format!("the last good checkpoint is {}", p.display())
+                    });
                 return Err(PeftError::Training(format!(
                     "the loss became {} at step {} (gradient norm {grad_norm}); stopped without applying it — {kept}. Lower the learning rate or enable clipping.",
-                    if loss.is_nan() { "NaN".to_string() } else { loss.to_string() },
+                    if loss.is_nan() {
+                        "NaN".to_string()
+                    } else {
+                        loss.to_string()
+                    },
                     state.step + 1
                 )));
             }
@@ -307,7 +371,14 @@ impl<'a, B: AutodiffBackend, M: CausalLm<B>> Trainer<'a, B, M> {
             state.step += 1;
             state.tokens += tokens;
             state.last_loss = loss;
-            let m = StepMetrics { step: state.step, loss, lr, grad_norm, tokens, seconds: started.elapsed().as_secs_f64() };
+            let m = StepMetrics {
+                step: state.step,
+                loss,
+                lr,
+                grad_norm,
+                tokens,
+                seconds: started.elapsed().as_secs_f64(),
+            };
             log.step(&m)?;
             observer.on_step(&m);
             let last = state.step == cfg.steps;
@@ -316,20 +387,41 @@ impl<'a, B: AutodiffBackend, M: CausalLm<B>> Trainer<'a, B, M> {
             {
                 let frozen = adapter.clone().no_grad();
                 let (loss, count) = evaluate_loss(self.base, Some(&frozen), eval, cfg.batch_size)?;
-                let m = EvalMetrics { step: state.step, loss, perplexity: loss.exp(), tokens: count };
+                let m = EvalMetrics {
+                    step: state.step,
+                    loss,
+                    perplexity: loss.exp(),
+                    tokens: count,
+                };
                 log.eval(&m)?;
                 observer.on_eval(&m);
             }
-            if last || cfg.checkpoint_every.is_some_and(|every| state.step % every == 0) {
+            if last
+                || cfg
+                    .checkpoint_every
+                    .is_some_and(|every| state.step % every == 0)
+            {
                 checkpoint = Some(self.checkpoint(&adapter, &optim, &state, observer)?);
             }
         }
         save_adapter(&self.out, &adapter, &self.base.dims(), &self.save)?;
-        Ok(TrainResult { adapter, outcome: Outcome::Finished, steps: state.step, checkpoint })
+        Ok(TrainResult {
+            adapter,
+            outcome: Outcome::Finished,
+            steps: state.step,
+            checkpoint,
+        })
     }
 
-    fn checkpoint(&self, adapter: &Adapter<B>, optim: &AdapterOptimizer<B>, state: &TrainState, observer: &mut dyn Observer) -> Result<PathBuf> {
-        let path = stage_checkpoint(&self.out, adapter, optim, state)?.commit(self.config.keep_checkpoints)?;
+    fn checkpoint(
+        &self,
+        adapter: &Adapter<B>,
+        optim: &AdapterOptimizer<B>,
+        state: &TrainState,
+        observer: &mut dyn Observer,
+    ) -> Result<PathBuf> {
+        let path = stage_checkpoint(&self.out, adapter, optim, state)?
+            .commit(self.config.keep_checkpoints)?;
         observer.on_checkpoint(&path);
         Ok(path)
     }

@@ -21,7 +21,9 @@ impl std::str::FromStr for Decay {
             "cosine" => Ok(Self::Cosine),
             "linear" => Ok(Self::Linear),
             "constant" => Ok(Self::Constant),
-            other => Err(crate::PeftError::Invalid(format!("unknown schedule `{other}`; expected cosine, linear or constant"))),
+            other => Err(crate::PeftError::Invalid(format!(
+                "unknown schedule `{other}`; expected cosine, linear or constant"
+            ))),
         }
     }
 }
@@ -62,12 +64,20 @@ mod tests {
 
     #[test]
     fn warmup_then_decay() {
-        let s = Schedule { lr: 1.0, warmup: 4, total: 14, decay: Decay::Linear };
+        let s = Schedule {
+            lr: 1.0,
+            warmup: 4,
+            total: 14,
+            decay: Decay::Linear,
+        };
         assert_eq!(s.lr(0), 0.25);
         assert_eq!(s.lr(3), 1.0);
         assert_eq!(s.lr(4), 1.0);
         assert!((s.lr(9) - 0.5).abs() < 1e-12);
-        let c = Schedule { decay: Decay::Cosine, ..s };
+        let c = Schedule {
+            decay: Decay::Cosine,
+            ..s
+        };
         assert!((c.lr(9) - 0.5).abs() < 1e-12);
         assert!(c.lr(13) > 0.0 && c.lr(13) < 0.05);
     }

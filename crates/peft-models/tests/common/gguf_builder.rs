@@ -17,7 +17,10 @@ pub fn string(s: &str) -> Vec<u8> {
 
 impl GgufBuilder {
     pub fn new() -> Self {
-        Self { version: 3, ..Default::default() }
+        Self {
+            version: 3,
+            ..Default::default()
+        }
     }
     pub fn raw_meta(mut self, key: &str, ty: u32, payload: Vec<u8>) -> Self {
         self.meta.push((key.into(), ty, payload));
@@ -94,7 +97,8 @@ impl GgufBuilder {
 /// A complete, valid 1-layer `llama` GGUF (hidden 8, 2 heads, 1 kv head, vocab 4, F32).
 pub fn tiny_llama() -> GgufBuilder {
     let (h, ff, v, kv) = (8u64, 16u64, 4u64, 4u64);
-    let vals = |n: u64| -> Vec<f32> { (0..n).map(|i| ((i * 7 % 13) as f32 - 6.0) / 10.0).collect() };
+    let vals =
+        |n: u64| -> Vec<f32> { (0..n).map(|i| ((i * 7 % 13) as f32 - 6.0) / 10.0).collect() };
     GgufBuilder::new()
         .str("general.architecture", "llama")
         .u32("llama.block_count", 1)

@@ -58,7 +58,12 @@ pub fn max_logit_error(logits: &[f32], reference: &Value, stride: usize) -> f32 
         let id = pair[0].as_u64().expect("id") as usize;
         worst = worst.max((logits[id] - pair[1].as_f64().expect("logit") as f32).abs());
     }
-    for (k, want) in reference["sampled_logits"].as_array().expect("sampled").iter().enumerate() {
+    for (k, want) in reference["sampled_logits"]
+        .as_array()
+        .expect("sampled")
+        .iter()
+        .enumerate()
+    {
         worst = worst.max((logits[k * stride] - want.as_f64().expect("logit") as f32).abs());
     }
     worst
@@ -92,9 +97,19 @@ pub fn check_against_reference<B: peft_kernels::PrefixAttentionBackend>(
         let prompt = ids(&p["ids"]);
         let text = p["prompt"].as_str().expect("prompt");
         assert_eq!(ckpt.tokenizer.encode(text).expect("encode"), prompt);
-        let config = GenerationConfig { max_new_tokens: 16, ..Default::default() };
-        let out = generate(&model, &ckpt.tokenizer, &prompt, &Conditioning::default(), &config, |_| {})
-            .expect("generate");
+        let config = GenerationConfig {
+            max_new_tokens: 16,
+            ..Default::default()
+        };
+        let out = generate(
+            &model,
+            &ckpt.tokenizer,
+            &prompt,
+            &Conditioning::default(),
+            &config,
+            |_| {},
+        )
+        .expect("generate");
         let worst = max_logit_error(&out.prompt_logits, p, stride);
         eprintln!("{}: {text:?}: max |Δlogit| = {worst:e}", B::name(device));
         assert!(worst < tol, "{text:?}: max |Δlogit| = {worst}");
