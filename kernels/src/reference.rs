@@ -75,13 +75,20 @@ fn scores<B: Backend>(a: &ArgTensors<B>, keys: &Tensor<B, 4>) -> Tensor<B, 5> {
     let g = h / hkv;
     let n = keys.dims()[2];
     let q = a.query.clone().reshape([b, hkv, g * l, d]);
-    let scores = q
-        .matmul(keys.clone().swap_dims(2, 3))
-        .mul_scalar(a.scale)
-        .reshape([b, hkv, g, l, n]);
+    let scores = q.matmul(keys.clone().swap_dims(2, 3)).mul_scalar(a.scale);
     match mask(a) {
-        Some(m) => scores.mask_fill(m.expand([b, hkv, g, l, n]), f32::NEG_INFINITY),
-        None => scores,
+        // One mask for the whole batch: add it as a flat `[1, L·n]` row of 0 / -inf, which CPU
+        // backends broadcast on their fast path (a 5-D masked fill walks strided views).
+        Some(m) if m.dims()[0] == 1 => {
+            let bias = Tensor::<B, 5>::zeros(m.dims(), &scores.device())
+                .mask_fill(m, f32::NEG_INFINITY)
+                .reshape([1, l * n]);
+            (scores.reshape([b * hkv * g, l * n]) + bias).reshape([b, hkv, g, l, n])
+        }
+        Some(m) => scores
+            .reshape([b, hkv, g, l, n])
+            .mask_fill(m.expand([b, hkv, g, l, n]), f32::NEG_INFINITY),
+        None => scores.reshape([b, hkv, g, l, n]),
     }
 }
 

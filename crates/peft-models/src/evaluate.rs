@@ -133,14 +133,14 @@ mod tests {
 
     #[test]
     fn bleu_matches_a_hand_computed_value() {
-        // hyp 6 tokens, ref 6; p1 = 5/6, p2 = 3/5, p3 = 1/4, p4 = 0 -> with a second, identical
-        // pair the pooled counts become p1 = 11/12, p2 = 8/10, p3 = 5/8, p4 = 3/6.
+        // First pair: p1 = 5/6, p2 = 3/5, p3 = 2/4 ("the cat sat", "cat sat on"), p4 = 1/3; with
+        // a second, identical 6-token pair the pooled counts become 11/12, 8/10, 6/8, 4/6.
         let pairs = [
             c("the cat sat on a mat", "the cat sat on the mat"),
             c("one two three four five six", "one two three four five six"),
         ];
         let expected =
-            100.0 * ((11.0f64 / 12.0) * (8.0 / 10.0) * (5.0 / 8.0) * (3.0 / 6.0)).powf(0.25);
+            100.0 * ((11.0f64 / 12.0) * (8.0 / 10.0) * (6.0 / 8.0) * (4.0 / 6.0)).powf(0.25);
         let got = corpus_bleu(&pairs);
         assert!((got - expected).abs() < 1e-9, "{got} vs {expected}");
     }

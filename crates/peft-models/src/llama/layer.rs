@@ -10,11 +10,19 @@ use peft_kernels::{AttentionPath, PrefixAttention, PrefixAttentionBackend};
 
 use super::rope::RopeSlice;
 
-/// Self-attention with fused q/k/v projection.
+/// Self-attention.
+///
+/// The projections stay separate (rather than one fused q/k/v matrix) so each output is a
+/// contiguous tensor: CPU backends run element-wise ops on contiguous tensors many times faster
+/// than on strided views.
 #[derive(Module, Debug)]
 pub struct Attention<B: PrefixAttentionBackend> {
-    /// `[hidden, (heads + 2·kv_heads)·head_dim]`: query, key and value projections side by side.
-    pub qkv: Linear<B>,
+    /// `[hidden, heads·head_dim]`.
+    pub q: Linear<B>,
+    /// `[hidden, kv_heads·head_dim]`.
+    pub k: Linear<B>,
+    /// `[hidden, kv_heads·head_dim]`.
+    pub v: Linear<B>,
     /// `[heads·head_dim, hidden]`.
     pub out: Linear<B>,
     /// Query heads.
@@ -31,11 +39,13 @@ pub struct Attention<B: PrefixAttentionBackend> {
     pub path: Option<AttentionPath>,
 }
 
-/// SwiGLU MLP with fused gate/up projection.
+/// SwiGLU MLP: `down(silu(gate(x)) · up(x))`.
 #[derive(Module, Debug)]
 pub struct Mlp<B: PrefixAttentionBackend> {
-    /// `[hidden, 2·intermediate]`: gate then up.
-    pub gate_up: Linear<B>,
+    /// `[hidden, intermediate]`.
+    pub gate: Linear<B>,
+    /// `[hidden, intermediate]`.
+    pub up: Linear<B>,
     /// `[intermediate, hidden]`.
     pub down: Linear<B>,
 }
@@ -51,6 +61,23 @@ pub struct DecoderLayer<B: PrefixAttentionBackend> {
     pub mlp_norm: RmsNorm<B>,
     /// Feed-forward block.
     pub mlp: Mlp<B>,
+}
+
+/// `x·W + b` on `[B, L, in]` as one `[B·L, in]` matrix product (one large GEMM instead of a
+/// batch of small ones, forward and backward).
+pub(crate) fn linear<B: PrefixAttentionBackend>(
+    layer: &Linear<B>,
+    x: Tensor<B, 3>,
+) -> Tensor<B, 3> {
+    let [b, l, d_in] = x.dims();
+    let w = layer.weight.val();
+    let d_out = w.dims()[1];
+    let y = x.reshape([b * l, d_in]).matmul(w);
+    let y = match &layer.bias {
+        Some(bias) => y + bias.val().unsqueeze::<2>(),
+        None => y,
+    };
+    y.reshape([b, l, d_out])
 }
 
 /// What one layer attends to besides the new inputs.
@@ -71,16 +98,10 @@ impl<B: PrefixAttentionBackend> Attention<B> {
     ) -> (Tensor<B, 4>, Tensor<B, 4>, Tensor<B, 4>) {
         let [b, l, _] = x.dims();
         let (h, kv, d) = (self.heads, self.kv_heads, self.head_dim);
-        let qkv = self.qkv.forward(x);
-        let split = |start: usize, heads: usize| {
-            qkv.clone()
-                .narrow(2, start * d, heads * d)
-                .reshape([b, l, heads, d])
-                .swap_dims(1, 2)
-        };
-        let q = rope.apply(split(0, h));
-        let k = rope.apply(split(h, kv));
-        let v = split(h + kv, kv);
+        let heads = |t: Tensor<B, 3>, n: usize| t.reshape([b, l, n, d]).swap_dims(1, 2);
+        let q = heads(rope.apply(linear(&self.q, x.clone()), h), h);
+        let k = heads(rope.apply(linear(&self.k, x.clone()), kv), kv);
+        let v = heads(linear(&self.v, x), kv);
         (q, k, v)
     }
 
@@ -113,17 +134,15 @@ impl<B: PrefixAttentionBackend> Attention<B> {
             .forward()
             .swap_dims(1, 2)
             .reshape([b, l, self.heads * self.head_dim]);
-        self.out.forward(out)
+        linear(&self.out, out)
     }
 }
 
 impl<B: PrefixAttentionBackend> Mlp<B> {
     fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
-        let inter = self.down.weight.dims()[0];
-        let gate_up = self.gate_up.forward(x);
-        let gate = gate_up.clone().narrow(2, 0, inter);
-        let up = gate_up.narrow(2, inter, inter);
-        self.down.forward(silu(gate) * up)
+        let gate = linear(&self.gate, x.clone());
+        let up = linear(&self.up, x);
+        linear(&self.down, silu(gate) * up)
     }
 }
 

@@ -80,42 +80,28 @@ impl<B: PrefixAttentionBackend> Loader<'_, B> {
         })
     }
 
-    /// A projection stored `[out, in]` (Hugging Face) as Burn's `[in, out]` linear, several
-    /// projections of the same input side by side.
+    /// A projection stored `[out, in]` (Hugging Face) as Burn's `[in, out]` linear.
     fn linear(
         &self,
-        parts: &[(WeightKey, usize)],
-        bias: Option<&[WeightKey]>,
+        key: WeightKey,
+        rows: usize,
+        bias: Option<WeightKey>,
         input: usize,
     ) -> Result<Linear<B>> {
-        let total: usize = parts.iter().map(|p| p.1).sum();
-        let mut weight = vec![0.0f32; input * total];
-        let mut col = 0;
-        for &(key, rows) in parts {
-            let t = self.read(key, &[rows, input])?;
-            for r in 0..rows {
-                for (c, v) in t.values[r * input..(r + 1) * input].iter().enumerate() {
-                    weight[c * total + col + r] = *v;
-                }
+        let t = self.read(key, &[rows, input])?;
+        let mut weight = vec![0.0f32; input * rows];
+        for r in 0..rows {
+            for (c, v) in t.values[r * input..(r + 1) * input].iter().enumerate() {
+                weight[c * rows + r] = *v;
             }
-            col += rows;
         }
         let bias = match bias {
             None => None,
-            Some(keys) => {
-                let mut values = Vec::with_capacity(total);
-                for (key, &(_, rows)) in keys.iter().zip(parts) {
-                    values.extend(self.read(*key, &[rows])?.values);
-                }
-                Some(Param::from_tensor(Tensor::from_data(
-                    TensorData::new(values, [total]),
-                    self.device,
-                )))
-            }
+            Some(key) => Some(Param::from_tensor(self.vector(key, rows)?)),
         };
         Ok(Linear {
             weight: Param::from_tensor(Tensor::from_data(
-                TensorData::new(weight, [input, total]),
+                TensorData::new(weight, [input, rows]),
                 self.device,
             )),
             bias,
@@ -124,45 +110,29 @@ impl<B: PrefixAttentionBackend> Loader<'_, B> {
 
     fn layer(&self, i: usize, c: &LlamaConfig) -> Result<DecoderLayer<B>> {
         let key = |w| WeightKey::Layer(i, w);
-        let (q, kv) = (c.num_heads * c.head_dim, c.num_kv_heads * c.head_dim);
-        let biases = [
-            key(LayerWeight::QueryBias),
-            key(LayerWeight::KeyBias),
-            key(LayerWeight::ValueBias),
-        ];
+        let bias = |w| c.attention_bias.then(|| key(w));
+        let (q, kv, h) = (
+            c.num_heads * c.head_dim,
+            c.num_kv_heads * c.head_dim,
+            c.hidden_size,
+        );
         Ok(DecoderLayer {
-            attn_norm: self.norm(key(LayerWeight::AttnNorm), c.hidden_size, c.rms_norm_eps)?,
+            attn_norm: self.norm(key(LayerWeight::AttnNorm), h, c.rms_norm_eps)?,
             attn: Attention {
-                qkv: self.linear(
-                    &[
-                        (key(LayerWeight::Query), q),
-                        (key(LayerWeight::Key), kv),
-                        (key(LayerWeight::Value), kv),
-                    ],
-                    c.attention_bias.then_some(&biases[..]),
-                    c.hidden_size,
-                )?,
-                out: self.linear(&[(key(LayerWeight::Output), c.hidden_size)], None, q)?,
+                q: self.linear(key(LayerWeight::Query), q, bias(LayerWeight::QueryBias), h)?,
+                k: self.linear(key(LayerWeight::Key), kv, bias(LayerWeight::KeyBias), h)?,
+                v: self.linear(key(LayerWeight::Value), kv, bias(LayerWeight::ValueBias), h)?,
+                out: self.linear(key(LayerWeight::Output), h, None, q)?,
                 heads: c.num_heads,
                 kv_heads: c.num_kv_heads,
                 head_dim: c.head_dim,
                 path: None,
             },
-            mlp_norm: self.norm(key(LayerWeight::MlpNorm), c.hidden_size, c.rms_norm_eps)?,
+            mlp_norm: self.norm(key(LayerWeight::MlpNorm), h, c.rms_norm_eps)?,
             mlp: Mlp {
-                gate_up: self.linear(
-                    &[
-                        (key(LayerWeight::Gate), c.intermediate_size),
-                        (key(LayerWeight::Up), c.intermediate_size),
-                    ],
-                    None,
-                    c.hidden_size,
-                )?,
-                down: self.linear(
-                    &[(key(LayerWeight::Down), c.hidden_size)],
-                    None,
-                    c.intermediate_size,
-                )?,
+                gate: self.linear(key(LayerWeight::Gate), c.intermediate_size, None, h)?,
+                up: self.linear(key(LayerWeight::Up), c.intermediate_size, None, h)?,
+                down: self.linear(key(LayerWeight::Down), h, None, c.intermediate_size)?,
             },
         })
     }
@@ -194,7 +164,8 @@ impl<B: PrefixAttentionBackend> Llama<B> {
             None
         } else {
             Some(loader.linear(
-                &[(WeightKey::LmHead, config.vocab_size)],
+                WeightKey::LmHead,
+                config.vocab_size,
                 None,
                 config.hidden_size,
             )?)
@@ -245,7 +216,12 @@ impl<B: PrefixAttentionBackend> Llama<B> {
         mut cache: Option<&mut KvCache<B>>,
     ) -> Tensor<B, 3> {
         let [b, l, _] = embeds.dims();
-        let rope = self.rope.slice(positions, b, l);
+        let rope = self.rope.slice(
+            positions,
+            b,
+            l,
+            &[self.config.num_heads, self.config.num_kv_heads],
+        );
         let cache_lengths = cache.as_ref().and_then(|c| c.prefix_lengths().cloned());
         let prefix_lengths = prefix
             .and_then(|p| p.lengths.as_ref())
@@ -320,8 +296,15 @@ impl<B: PrefixAttentionBackend> CausalLm<B> for Llama<B> {
 
     fn logits(&self, hidden: Tensor<B, 3>) -> Tensor<B, 3> {
         match &self.lm_head {
-            Some(head) => head.forward(hidden),
-            None => hidden.matmul(self.embed.weight.val().transpose().unsqueeze::<3>()),
+            Some(head) => layer::linear(head, hidden),
+            None => {
+                let [b, l, h] = hidden.dims();
+                let vocab = self.config.vocab_size;
+                hidden
+                    .reshape([b * l, h])
+                    .matmul(self.embed.weight.val().transpose())
+                    .reshape([b, l, vocab])
+            }
         }
     }
 }

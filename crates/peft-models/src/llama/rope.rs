@@ -1,24 +1,40 @@
 //! Rotary position embedding in Hugging Face's rotate-half convention.
 //!
 //! Frequencies follow `transformers`' default RoPE: `inv_freq[i] = 1 / θ^(2i/d)` and angle
-//! `pos · inv_freq[i]`, both in f32, with the table `[cos | cos]`, `[sin | sin]` over the two
-//! halves of a head. A head `x = [x1 | x2]` becomes `[x1·c − x2·s | x2·c + x1·s]`.
+//! `pos · inv_freq[i]`, both in f32. A head `x = [x1 | x2]` becomes
+//! `x·[cos | cos] + rotate_half(x)·[sin | sin]` with `rotate_half(x) = [−x2 | x1]`.
+//!
+//! The rotation is applied to the projection output while it is still a contiguous
+//! `[B, L, heads·d]` tensor: the position tables are laid out flat, `[1 or B, L·heads·d]`, so every
+//! element-wise product is between contiguous tensors or broadcasts one shared row, and
+//! `rotate_half` is one product with a fixed `[d, d]` signed permutation. CPU backends run these
+//! forms on their fast paths (no strided views), forward and backward.
 
 use burn::tensor::{Int, Tensor, TensorData, backend::Backend};
 use peft_core::Positions;
 
-/// Precomputed cosine and sine tables `[max_positions, head_dim / 2]`.
+/// Precomputed cosine and sine tables `[max_positions, head_dim / 2]`, and the rotate-half
+/// permutation.
 #[derive(burn::module::Module, Debug)]
 pub struct Rope<B: Backend> {
     cos: Tensor<B, 2>,
     sin: Tensor<B, 2>,
+    rotate_half: Tensor<B, 2>,
 }
 
-/// Cosines and sines for one forward pass, `[B or 1, 1, L, head_dim / 2]`.
+/// Flat tables for one head count: `[1 or B, L·heads·d]`.
+#[derive(Debug, Clone)]
+struct Flat<B: Backend> {
+    heads: usize,
+    cos: Tensor<B, 2>,
+    sin: Tensor<B, 2>,
+}
+
+/// The tables of one forward pass, for the query and key head counts.
 #[derive(Debug, Clone)]
 pub struct RopeSlice<B: Backend> {
-    cos: Tensor<B, 4>,
-    sin: Tensor<B, 4>,
+    tables: Vec<Flat<B>>,
+    rotate_half: Tensor<B, 2>,
 }
 
 impl<B: Backend> Rope<B> {
@@ -40,9 +56,16 @@ impl<B: Backend> Rope<B> {
         }
         let table =
             |v: Vec<f32>| Tensor::from_data(TensorData::new(v, [max_positions, half]), device);
+        // x · R = rotate_half(x): column j < d/2 takes −x[j + d/2], column j ≥ d/2 takes x[j − d/2].
+        let mut r = vec![0.0f32; head_dim * head_dim];
+        for j in 0..half {
+            r[(j + half) * head_dim + j] = -1.0;
+            r[j * head_dim + j + half] = 1.0;
+        }
         Self {
             cos: table(cos),
             sin: table(sin),
+            rotate_half: Tensor::from_data(TensorData::new(r, [head_dim, head_dim]), device),
         }
     }
 
@@ -51,12 +74,19 @@ impl<B: Backend> Rope<B> {
         self.cos.dims()[0]
     }
 
-    /// The tables for `len` consecutive positions of each row.
+    /// The tables for `len` consecutive positions of each row, laid out for each of the given
+    /// head counts.
     ///
     /// # Panics
     ///
     /// If a position is past the table; callers check lengths against the model's context first.
-    pub fn slice(&self, positions: &Positions, batch: usize, len: usize) -> RopeSlice<B> {
+    pub fn slice(
+        &self,
+        positions: &Positions,
+        batch: usize,
+        len: usize,
+        head_counts: &[usize],
+    ) -> RopeSlice<B> {
         let max = self.max_positions();
         let half = self.cos.dims()[1];
         assert!(
@@ -64,14 +94,16 @@ impl<B: Backend> Rope<B> {
             "sequence of {} positions exceeds the model's context of {max}",
             positions.max_start() + len
         );
-        match positions {
+        // [rows, L, half] with rows = 1 (shared offset) or B (per-row offsets).
+        let (rows, pick): (usize, Box<dyn Fn(&Tensor<B, 2>) -> Tensor<B, 3>>) = match positions {
             Positions::Offset(start) => {
-                let pick =
-                    |t: &Tensor<B, 2>| t.clone().narrow(0, *start, len).reshape([1, 1, len, half]);
-                RopeSlice {
-                    cos: pick(&self.cos),
-                    sin: pick(&self.sin),
-                }
+                let start = *start;
+                (
+                    1,
+                    Box::new(move |t: &Tensor<B, 2>| {
+                        t.clone().narrow(0, start, len).reshape([1, len, half])
+                    }),
+                )
             }
             Positions::PerRow(starts) => {
                 assert_eq!(starts.len(), batch, "one starting position per row");
@@ -83,28 +115,59 @@ impl<B: Backend> Rope<B> {
                     TensorData::new(ids, [batch * len]),
                     &self.cos.device(),
                 );
-                let pick = |t: &Tensor<B, 2>| {
-                    t.clone()
-                        .select(0, ids.clone())
-                        .reshape([batch, 1, len, half])
-                };
-                RopeSlice {
-                    cos: pick(&self.cos),
-                    sin: pick(&self.sin),
-                }
+                (
+                    batch,
+                    Box::new(move |t: &Tensor<B, 2>| {
+                        t.clone().select(0, ids.clone()).reshape([batch, len, half])
+                    }),
+                )
             }
+        };
+        // [cos | cos] per position, repeated for every head, flattened.
+        let flat = |t: &Tensor<B, 2>, heads: usize| -> Tensor<B, 2> {
+            let t = pick(t);
+            Tensor::cat(vec![t.clone(), t], 2)
+                .unsqueeze_dim::<4>(2)
+                .expand([rows, len, heads, 2 * half])
+                .reshape([rows, len * heads * 2 * half])
+        };
+        let mut counts: Vec<usize> = head_counts.to_vec();
+        counts.dedup();
+        RopeSlice {
+            tables: counts
+                .iter()
+                .map(|&h| Flat {
+                    heads: h,
+                    cos: flat(&self.cos, h),
+                    sin: flat(&self.sin, h),
+                })
+                .collect(),
+            rotate_half: self.rotate_half.clone(),
         }
     }
 }
 
 impl<B: Backend> RopeSlice<B> {
-    /// Rotates `x` `[B, heads, L, head_dim]`.
-    pub fn apply(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
-        let half = x.dims()[3] / 2;
-        let x1 = x.clone().narrow(3, 0, half);
-        let x2 = x.narrow(3, half, half);
-        let out1 = x1.clone() * self.cos.clone() - x2.clone() * self.sin.clone();
-        let out2 = x2 * self.cos.clone() + x1 * self.sin.clone();
-        Tensor::cat(vec![out1, out2], 3)
+    /// Rotates the projection output `x` `[B, L, heads·d]` (heads must be one of the counts the
+    /// slice was made for).
+    ///
+    /// # Panics
+    ///
+    /// If the slice has no tables for `heads`.
+    pub fn apply(&self, x: Tensor<B, 3>, heads: usize) -> Tensor<B, 3> {
+        let [b, l, width] = x.dims();
+        let d = self.rotate_half.dims()[0];
+        let t = self
+            .tables
+            .iter()
+            .find(|t| t.heads == heads)
+            .unwrap_or_else(|| panic!("RoPE tables were not prepared for {heads} heads"));
+        let rotated = x
+            .clone()
+            .reshape([b * l * heads, d])
+            .matmul(self.rotate_half.clone())
+            .reshape([b, l * width]);
+        let out = x.reshape([b, l * width]) * t.cos.clone() + rotated * t.sin.clone();
+        out.reshape([b, l, width])
     }
 }
