@@ -47,10 +47,20 @@ impl Targets {
 }
 
 /// Summed negative log-likelihood `[1]` of the targets (divide by [`Targets::len`] for the mean).
+pub fn nll_sum<B: Backend, M: CausalLm<B>>(
+    base: &M,
+    out: &PeftOutput<B>,
+    targets: &Targets,
+) -> Result<Tensor<B, 1>> {
+    Ok(token_log_probs(base, out, targets)?.sum().neg())
+}
+
+/// Log-probability `[n]` of each target token (in the order of `targets`), e.g. to score the
+/// label words of a classifier.
 ///
 /// Only the target positions go through the LM head, which for short outputs after long inputs
 /// saves most of the `[positions, vocab]` logits.
-pub fn nll_sum<B: Backend, M: CausalLm<B>>(
+pub fn token_log_probs<B: Backend, M: CausalLm<B>>(
     base: &M,
     out: &PeftOutput<B>,
     targets: &Targets,
@@ -70,8 +80,7 @@ pub fn nll_sum<B: Backend, M: CausalLm<B>>(
     let device = logits.device();
     let ids: Vec<i64> = targets.tokens.iter().map(|&t| i64::from(t)).collect();
     let ids = Tensor::<B, 2, Int>::from_data(TensorData::new(ids, [n, 1]), &device);
-    let picked = log_softmax(logits, 1).gather(1, ids); // [n, 1]
-    Ok(picked.sum().neg())
+    Ok(log_softmax(logits, 1).gather(1, ids).reshape([n]))
 }
 
 #[cfg(test)]

@@ -1,0 +1,34 @@
+//! Shared pieces of the example programs: command-line options and data loading.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use burn_peft::core::train::data::{Dataset, Truncation, read_jsonl};
+use burn_peft::kernels::backends::BackendKind;
+use burn_peft::models::Tokenizer;
+
+/// Options every example takes.
+#[derive(Debug, clap::Args)]
+pub struct Common {
+    /// Compute backend: flex, ndarray, wgpu or cuda (compiled in with the cargo feature).
+    #[arg(long, default_value = "flex")]
+    pub backend: BackendKind,
+    /// The model (scripts/fetch-model.sh puts SmolLM2 here).
+    #[arg(long, default_value = burn_peft::models::DEFAULT_MODEL_PATH)]
+    pub model: PathBuf,
+    /// Where the trained adapter and its metrics go.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+}
+
+/// A dataset under `examples/data/`.
+pub fn data_path(relative: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/data").join(relative)
+}
+
+/// Reads and tokenises a JSONL file of the examples.
+pub fn load(path: &Path, tok: &Tokenizer, max_len: usize) -> Result<Dataset> {
+    let records = read_jsonl(path).with_context(|| format!("reading {}", path.display()))?;
+    Ok(Dataset::tokenize(path, records, tok, max_len, Truncation::Left)?)
+}
