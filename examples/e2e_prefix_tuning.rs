@@ -62,7 +62,12 @@ struct Progress;
 impl Observer for Progress {
     fn on_step(&mut self, m: &StepMetrics) {
         if m.step % 10 == 0 {
-            eprintln!("step {:>3}: loss {:.4} ({:.0} tokens/s)", m.step, m.loss, m.tokens as f64 / m.seconds);
+            eprintln!(
+                "step {:>3}: loss {:.4} ({:.0} tokens/s)",
+                m.step,
+                m.loss,
+                m.tokens as f64 / m.seconds
+            );
         }
     }
 }
@@ -89,24 +94,55 @@ fn run<B: PrefixAttentionAutodiffBackend>(a: Args, device: &B::Device) -> Result
 
     let before = complete(&inner, tok, &Conditioning::default(), &test.examples)?;
     let (bleu0, em0) = (corpus_bleu(&before), exact_match(&before).unwrap_or(0.0));
-    eprintln!("before tuning: BLEU {bleu0:.1}, exact match {:.1}%", 100.0 * em0);
+    eprintln!(
+        "before tuning: BLEU {bleu0:.1}, exact match {:.1}%",
+        100.0 * em0
+    );
     eprintln!("  e.g. {:?}", before.first().map(|c| &c.generated));
 
     let layout = PrefixLayout::of(&base.dims());
     let prefix = Prefix::mlp(a.slots, layout.token_dim(), a.mlp_hidden, 7, layout, device);
-    let out = a.common.out.clone().unwrap_or_else(|| "runs/e2e-prefix".into());
-    let config = TrainConfig { steps: a.steps, batch_size: 8, lr: a.lr, warmup_steps: a.steps / 10, ..TrainConfig::default() };
-    let save = SaveOptions { base_model: Some(a.common.model.display().to_string()), ..Default::default() };
+    let out = a
+        .common
+        .out
+        .clone()
+        .unwrap_or_else(|| "runs/e2e-prefix".into());
+    let config = TrainConfig {
+        steps: a.steps,
+        batch_size: 8,
+        lr: a.lr,
+        warmup_steps: a.steps / 10,
+        ..TrainConfig::default()
+    };
+    let save = SaveOptions {
+        base_model: Some(a.common.model.display().to_string()),
+        ..Default::default()
+    };
     let trainer = Trainer::new(base, &train, None, config, out.clone(), save);
-    let result = trainer.run(Adapter::Prefix(prefix), None, &mut Progress, &AtomicBool::new(false))?;
+    let result = trainer.run(
+        Adapter::Prefix(prefix),
+        None,
+        &mut Progress,
+        &AtomicBool::new(false),
+    )?;
 
     // Inference uses the collapsed prefix, exactly what the exported adapter holds.
     let adapter = result.adapter.valid().collapse();
-    let cond = Conditioning { virtual_tokens: None, prefix: adapter.prefix() };
+    let cond = Conditioning {
+        virtual_tokens: None,
+        prefix: adapter.prefix(),
+    };
     let after = complete(&inner, tok, &cond, &test.examples)?;
     let (bleu1, em1) = (corpus_bleu(&after), exact_match(&after).unwrap_or(0.0));
-    eprintln!("after tuning: BLEU {bleu1:.1}, exact match {:.1}%", 100.0 * em1);
-    eprintln!("  e.g. {:?}\n  expected {:?}", after.first().map(|c| &c.generated), after.first().map(|c| &c.expected));
+    eprintln!(
+        "after tuning: BLEU {bleu1:.1}, exact match {:.1}%",
+        100.0 * em1
+    );
+    eprintln!(
+        "  e.g. {:?}\n  expected {:?}",
+        after.first().map(|c| &c.generated),
+        after.first().map(|c| &c.expected)
+    );
     println!(
         "E2E-style data-to-text, prefix tuning with MLP ({} slots, MLP {}, {} steps, {}): BLEU {bleu0:.1} -> {bleu1:.1}, exact match {:.1}% -> {:.1}% on {} held-out examples; adapter in {} ({:.0} s)",
         a.slots,

@@ -24,7 +24,10 @@ use burn_peft::{
         loss::{Targets, token_log_probs},
         peft_model::{Routing, forward},
         prompt::{PromptInit, SoftPrompt},
-        train::{Observer, StepMetrics, TrainConfig, Trainer, data::{Dataset, Record}},
+        train::{
+            Observer, StepMetrics, TrainConfig, Trainer,
+            data::{Dataset, Record},
+        },
     },
     kernels::{
         PrefixAttentionAutodiffBackend, PrefixAttentionBackend,
@@ -35,7 +38,8 @@ use burn_peft::{
 use clap::Parser;
 
 const LABELS: [&str; 4] = ["account", "billing", "shipping", "technical"];
-const INIT: &str = "Classify the customer message into one category: billing, shipping, technical or account.";
+const INIT: &str =
+    "Classify the customer message into one category: billing, shipping, technical or account.";
 
 #[derive(Debug, Parser)]
 struct Args {
@@ -60,7 +64,10 @@ fn accuracy<B: PrefixAttentionBackend, M: CausalLm<B>>(
     test: &Dataset,
     tok: &Tokenizer,
 ) -> Result<f64> {
-    let label_ids: Vec<Vec<u32>> = LABELS.iter().map(|l| tok.encode(&format!(" {l}"))).collect::<Result<_, _>>()?;
+    let label_ids: Vec<Vec<u32>> = LABELS
+        .iter()
+        .map(|l| tok.encode(&format!(" {l}")))
+        .collect::<Result<_, _>>()?;
     let mut correct = 0;
     for chunk in test.examples.chunks(4) {
         let mut rows = Vec::new();
@@ -78,14 +85,20 @@ fn accuracy<B: PrefixAttentionBackend, M: CausalLm<B>>(
         }
         let targets = Targets::from_rows(&rows, &masks);
         let out = forward(model, &rows, Routing::All(adapter))?;
-        let logp: Vec<f32> = token_log_probs(model, &out, &targets)?.into_data().convert::<f32>().into_vec().unwrap_or_default();
+        let logp: Vec<f32> = token_log_probs(model, &out, &targets)?
+            .into_data()
+            .convert::<f32>()
+            .into_vec()
+            .unwrap_or_default();
         let mut score = vec![0.0f32; rows.len()];
         for ((row, _), lp) in targets.positions.iter().zip(&logp) {
             score[*row] += lp;
         }
         for (i, e) in chunk.iter().enumerate() {
             let scores = &score[i * LABELS.len()..(i + 1) * LABELS.len()];
-            let best = (0..LABELS.len()).max_by(|&a, &b| scores[a].total_cmp(&scores[b])).unwrap_or(0);
+            let best = (0..LABELS.len())
+                .max_by(|&a, &b| scores[a].total_cmp(&scores[b]))
+                .unwrap_or(0);
             if let Record::Pair { output, .. } = &e.record
                 && output.trim() == LABELS[best]
             {
@@ -100,7 +113,12 @@ struct Progress;
 impl Observer for Progress {
     fn on_step(&mut self, m: &StepMetrics) {
         if m.step % 10 == 0 {
-            eprintln!("step {:>3}: loss {:.4} ({:.0} tokens/s)", m.step, m.loss, m.tokens as f64 / m.seconds);
+            eprintln!(
+                "step {:>3}: loss {:.4} ({:.0} tokens/s)",
+                m.step,
+                m.loss,
+                m.tokens as f64 / m.seconds
+            );
         }
     }
 }
@@ -125,17 +143,41 @@ fn run<B: PrefixAttentionAutodiffBackend>(a: Args, device: &B::Device) -> Result
     let started = Instant::now();
     let frozen = base.clone().no_grad();
     let before = accuracy(&frozen, None, &test, tok)?;
-    eprintln!("held-out accuracy before tuning: {:.1}% ({} messages)", 100.0 * before, test.len());
+    eprintln!(
+        "held-out accuracy before tuning: {:.1}% ({} messages)",
+        100.0 * before,
+        test.len()
+    );
 
     let init = PromptInit::Text(INIT.into());
     let prompt = SoftPrompt::init(base, a.virtual_tokens, &init, |t| {
-        tok.encode(t).map_err(|e| burn_peft::core::PeftError::Invalid(e.to_string()))
+        tok.encode(t)
+            .map_err(|e| burn_peft::core::PeftError::Invalid(e.to_string()))
     })?;
-    let out = a.common.out.clone().unwrap_or_else(|| "runs/intent-prompt".into());
-    let config = TrainConfig { steps: a.steps, batch_size: 8, lr: a.lr, warmup_steps: a.steps / 10, ..TrainConfig::default() };
-    let save = SaveOptions { base_model: Some(a.common.model.display().to_string()), prompt_init: Some(init), tokenizer: None };
+    let out = a
+        .common
+        .out
+        .clone()
+        .unwrap_or_else(|| "runs/intent-prompt".into());
+    let config = TrainConfig {
+        steps: a.steps,
+        batch_size: 8,
+        lr: a.lr,
+        warmup_steps: a.steps / 10,
+        ..TrainConfig::default()
+    };
+    let save = SaveOptions {
+        base_model: Some(a.common.model.display().to_string()),
+        prompt_init: Some(init),
+        tokenizer: None,
+    };
     let trainer = Trainer::new(base, &train, None, config, out.clone(), save);
-    let result = trainer.run(Adapter::Prompt(prompt), None, &mut Progress, &AtomicBool::new(false))?;
+    let result = trainer.run(
+        Adapter::Prompt(prompt),
+        None,
+        &mut Progress,
+        &AtomicBool::new(false),
+    )?;
     let adapter = result.adapter.no_grad();
     let after = accuracy(&frozen, Some(&adapter), &test, tok)?;
     eprintln!("held-out accuracy after tuning:  {:.1}%", 100.0 * after);

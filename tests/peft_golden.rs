@@ -200,7 +200,12 @@ fn adapters_saved_here_load_in_peft_with_equal_logits() {
 fn trained_and_exported_adapter_matches_peft() {
     let Some((ckpt, model)) = setup() else { return };
     let dir = fixture_dir().join("rust_trained");
-    let (adapter, config) = load_adapter::<Flex>(&dir, &model.dims(), &Default::default()).expect("load");
-    assert_eq!(config.prefix_projection, Some(true), "trained through the MLP");
+    let (adapter, config) =
+        load_adapter::<Flex>(&dir, &model.dims(), &Default::default()).expect("load");
+    assert_eq!(
+        config.prefix_projection,
+        Some(true),
+        "trained through the MLP"
+    );
     check_adapter(&ckpt, &model, &adapter, "rust_trained");
 }

@@ -24,11 +24,19 @@ pub struct Common {
 
 /// A dataset under `examples/data/`.
 pub fn data_path(relative: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/data").join(relative)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("examples/data")
+        .join(relative)
 }
 
 /// Reads and tokenises a JSONL file of the examples.
 pub fn load(path: &Path, tok: &Tokenizer, max_len: usize) -> Result<Dataset> {
     let records = read_jsonl(path).with_context(|| format!("reading {}", path.display()))?;
-    Ok(Dataset::tokenize(path, records, tok, max_len, Truncation::Left)?)
+    Ok(Dataset::tokenize(
+        path,
+        records,
+        tok,
+        max_len,
+        Truncation::Left,
+    )?)
 }

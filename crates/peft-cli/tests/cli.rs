@@ -1,0 +1,353 @@
+//! The `peft` binary end to end on the tiny test model: every command runs and prints
+//! well-formed output; bad input is a clear error with a non-zero exit status.
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Command, Output},
+};
+
+use serde_json::Value;
+
+fn tiny() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../peft-models/tests/fixtures/tiny-llama")
+}
+
+fn tmp(tag: &str) -> PathBuf {
+    let p = std::env::temp_dir().join(format!("peft-cli-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&p);
+    std::fs::create_dir_all(&p).expect("mkdir");
+    p
+}
+
+fn peft(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_peft"))
+        .args(args)
+        .output()
+        .expect("run peft")
+}
+
+fn ok(args: &[&str]) -> String {
+    let out = peft(args);
+    assert!(
+        out.status.success(),
+        "peft {args:?} failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).expect("utf-8")
+}
+
+fn fail(args: &[&str]) -> String {
+    let out = peft(args);
+    assert!(!out.status.success(), "peft {args:?} should fail");
+    String::from_utf8(out.stderr).expect("utf-8")
+}
+
+fn json(text: &str) -> Value {
+    let line = text
+        .lines()
+        .rev()
+        .find(|l| l.starts_with('{'))
+        .expect("a JSON line");
+    serde_json::from_str(line).expect("valid JSON")
+}
+
+fn write_data(dir: &Path) -> PathBuf {
+    let lines: Vec<String> = (0..12)
+        .map(|i| {
+            format!("{{\"input\": \"name = Blue Spice {i} |\", \"output\": \" food = Italian\"}}")
+        })
+        .collect();
+    let path = dir.join("data.jsonl");
+    std::fs::write(&path, lines.join("\n") + "\n").expect("write");
+    path
+}
+
+#[test]
+fn train_resume_inspect_eval_generate() {
+    let dir = tmp("train");
+    let data = write_data(&dir);
+    let out = dir.join("run");
+    let (model, data_s, out_s) = (
+        tiny().display().to_string(),
+        data.display().to_string(),
+        out.display().to_string(),
+    );
+    let stdout = ok(&[
+        "train",
+        "--model",
+        &model,
+        "--method",
+        "prefix-mlp",
+        "--data",
+        &data_s,
+        "--eval",
+        &data_s,
+        "--out",
+        &out_s,
+        "--steps",
+        "4",
+        "--batch-size",
+        "4",
+        "--virtual-tokens",
+        "3",
+        "--mlp-hidden",
+        "16",
+        "--lr",
+        "1e-2",
+    ]);
+    assert!(
+        stdout.contains("adapter:") && stdout.contains("peft generate"),
+        "{stdout}"
+    );
+    for f in [
+        "adapter_config.json",
+        "adapter_model.safetensors",
+        "metrics.jsonl",
+        "train_config.json",
+    ] {
+        assert!(out.join(f).is_file(), "{f} missing");
+    }
+    let png = std::fs::read(out.join("loss.png")).expect("loss.png");
+    assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n");
+    let metrics = std::fs::read_to_string(out.join("metrics.jsonl")).expect("metrics");
+    let train_lines = metrics
+        .lines()
+        .filter(|l| json(l)["event"] == "train")
+        .count();
+    assert_eq!(train_lines, 4);
+    assert!(metrics.lines().any(|l| json(l)["event"] == "eval"));
+
+    // Resume extends the run to 6 steps.
+    ok(&["train", "--resume", &out_s, "--steps", "6"]);
+    let metrics = std::fs::read_to_string(out.join("metrics.jsonl")).expect("metrics");
+    let steps: Vec<u64> = metrics
+        .lines()
+        .map(json)
+        .filter(|v| v["event"] == "train")
+        .filter_map(|v| v["step"].as_u64())
+        .collect();
+    assert_eq!(steps, [1, 2, 3, 4, 5, 6]);
+
+    let info = json(&ok(&["inspect", &out_s, "--json"]));
+    assert_eq!(info["config"]["peft_type"], "PREFIX_TUNING");
+    assert_eq!(info["config"]["prefix_projection"], true);
+    assert_eq!(info["tensor_shape"], serde_json::json!([3, 2 * 2 * 2 * 8]));
+    assert!(
+        info["training_checkpoints"]
+            .as_array()
+            .is_some_and(|c| !c.is_empty())
+    );
+    let text = ok(&["inspect", &out_s]);
+    assert!(
+        text.contains("compatible models:") && text.contains("2 layers"),
+        "{text}"
+    );
+
+    let eval = json(&ok(&[
+        "eval",
+        "--model",
+        &model,
+        "--data",
+        &data_s,
+        "--adapter",
+        &out_s,
+        "--json",
+    ]));
+    assert!(eval["loss"].as_f64().is_some_and(f64::is_finite));
+    assert!(eval["perplexity"].as_f64().is_some_and(|p| p >= 1.0));
+    assert!(
+        eval["exact_match"]
+            .as_f64()
+            .is_some_and(|e| (0.0..=1.0).contains(&e))
+    );
+
+    let generated = json(&ok(&[
+        "generate",
+        "--model",
+        &model,
+        "--adapter",
+        &out_s,
+        "--prompt",
+        "name = Blue",
+        "--max-new-tokens",
+        "4",
+        "--json",
+        "--top-logits",
+        "3",
+    ]));
+    assert!(
+        generated["prompt_ids"]
+            .as_array()
+            .is_some_and(|a| !a.is_empty())
+    );
+    assert!(
+        generated["generated_ids"]
+            .as_array()
+            .is_some_and(|a| !a.is_empty() && a.len() <= 4)
+    );
+    assert!(generated["generated_text"].is_string());
+    let top = generated["top_logits"].as_array().expect("top logits");
+    assert_eq!(top.len(), 3);
+    assert!(top[0][1].as_f64() >= top[1][1].as_f64());
+    assert_eq!(
+        generated["base_top_logits"].as_array().map(Vec::len),
+        Some(3)
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn config_file_supplies_options() {
+    let dir = tmp("config");
+    let data = write_data(&dir);
+    let out = dir.join("run");
+    let cfg = dir.join("run.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "model = {:?}\nmethod = \"prompt\"\ndata = {:?}\nout = {:?}\nsteps = 2\nbatch_size = 4\nvirtual-tokens = 2\ninit = \"random\"\n",
+            tiny().display().to_string(),
+            data.display().to_string(),
+            out.display().to_string()
+        ),
+    )
+    .expect("write");
+    ok(&["train", "--config", &cfg.display().to_string()]);
+    let settings: Value = serde_json::from_str(
+        &std::fs::read_to_string(out.join("train_config.json")).expect("settings"),
+    )
+    .expect("json");
+    assert_eq!(settings["train"]["steps"], 2);
+    assert_eq!(settings["virtual_tokens"], 2);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn benchmarks_print_well_formed_json() {
+    let model = tiny().display().to_string();
+    let t = json(&ok(&[
+        "bench",
+        "train",
+        "--model",
+        &model,
+        "--steps",
+        "1",
+        "--warmup",
+        "0",
+        "--batch-size",
+        "2",
+        "--seq-len",
+        "8",
+        "--virtual-tokens",
+        "2",
+        "--json",
+    ]));
+    for key in [
+        "backend",
+        "method",
+        "step_ms_median",
+        "tokens_per_s",
+        "peak_rss_mb",
+    ] {
+        assert!(!t[key].is_null(), "bench train: no {key}");
+    }
+    assert!(t["tokens_per_s"].as_f64().is_some_and(|v| v > 0.0));
+    let g = json(&ok(&[
+        "bench",
+        "generate",
+        "--model",
+        &model,
+        "--prompt-len",
+        "4",
+        "--new-tokens",
+        "4",
+        "--repeats",
+        "1",
+        "--json",
+    ]));
+    assert!(g["tokens_per_s"].as_f64().is_some_and(|v| v > 0.0));
+    let a = json(&ok(&[
+        "bench",
+        "attention",
+        "--batch",
+        "1",
+        "--seq",
+        "8",
+        "--prefix",
+        "2",
+        "--heads",
+        "2",
+        "--kv-heads",
+        "1",
+        "--head-dim",
+        "8",
+        "--repeats",
+        "1",
+        "--json",
+    ]));
+    for pass in ["forward", "forward_backward"] {
+        for key in ["fused_ms", "unfused_ms", "speedup"] {
+            assert!(
+                a[pass][key].as_f64().is_some_and(|v| v > 0.0),
+                "{pass}.{key}"
+            );
+        }
+    }
+}
+
+#[test]
+fn bad_input_is_a_clear_error() {
+    let dir = tmp("bad");
+    let model = tiny().display().to_string();
+    let empty = dir.join("empty.jsonl");
+    std::fs::write(&empty, "\n").expect("write");
+    let err = fail(&[
+        "train",
+        "--model",
+        &model,
+        "--data",
+        &empty.display().to_string(),
+        "--out",
+        &dir.join("o").display().to_string(),
+    ]);
+    assert!(
+        err.contains("empty.jsonl:0: the dataset has no examples"),
+        "{err}"
+    );
+    let bad = dir.join("bad.jsonl");
+    std::fs::write(&bad, "{\"text\": \"ok\"}\n{\"input\": \"x\"}\n").expect("write");
+    let err = fail(&[
+        "eval",
+        "--model",
+        &model,
+        "--data",
+        &bad.display().to_string(),
+    ]);
+    assert!(err.contains("bad.jsonl:2: missing field `output`"), "{err}");
+    let err = fail(&[
+        "generate",
+        "--model",
+        "/nowhere/model.gguf",
+        "--prompt",
+        "x",
+    ]);
+    assert!(
+        err.contains("/nowhere/model.gguf") && err.contains("fetch-model"),
+        "{err}"
+    );
+    let err = fail(&[
+        "train",
+        "--model",
+        &model,
+        "--data",
+        &bad.display().to_string(),
+        "--out",
+        "o",
+        "--method",
+        "lora",
+    ]);
+    assert!(err.contains("unknown method `lora`"), "{err}");
+    let err = fail(&["inspect", &dir.display().to_string()]);
+    assert!(err.contains("adapter_config.json"), "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
