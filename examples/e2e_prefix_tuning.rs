@@ -61,7 +61,7 @@ struct Args {
 struct Progress;
 impl Observer for Progress {
     fn on_step(&mut self, m: &StepMetrics) {
-        if m.step % 10 == 0 {
+        if m.step.is_multiple_of(10) {
             eprintln!(
                 "step {:>3}: loss {:.4} ({:.0} tokens/s)",
                 m.step,

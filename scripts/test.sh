@@ -16,13 +16,14 @@ step "CPU tests (flex; reference attention path)"
 cargo test --workspace --quiet
 
 step "wgpu tests (fused kernels; lavapipe when no GPU)"
-cargo test --quiet -p peft-kernels -p peft-models -p peft-core \
-  --features peft-kernels/wgpu,peft-models/wgpu,peft-core/wgpu --test '*wgpu*'
+cargo test --quiet -p peft-kernels -p peft-models -p burn-peft \
+  --features peft-kernels/wgpu,peft-models/wgpu,burn-peft/wgpu --test '*wgpu*'
 
 step "CUDA compile check"
 cargo build --quiet -p peft-cli --features cuda
 
 step "clippy"
 cargo clippy --workspace --all-targets --quiet -- -D warnings
+cargo clippy --quiet -p peft-kernels --features wgpu,cuda --all-targets -- -D warnings
 
 step "all tests passed"

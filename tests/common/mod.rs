@@ -115,7 +115,7 @@ pub fn one_step_changes_only_the_adapter<B: PrefixAttentionAutodiffBackend>() {
         );
         let grads = GradientsParams::from_grads(grads, &adapter);
         assert!(
-            grads.len() > 0,
+            !grads.is_empty(),
             "{method:?}: the adapter received no gradient"
         );
         let mut optim = AdamWConfig::new().init::<B, Adapter<B>>();

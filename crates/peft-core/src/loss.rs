@@ -25,10 +25,10 @@ impl Targets {
     pub fn from_rows(rows: &[Vec<u32>], is_target: &[Vec<bool>]) -> Self {
         let mut out = Self::default();
         for (r, (ids, mask)) in rows.iter().zip(is_target).enumerate() {
-            for t in 1..ids.len() {
+            for (t, &id) in ids.iter().enumerate().skip(1) {
                 if mask.get(t).copied().unwrap_or(false) {
                     out.positions.push((r, t - 1));
-                    out.tokens.push(ids[t]);
+                    out.tokens.push(id);
                 }
             }
         }

@@ -59,7 +59,7 @@ impl LlamaConfig {
                 return Err(ModelError::config(path, field, "must be positive"));
             }
         }
-        if self.num_heads % self.num_kv_heads != 0 {
+        if !self.num_heads.is_multiple_of(self.num_kv_heads) {
             return Err(ModelError::config(
                 path,
                 "num_key_value_heads",
@@ -69,7 +69,7 @@ impl LlamaConfig {
                 ),
             ));
         }
-        if self.head_dim % 2 != 0 {
+        if !self.head_dim.is_multiple_of(2) {
             return Err(ModelError::config(
                 path,
                 "head_dim",

@@ -245,7 +245,8 @@ pub fn finite_difference_error(c: &Case, x: &Inputs, dout: &[f64]) -> f64 {
     };
     let eps = 1e-6;
     let mut worst: f64 = 0.0;
-    let fields: [(fn(&mut Inputs) -> &mut Vec<f64>, &Vec<f64>); 5] = [
+    type Field = fn(&mut Inputs) -> &mut Vec<f64>;
+    let fields: [(Field, &Vec<f64>); 5] = [
         (|y| &mut y.q, &g.q),
         (|y| &mut y.k, &g.k),
         (|y| &mut y.v, &g.v),

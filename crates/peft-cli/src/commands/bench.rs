@@ -304,7 +304,7 @@ impl BackendVisitor for Attn {
     type Output = Result<()>;
     fn visit<B: PrefixAttentionBackend>(self, device: B::Device) -> Result<()> {
         let a = self.0;
-        if a.heads % a.kv_heads != 0 {
+        if !a.heads.is_multiple_of(a.kv_heads) {
             bail!(
                 "--heads {} is not a multiple of --kv-heads {}",
                 a.heads,

@@ -391,7 +391,7 @@ impl Observer for Progress {
                 bar.set_position(m.step as u64);
                 bar.set_message(msg);
             }
-            None if m.step % self.every == 0 || m.step == self.total || m.step == 1 => {
+            None if m.step.is_multiple_of(self.every) || m.step == self.total || m.step == 1 => {
                 eprintln!("step {}/{}: {msg}", m.step, self.total)
             }
             None => {}

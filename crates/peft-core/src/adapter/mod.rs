@@ -22,6 +22,8 @@ use crate::{
 };
 
 /// One adapter: a soft prompt or a prefix.
+// One value per adapter: the size difference between variants does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Module, Debug)]
 pub enum Adapter<B: Backend> {
     /// Virtual tokens prepended to the input embeddings.

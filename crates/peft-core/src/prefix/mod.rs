@@ -69,6 +69,8 @@ pub struct PrefixMlp<B: Backend> {
 }
 
 /// How the prefix is parameterised.
+// One value per adapter: the size difference between variants does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Module, Debug)]
 pub enum PrefixParams<B: Backend> {
     /// The flat prefix itself `[N, layers·2·kv_heads·head_dim]`.

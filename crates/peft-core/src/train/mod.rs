@@ -101,7 +101,7 @@ impl TrainConfig {
         if !(self.lr > 0.0 && self.lr.is_finite()) {
             return bad("the learning rate must be a positive number");
         }
-        if self.max_grad_norm.is_some_and(|n| !(n > 0.0)) {
+        if self.max_grad_norm.is_some_and(|n| n.is_nan() || n <= 0.0) {
             return bad("max grad norm must be positive");
         }
         Ok(())

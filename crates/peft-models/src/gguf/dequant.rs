@@ -34,7 +34,7 @@ fn half(b: &[u8], at: usize) -> f32 {
 pub fn dequantize(ty: GgmlType, bytes: &[u8], elements: usize) -> Result<Vec<f32>, DequantError> {
     let (block, block_bytes) = ty.block();
     let (block, block_bytes) = (block as usize, block_bytes as usize);
-    if elements % block != 0 || bytes.len() != elements / block * block_bytes {
+    if !elements.is_multiple_of(block) || bytes.len() != elements / block * block_bytes {
         return Err(DequantError::Size {
             ty,
             bytes: bytes.len(),

@@ -95,32 +95,33 @@ impl<B: Backend> Rope<B> {
             positions.max_start() + len
         );
         // [rows, L, half] with rows = 1 (shared offset) or B (per-row offsets).
-        let (rows, pick): (usize, Box<dyn Fn(&Tensor<B, 2>) -> Tensor<B, 3>>) = match positions {
-            Positions::Offset(start) => {
-                let start = *start;
-                (
-                    1,
-                    Box::new(move |t: &Tensor<B, 2>| {
-                        t.clone().narrow(0, start, len).reshape([1, len, half])
-                    }),
-                )
-            }
+        let rows = match positions {
+            Positions::Offset(_) => 1,
             Positions::PerRow(starts) => {
                 assert_eq!(starts.len(), batch, "one starting position per row");
+                batch
+            }
+        };
+        let ids = match positions {
+            Positions::Offset(_) => None,
+            Positions::PerRow(starts) => {
                 let ids: Vec<i64> = starts
                     .iter()
                     .flat_map(|&s| (s..s + len).map(|p| p as i64))
                     .collect();
-                let ids = Tensor::<B, 1, Int>::from_data(
+                Some(Tensor::<B, 1, Int>::from_data(
                     TensorData::new(ids, [batch * len]),
                     &self.cos.device(),
-                );
-                (
-                    batch,
-                    Box::new(move |t: &Tensor<B, 2>| {
-                        t.clone().select(0, ids.clone()).reshape([batch, len, half])
-                    }),
-                )
+                ))
+            }
+        };
+        let pick = |t: &Tensor<B, 2>| -> Tensor<B, 3> {
+            match (positions, &ids) {
+                (Positions::Offset(start), _) => {
+                    t.clone().narrow(0, *start, len).reshape([1, len, half])
+                }
+                (_, Some(ids)) => t.clone().select(0, ids.clone()).reshape([rows, len, half]),
+                (Positions::PerRow(_), None) => unreachable!("per-row positions always have ids"),
             }
         };
         // [cos | cos] per position, repeated for every head, flattened.

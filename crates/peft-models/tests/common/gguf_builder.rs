@@ -82,7 +82,7 @@ impl GgufBuilder {
             offsets.push(offset);
             offset = (offset + data.len() as u64).next_multiple_of(32);
         }
-        while out.len() % 32 != 0 {
+        while !out.len().is_multiple_of(32) {
             out.push(0);
         }
         let base = out.len();
