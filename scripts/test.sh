@@ -24,6 +24,6 @@ cargo build --quiet -p peft-cli --features cuda
 
 step "clippy"
 cargo clippy --workspace --all-targets --quiet -- -D warnings
-cargo clippy --quiet -p peft-kernels --features wgpu,cuda --all-targets -- -D warnings
+cargo clippy --quiet -p peft-kernels --features flex,wgpu,cuda --all-targets -- -D warnings
 
 step "all tests passed"

@@ -1,4 +1,5 @@
 //! The reference path (every backend's fallback) against the f64 oracle, on Flex.
+#![cfg(feature = "flex")]
 
 mod common;
 

@@ -24,6 +24,24 @@ pub struct Tokenizer {
     pad: Option<u32>,
 }
 
+/// Builds a `tokenizers` tokenizer from its JSON. The `tokenizers` crate panics on some
+/// malformed files (found by fuzzing: an invalid UTF-8 byte inside a JSON key); the panic is
+/// caught and returned as an error, like any other malformed file.
+fn parse(json: &[u8]) -> std::result::Result<tokenizers::Tokenizer, String> {
+    match std::panic::catch_unwind(|| tokenizers::Tokenizer::from_bytes(json)) {
+        Ok(Ok(t)) => Ok(t),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(panic) => Err(format!(
+            "invalid tokenizer JSON ({})",
+            panic
+                .downcast_ref::<String>()
+                .map(String::as_str)
+                .or_else(|| panic.downcast_ref::<&str>().copied())
+                .unwrap_or("the tokenizers crate panicked")
+        )),
+    }
+}
+
 /// GGUF `token_type` of control tokens.
 const CONTROL: i64 = 3;
 /// GGUF `token_type` of user-defined tokens.
@@ -35,11 +53,10 @@ impl Tokenizer {
     pub fn from_file(path: &Path) -> Result<Self> {
         let source = path.display().to_string();
         let bytes = std::fs::read(path).map_err(|e| ModelError::io(path, e))?;
-        let inner =
-            tokenizers::Tokenizer::from_bytes(&bytes).map_err(|e| ModelError::Tokenizer {
-                source_name: source.clone(),
-                what: e.to_string(),
-            })?;
+        let inner = parse(&bytes).map_err(|what| ModelError::Tokenizer {
+            source_name: source.clone(),
+            what,
+        })?;
         let dir = path.parent().unwrap_or(Path::new("."));
         let read_json = |name: &str| -> Option<Value> {
             let text = std::fs::read_to_string(dir.join(name)).ok()?;
@@ -184,8 +201,7 @@ impl Tokenizer {
                 "end_of_word_suffix": null, "fuse_unk": false, "byte_fallback": false, "ignore_merges": false,
                 "vocab": vocab, "merges": merges},
         });
-        let inner = tokenizers::Tokenizer::from_bytes(spec.to_string().as_bytes())
-            .map_err(|e| fail(e.to_string()))?;
+        let inner = parse(spec.to_string().as_bytes()).map_err(fail)?;
         let id = |k: &str| meta(k).and_then(MetaValue::as_u64).map(|v| v as u32);
         let n = tokens.len() as u32;
         let check = |k: &str| -> Result<Option<u32>> {

@@ -28,14 +28,13 @@ struct Present {
     scale: f32,
 }
 
+/// A fusion tensor of backend `B`.
+type FTensor<B> = FusionTensor<<B as FusionBackend>::FusionRuntime>;
+
 /// The fixed input list `[q, k, v, pk, pv]` and `[prefix_lengths, key_lengths]`.
 fn normalise<B: FusionBackend>(
     args: PrefixAttentionArgs<Fusion<B>>,
-) -> (
-    Present,
-    [FusionTensor<B::FusionRuntime>; 5],
-    [FusionTensor<B::FusionRuntime>; 2],
-) {
+) -> (Present, [FTensor<B>; 5], [FTensor<B>; 2]) {
     let present = Present {
         prefix: args.prefix_key.is_some() && args.prefix_value.is_some(),
         prefix_lengths: args.prefix_lengths.is_some(),

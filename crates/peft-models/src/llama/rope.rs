@@ -5,21 +5,26 @@
 //! `x·[cos | cos] + rotate_half(x)·[sin | sin]` with `rotate_half(x) = [−x2 | x1]`.
 //!
 //! The rotation is applied to the projection output while it is still a contiguous
-//! `[B, L, heads·d]` tensor: the position tables are laid out flat, `[1 or B, L·heads·d]`, so every
-//! element-wise product is between contiguous tensors or broadcasts one shared row, and
-//! `rotate_half` is one product with a fixed `[d, d]` signed permutation. CPU backends run these
-//! forms on their fast paths (no strided views), forward and backward.
+//! `[B, L, heads·d]` tensor: the position tables of a forward pass are computed on the host for
+//! exactly the positions it uses and laid out flat, `[1 or B, L·heads·d]`, so every element-wise
+//! product is between contiguous tensors or broadcasts one shared row, and `rotate_half` is one
+//! product with a fixed `[d, d]` signed permutation. CPU backends run these forms on their fast
+//! paths (no strided views), forward and backward. Nothing is allocated for positions a pass
+//! does not use, however long the model's context.
 
-use burn::tensor::{Int, Tensor, TensorData, backend::Backend};
+use burn::tensor::{Tensor, TensorData, backend::Backend};
 use peft_core::Positions;
 
-/// Precomputed cosine and sine tables `[max_positions, head_dim / 2]`, and the rotate-half
-/// permutation.
+/// Rotary embedding of one model: its frequencies and the rotate-half permutation.
 #[derive(burn::module::Module, Debug)]
 pub struct Rope<B: Backend> {
-    cos: Tensor<B, 2>,
-    sin: Tensor<B, 2>,
     rotate_half: Tensor<B, 2>,
+    /// `1 / θ^(2i/d)`, `d/2` values.
+    #[module(skip)]
+    inv_freq: Vec<f32>,
+    /// Positions the model supports.
+    #[module(skip)]
+    max_positions: usize,
 }
 
 /// Flat tables for one head count: `[1 or B, L·heads·d]`.
@@ -38,24 +43,13 @@ pub struct RopeSlice<B: Backend> {
 }
 
 impl<B: Backend> Rope<B> {
-    /// Tables for positions `0..max_positions`.
+    /// The embedding of a model with heads of `head_dim` and a context of `max_positions`.
     pub fn new(head_dim: usize, max_positions: usize, theta: f64, device: &B::Device) -> Self {
         let half = head_dim / 2;
         let theta = theta as f32;
-        let inv_freq: Vec<f32> = (0..half)
+        let inv_freq = (0..half)
             .map(|i| 1.0 / theta.powf((2 * i) as f32 / head_dim as f32))
             .collect();
-        let mut cos = Vec::with_capacity(max_positions * half);
-        let mut sin = Vec::with_capacity(max_positions * half);
-        for pos in 0..max_positions {
-            for f in &inv_freq {
-                let angle = pos as f32 * f;
-                cos.push(angle.cos());
-                sin.push(angle.sin());
-            }
-        }
-        let table =
-            |v: Vec<f32>| Tensor::from_data(TensorData::new(v, [max_positions, half]), device);
         // x · R = rotate_half(x): column j < d/2 takes −x[j + d/2], column j ≥ d/2 takes x[j − d/2].
         let mut r = vec![0.0f32; head_dim * head_dim];
         for j in 0..half {
@@ -63,15 +57,15 @@ impl<B: Backend> Rope<B> {
             r[j * head_dim + j + half] = 1.0;
         }
         Self {
-            cos: table(cos),
-            sin: table(sin),
             rotate_half: Tensor::from_data(TensorData::new(r, [head_dim, head_dim]), device),
+            inv_freq,
+            max_positions,
         }
     }
 
     /// Number of positions covered.
     pub fn max_positions(&self) -> usize {
-        self.cos.dims()[0]
+        self.max_positions
     }
 
     /// The tables for `len` consecutive positions of each row, laid out for each of the given
@@ -79,7 +73,7 @@ impl<B: Backend> Rope<B> {
     ///
     /// # Panics
     ///
-    /// If a position is past the table; callers check lengths against the model's context first.
+    /// If a position is past the model's context; callers check lengths first.
     pub fn slice(
         &self,
         positions: &Positions,
@@ -87,62 +81,57 @@ impl<B: Backend> Rope<B> {
         len: usize,
         head_counts: &[usize],
     ) -> RopeSlice<B> {
-        let max = self.max_positions();
-        let half = self.cos.dims()[1];
+        let max = self.max_positions;
         assert!(
             positions.max_start() + len <= max,
             "sequence of {} positions exceeds the model's context of {max}",
             positions.max_start() + len
         );
-        // [rows, L, half] with rows = 1 (shared offset) or B (per-row offsets).
-        let rows = match positions {
-            Positions::Offset(_) => 1,
+        let starts: Vec<usize> = match positions {
+            Positions::Offset(start) => vec![*start],
             Positions::PerRow(starts) => {
                 assert_eq!(starts.len(), batch, "one starting position per row");
-                batch
+                starts.clone()
             }
         };
-        let ids = match positions {
-            Positions::Offset(_) => None,
-            Positions::PerRow(starts) => {
-                let ids: Vec<i64> = starts
-                    .iter()
-                    .flat_map(|&s| (s..s + len).map(|p| p as i64))
-                    .collect();
-                Some(Tensor::<B, 1, Int>::from_data(
-                    TensorData::new(ids, [batch * len]),
-                    &self.cos.device(),
-                ))
-            }
-        };
-        let pick = |t: &Tensor<B, 2>| -> Tensor<B, 3> {
-            match (positions, &ids) {
-                (Positions::Offset(start), _) => {
-                    t.clone().narrow(0, *start, len).reshape([1, len, half])
-                }
-                (_, Some(ids)) => t.clone().select(0, ids.clone()).reshape([rows, len, half]),
-                (Positions::PerRow(_), None) => unreachable!("per-row positions always have ids"),
-            }
-        };
-        // [cos | cos] per position, repeated for every head, flattened.
-        let flat = |t: &Tensor<B, 2>, heads: usize| -> Tensor<B, 2> {
-            let t = pick(t);
-            Tensor::cat(vec![t.clone(), t], 2)
-                .unsqueeze_dim::<4>(2)
-                .expand([rows, len, heads, 2 * half])
-                .reshape([rows, len * heads * 2 * half])
-        };
-        let mut counts: Vec<usize> = head_counts.to_vec();
+        let device = self.rotate_half.device();
+        let half = self.inv_freq.len();
+        let mut counts = head_counts.to_vec();
         counts.dedup();
+        let tables = counts
+            .into_iter()
+            .map(|heads| {
+                let width = len * heads * 2 * half;
+                let mut cos = Vec::with_capacity(starts.len() * width);
+                let mut sin = Vec::with_capacity(starts.len() * width);
+                for &start in &starts {
+                    for pos in start..start + len {
+                        let (c, s): (Vec<f32>, Vec<f32>) = self
+                            .inv_freq
+                            .iter()
+                            .map(|f| {
+                                let angle = pos as f32 * f;
+                                (angle.cos(), angle.sin())
+                            })
+                            .unzip();
+                        for _ in 0..heads {
+                            for _ in 0..2 {
+                                cos.extend_from_slice(&c);
+                                sin.extend_from_slice(&s);
+                            }
+                        }
+                    }
+                }
+                let shape = [starts.len(), width];
+                Flat {
+                    heads,
+                    cos: Tensor::from_data(TensorData::new(cos, shape), &device),
+                    sin: Tensor::from_data(TensorData::new(sin, shape), &device),
+                }
+            })
+            .collect();
         RopeSlice {
-            tables: counts
-                .iter()
-                .map(|&h| Flat {
-                    heads: h,
-                    cos: flat(&self.cos, h),
-                    sin: flat(&self.sin, h),
-                })
-                .collect(),
+            tables,
             rotate_half: self.rotate_half.clone(),
         }
     }

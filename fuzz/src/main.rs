@@ -1,0 +1,285 @@
+//! `peft-fuzz`: a mutation fuzzer for burn-peft's parsers that runs on the stable toolchain.
+//!
+//! ```text
+//! peft-fuzz [--seconds N] [--seed S] [TARGET ...]     (no target: all of them)
+//! ```
+//!
+//! Inputs start from the committed seeds (`fuzz/seeds/<target>/`: real files and truncated
+//! ones) and are mutated: bit flips, interesting bytes and little-endian integers (0, 1, -1,
+//! 2³², 10¹², ...) written over fields, insertions, deletions, truncations, chunk duplication
+//! and splices between seeds. An input whose outcome (the shape of its error message) was not
+//! seen before joins the corpus, so mutation digs into every branch of error handling it reaches.
+//!
+//! A run fails when a target panics, allocates more than the input can justify
+//! (`256 MiB + 64 × input size` in one allocation) or takes more than 10 s on one input; the
+//! input is written to `fuzz/crashes/<target>/` and the process exits non-zero.
+
+use std::{
+    alloc::{GlobalAlloc, Layout, System},
+    collections::{HashMap, HashSet},
+    hash::{Hash, Hasher},
+    panic::AssertUnwindSafe,
+    path::PathBuf,
+    sync::atomic::{AtomicUsize, Ordering},
+    time::{Duration, Instant},
+};
+
+use peft_fuzz::{TARGETS, Target, seed_dir};
+use rand::{Rng, SeedableRng, rngs::StdRng};
+
+/// Records the largest single allocation request.
+struct Tracking;
+
+static LARGEST: AtomicUsize = AtomicUsize::new(0);
+
+// SAFETY: every call forwards to the system allocator unchanged; only a counter is updated.
+unsafe impl GlobalAlloc for Tracking {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        LARGEST.fetch_max(layout.size(), Ordering::Relaxed);
+        // SAFETY: same layout as requested.
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        LARGEST.fetch_max(layout.size(), Ordering::Relaxed);
+        // SAFETY: same layout as requested.
+        unsafe { System.alloc_zeroed(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: ptr was allocated by System with this layout.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        LARGEST.fetch_max(new_size, Ordering::Relaxed);
+        // SAFETY: ptr was allocated by System with this layout.
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static ALLOC: Tracking = Tracking;
+
+/// Most inputs kept per target.
+const MAX_CORPUS: usize = 4096;
+
+const INTERESTING_U64: [u64; 12] = [
+    0,
+    1,
+    2,
+    7,
+    32,
+    255,
+    256,
+    0xFFFF,
+    0xFFFF_FFFF,
+    1 << 32,
+    1_000_000_000_000,
+    u64::MAX,
+];
+const INTERESTING_U8: [u8; 8] = [0, 1, 0x7F, 0x80, 0xFF, b'{', b'"', b'\n'];
+
+fn mutate(rng: &mut StdRng, input: &[u8], corpus: &[Vec<u8>]) -> Vec<u8> {
+    let mut v = input.to_vec();
+    let rounds = 1 + rng.random_range(0..4);
+    for _ in 0..rounds {
+        let len = v.len();
+        match rng.random_range(0..9) {
+            0 if len > 0 => {
+                let i = rng.random_range(0..len);
+                v[i] ^= 1 << rng.random_range(0..8);
+            }
+            1 if len > 0 => {
+                let i = rng.random_range(0..len);
+                v[i] = INTERESTING_U8[rng.random_range(0..INTERESTING_U8.len())];
+            }
+            2 if len >= 8 => {
+                let i = rng.random_range(0..=len - 8);
+                let x = INTERESTING_U64[rng.random_range(0..INTERESTING_U64.len())];
+                v[i..i + 8].copy_from_slice(&x.to_le_bytes());
+            }
+            3 if len >= 4 => {
+                let i = rng.random_range(0..=len - 4);
+                let x = INTERESTING_U64[rng.random_range(0..INTERESTING_U64.len())] as u32;
+                v[i..i + 4].copy_from_slice(&x.to_le_bytes());
+            }
+            4 if len > 0 => {
+                v.truncate(rng.random_range(0..len));
+            }
+            5 if len > 1 => {
+                let a = rng.random_range(0..len);
+                let b = (a + rng.random_range(1..=16.min(len - a))).min(len);
+                v.drain(a..b);
+            }
+            6 => {
+                let i = rng.random_range(0..=len);
+                let n = rng.random_range(1..=8);
+                let bytes: Vec<u8> = (0..n).map(|_| rng.random()).collect();
+                v.splice(i..i, bytes);
+            }
+            7 if len > 1 => {
+                let a = rng.random_range(0..len);
+                let b = (a + rng.random_range(1..=64.min(len - a))).min(len);
+                let chunk = v[a..b].to_vec();
+                let at = rng.random_range(0..=len);
+                v.splice(at..at, chunk);
+            }
+            _ if !corpus.is_empty() => {
+                let other = &corpus[rng.random_range(0..corpus.len())];
+                let cut = rng.random_range(0..=v.len());
+                let from = rng.random_range(0..=other.len());
+                v.truncate(cut);
+                v.extend_from_slice(&other[from..]);
+            }
+            _ => {}
+        }
+    }
+    v
+}
+
+fn hash(data: &[u8]) -> u64 {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    data.hash(&mut h);
+    h.finish()
+}
+
+struct Failure {
+    what: String,
+    input: Vec<u8>,
+}
+
+fn run_one(target: &Target, input: &[u8], scratch: &std::path::Path) -> Result<String, Failure> {
+    let budget = (256usize << 20) + 64 * input.len();
+    LARGEST.store(0, Ordering::Relaxed);
+    let started = Instant::now();
+    let result = std::panic::catch_unwind(AssertUnwindSafe(|| (target.run)(input, scratch)));
+    let elapsed = started.elapsed();
+    let largest = LARGEST.load(Ordering::Relaxed);
+    let fail = |what: String| Failure {
+        what,
+        input: input.to_vec(),
+    };
+    match result {
+        Err(payload) => {
+            let msg = payload
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_else(|| "non-string panic".into());
+            Err(fail(format!("panic: {msg}")))
+        }
+        Ok(_) if largest > budget => Err(fail(format!(
+            "allocation of {largest} bytes from a {}-byte input",
+            input.len()
+        ))),
+        Ok(_) if elapsed > Duration::from_secs(10) => {
+            Err(fail(format!("{:.1} s on one input", elapsed.as_secs_f64())))
+        }
+        Ok(outcome) => Ok(outcome),
+    }
+}
+
+fn fuzz(target: &Target, seconds: f64, seed: u64) -> Result<(u64, usize, usize), Failure> {
+    let scratch =
+        std::env::temp_dir().join(format!("peft-fuzz-{}-{}", target.name, std::process::id()));
+    std::fs::create_dir_all(&scratch).map_err(|e| Failure {
+        what: format!("scratch dir: {e}"),
+        input: vec![],
+    })?;
+    let mut corpus: Vec<Vec<u8>> = std::fs::read_dir(seed_dir(target.name))
+        .map(|d| {
+            d.filter_map(|e| e.ok())
+                .filter_map(|e| std::fs::read(e.path()).ok())
+                .collect()
+        })
+        .unwrap_or_default();
+    if corpus.is_empty() {
+        corpus.push(Vec::new());
+    }
+    let seeds = corpus.len();
+    let mut outcomes: HashSet<String> = HashSet::new();
+    for input in corpus.clone() {
+        outcomes.insert(run_one(target, &input, &scratch)?);
+    }
+    let mut rng = StdRng::seed_from_u64(seed ^ hash(target.name.as_bytes()));
+    let deadline = Instant::now() + Duration::from_secs_f64(seconds);
+    let mut execs = 0u64;
+    let mut seen: HashMap<u64, ()> = HashMap::new();
+    while Instant::now() < deadline {
+        let base = &corpus[rng.random_range(0..corpus.len())];
+        let input = mutate(&mut rng, base, &corpus);
+        execs += 1;
+        let outcome = run_one(target, &input, &scratch)?;
+        if outcomes.insert(outcome) && seen.insert(hash(&input), ()).is_none() {
+            // Bounded corpus: past the cap a new input replaces a random mutated one.
+            if corpus.len() < MAX_CORPUS {
+                corpus.push(input);
+            } else {
+                let i = rng.random_range(seeds..corpus.len());
+                corpus[i] = input;
+            }
+        }
+    }
+    let _ = std::fs::remove_dir_all(&scratch);
+    Ok((execs, outcomes.len(), corpus.len() - seeds))
+}
+
+fn main() {
+    let mut seconds = 10.0;
+    let mut seed = 1u64;
+    let mut names = Vec::new();
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        match a.as_str() {
+            "--seconds" => seconds = args.next().and_then(|s| s.parse().ok()).unwrap_or(seconds),
+            "--seed" => seed = args.next().and_then(|s| s.parse().ok()).unwrap_or(seed),
+            "--list" => {
+                for t in TARGETS {
+                    println!("{:18} {}", t.name, t.about);
+                }
+                return;
+            }
+            name => names.push(name.to_string()),
+        }
+    }
+    let selected: Vec<&Target> = if names.is_empty() {
+        TARGETS.iter().collect()
+    } else {
+        names
+            .iter()
+            .map(|n| {
+                TARGETS
+                    .iter()
+                    .find(|t| t.name == n)
+                    .unwrap_or_else(|| panic!("unknown target {n}; see --list"))
+            })
+            .collect()
+    };
+    // Panics are the findings; report them ourselves instead of on stderr.
+    std::panic::set_hook(Box::new(|_| {}));
+    let mut failed = false;
+    for target in selected {
+        match fuzz(target, seconds, seed) {
+            Ok((execs, outcomes, added)) => println!(
+                "{:18} {execs:>9} executions in {seconds:.0} s, {outcomes} distinct outcomes, corpus +{added}: ok",
+                target.name
+            ),
+            Err(f) => {
+                failed = true;
+                let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+                    .join("crashes")
+                    .join(target.name);
+                let _ = std::fs::create_dir_all(&dir);
+                let path = dir.join(format!("crash-{:016x}", hash(&f.input)));
+                let _ = std::fs::write(&path, &f.input);
+                println!(
+                    "{:18} FAILED: {} (input saved to {})",
+                    target.name,
+                    f.what,
+                    path.display()
+                );
+            }
+        }
+    }
+    if failed {
+        std::process::exit(1);
+    }
+}
