@@ -78,15 +78,17 @@ pub const TARGETS: &[Target] = &[
     },
 ];
 
-fn outcome<T, E: std::fmt::Display>(r: Result<T, E>) -> String {
+fn outcome<T, E: std::fmt::Display>(dir: &Path, r: Result<T, E>) -> String {
     match r {
         Ok(_) => "ok".into(),
-        // Keep the message's shape, not its numbers, so outcomes group by kind of error.
+        // Keep the message's shape, not its numbers or the scratch path, so outcomes group by
+        // kind of error.
         Err(e) => e
             .to_string()
+            .replace(&*dir.to_string_lossy(), "")
             .chars()
             .filter(|c| !c.is_ascii_digit())
-            .take(80)
+            .take(120)
             .collect(),
     }
 }
@@ -101,22 +103,25 @@ fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../crates/peft-models/tests/fixtures")
 }
 
-fn gguf_header(data: &[u8], _: &Path) -> String {
-    outcome(GgufHeader::read(Cursor::new(data), data.len() as u64))
+fn gguf_header(data: &[u8], dir: &Path) -> String {
+    outcome(dir, GgufHeader::read(Cursor::new(data), data.len() as u64))
 }
 
 fn gguf_model(data: &[u8], dir: &Path) -> String {
     let path = write(dir, "model.gguf", data);
-    outcome(Checkpoint::open(&path).and_then(|c| {
-        let model = c.load::<Flex>(&Default::default())?;
-        let ids = c.tokenizer.encode("fuzz 123 héllo")?;
-        let _ = c.tokenizer.decode(&ids)?;
-        let _ = model;
-        Ok(())
-    }))
+    outcome(
+        dir,
+        Checkpoint::open(&path).and_then(|c| {
+            let model = c.load::<Flex>(&Default::default())?;
+            let ids = c.tokenizer.encode("fuzz 123 héllo")?;
+            let _ = c.tokenizer.decode(&ids)?;
+            let _ = model;
+            Ok(())
+        }),
+    )
 }
 
-fn dequant(data: &[u8], _: &Path) -> String {
+fn dequant(data: &[u8], dir: &Path) -> String {
     use peft_models::gguf::{GgmlType, dequantize};
     let Some((&code, rest)) = data.split_first() else {
         return "empty".into();
@@ -127,7 +132,23 @@ fn dequant(data: &[u8], _: &Path) -> String {
     let (block, bytes) = ty.block();
     let elements = (rest.len() as u64 / bytes * block) as usize;
     let usable = (elements as u64 / block * bytes) as usize;
-    outcome(dequantize(ty, &rest[..usable], elements))
+    outcome(dir, dequantize(ty, &rest[..usable], elements))
+}
+
+/// The bytes of a safetensors file from a fuzz input. An input that starts with `{` is taken as
+/// `header JSON, NUL, data` and gets its 8-byte length prefix computed, so that mutations of the
+/// header's tensor table (dtypes, shapes, offsets) reach the loader instead of stopping at a
+/// length prefix that no longer matches; any other input is used as the file, unchanged.
+fn safetensors_file(data: &[u8]) -> std::borrow::Cow<'_, [u8]> {
+    if data.first() != Some(&b'{') {
+        return std::borrow::Cow::Borrowed(data);
+    }
+    let split = data.iter().position(|&b| b == 0).unwrap_or(data.len());
+    let (header, rest) = (&data[..split], data.get(split + 1..).unwrap_or(&[]));
+    let mut file = (header.len() as u64).to_le_bytes().to_vec();
+    file.extend_from_slice(header);
+    file.extend_from_slice(rest);
+    std::borrow::Cow::Owned(file)
 }
 
 fn safetensors_model(data: &[u8], dir: &Path) -> String {
@@ -135,21 +156,27 @@ fn safetensors_model(data: &[u8], dir: &Path) -> String {
     for f in ["config.json", "tokenizer.json"] {
         let _ = std::fs::copy(src.join(f), dir.join(f));
     }
-    write(dir, "model.safetensors", data);
-    outcome(Checkpoint::open(dir).and_then(|c| c.load::<Flex>(&Default::default()).map(|_| ())))
+    write(dir, "model.safetensors", &safetensors_file(data));
+    outcome(
+        dir,
+        Checkpoint::open(dir).and_then(|c| c.load::<Flex>(&Default::default()).map(|_| ())),
+    )
 }
 
 fn config_json(data: &[u8], dir: &Path) -> String {
     let path = write(dir, "config.json", data);
-    outcome(LlamaConfig::from_hf_json(&path))
+    outcome(dir, LlamaConfig::from_hf_json(&path))
 }
 
 fn tokenizer_json(data: &[u8], dir: &Path) -> String {
     let path = write(dir, "tokenizer.json", data);
-    outcome(Tokenizer::from_file(&path).and_then(|t| {
-        let ids = t.encode("fuzz <|im_start|> 42\n\n  x")?;
-        t.decode(&ids)
-    }))
+    outcome(
+        dir,
+        Tokenizer::from_file(&path).and_then(|t| {
+            let ids = t.encode("fuzz <|im_start|> 42\n\n  x")?;
+            t.decode(&ids)
+        }),
+    )
 }
 
 /// The tiny model's sizes, which the adapter targets load against.
@@ -178,13 +205,13 @@ fn adapter_tensor() -> Vec<u8> {
 fn adapter_config(data: &[u8], dir: &Path) -> String {
     write(dir, "adapter_config.json", data);
     write(dir, "adapter_model.safetensors", &adapter_tensor());
-    outcome(load_adapter::<Flex>(dir, &dims(), &Default::default()))
+    outcome(dir, load_adapter::<Flex>(dir, &dims(), &Default::default()))
 }
 
 fn adapter_tensors(data: &[u8], dir: &Path) -> String {
     write(dir, "adapter_config.json", ADAPTER_CONFIG.as_bytes());
-    write(dir, "adapter_model.safetensors", data);
-    outcome(load_adapter::<Flex>(dir, &dims(), &Default::default()))
+    write(dir, "adapter_model.safetensors", &safetensors_file(data));
+    outcome(dir, load_adapter::<Flex>(dir, &dims(), &Default::default()))
 }
 
 struct Bytes;
@@ -197,10 +224,11 @@ impl Tokenize for Bytes {
     }
 }
 
-fn jsonl(data: &[u8], _: &Path) -> String {
+fn jsonl(data: &[u8], dir: &Path) -> String {
     let text = String::from_utf8_lossy(data);
     let path = Path::new("fuzz.jsonl");
     outcome(
+        dir,
         parse_jsonl(path, &text)
             .and_then(|r| Dataset::tokenize(path, r, &Bytes, 64, Truncation::Left)),
     )

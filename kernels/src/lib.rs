@@ -42,6 +42,7 @@
 
 mod autodiff;
 pub mod backends;
+pub mod baseline;
 mod op;
 mod path;
 mod reference;

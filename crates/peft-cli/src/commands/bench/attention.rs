@@ -1,0 +1,205 @@
+//! `peft bench attention`: the fused prefix-attention kernels against the unfused paths.
+
+use std::time::Instant;
+
+use anyhow::{Result, bail};
+use burn::{
+    backend::Autodiff,
+    tensor::{Bool, Distribution, Tensor, backend::Backend},
+};
+use clap::Args;
+use peft_kernels::{
+    AttentionPath, PrefixAttention, PrefixAttentionAutodiffBackend, PrefixAttentionBackend,
+    backends::{BackendKind, BackendVisitor},
+    baseline,
+};
+use serde_json::json;
+
+use super::median;
+use crate::backend::parse_backend;
+
+/// Arguments of `peft bench attention`.
+#[derive(Debug, Args)]
+pub struct AttentionBench {
+    /// Compute backend.
+    #[arg(long, default_value = "flex", value_parser = parse_backend)]
+    pub backend: BackendKind,
+    /// Batch size.
+    #[arg(long, default_value_t = 8)]
+    pub batch: usize,
+    /// Sequence length (queries = keys).
+    #[arg(long, default_value_t = 512)]
+    pub seq: usize,
+    /// Prefix slots.
+    #[arg(long, default_value_t = 64)]
+    pub prefix: usize,
+    /// Query heads.
+    #[arg(long, default_value_t = 9)]
+    pub heads: usize,
+    /// Key/value heads.
+    #[arg(long, default_value_t = 3)]
+    pub kv_heads: usize,
+    /// Head dimension.
+    #[arg(long, default_value_t = 64)]
+    pub head_dim: usize,
+    /// Timed repetitions (the median is reported).
+    #[arg(long, default_value_t = 5)]
+    pub repeats: usize,
+    /// Print one JSON object.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub(super) struct Attn(pub(super) AttentionBench);
+
+impl BackendVisitor for Attn {
+    type Output = Result<()>;
+    fn visit<B: PrefixAttentionBackend>(self, device: B::Device) -> Result<()> {
+        let a = self.0;
+        if !a.heads.is_multiple_of(a.kv_heads) {
+            bail!(
+                "--heads {} is not a multiple of --kv-heads {}",
+                a.heads,
+                a.kv_heads
+            );
+        }
+        let mut report = serde_json::Map::new();
+        for (pass, backward) in [("forward", false), ("forward_backward", true)] {
+            let ms = Impl::ALL.map(|imp| {
+                if backward {
+                    time_backward::<Autodiff<B>>(&a, imp, &device)
+                } else {
+                    time_forward::<B>(&a, imp, &device)
+                }
+            });
+            let [fused, unfused, reference] = ms;
+            report.insert(
+                pass.into(),
+                json!({"fused_ms": fused, "unfused_ms": unfused, "speedup": unfused / fused,
+                       "reference_ms": reference}),
+            );
+        }
+        let fused_available = B::has_fused_prefix_attention();
+        if a.json {
+            let mut v = serde_json::Value::Object(report);
+            v["backend"] = a.backend.name().into();
+            v["fused_kernels"] = fused_available.into();
+            v["shape"] = json!({"batch": a.batch, "seq": a.seq, "prefix": a.prefix, "heads": a.heads, "kv_heads": a.kv_heads, "head_dim": a.head_dim});
+            println!("{v}");
+        } else {
+            if !fused_available {
+                println!(
+                    "note: {} has no fused kernels; \"fused\" runs the reference op with its analytic backward",
+                    a.backend
+                );
+            }
+            for (pass, v) in report {
+                println!(
+                    "{pass}: fused {:.2} ms, Burn attention {:.2} ms (speedup {:.2}×), our unfused reference {:.2} ms",
+                    v["fused_ms"],
+                    v["unfused_ms"],
+                    v["speedup"].as_f64().unwrap_or(f64::NAN),
+                    v["reference_ms"],
+                );
+            }
+        }
+        Ok(())
+    }
+}
+
+type Qkv<B> = [Tensor<B, 4>; 5];
+
+fn attention_inputs<B: PrefixAttentionBackend>(a: &AttentionBench, device: &B::Device) -> Qkv<B> {
+    let n = Distribution::Normal(0.0, 1.0);
+    [
+        Tensor::random([a.batch, a.heads, a.seq, a.head_dim], n, device),
+        Tensor::random([a.batch, a.kv_heads, a.seq, a.head_dim], n, device),
+        Tensor::random([a.batch, a.kv_heads, a.seq, a.head_dim], n, device),
+        Tensor::random([1, a.kv_heads, a.prefix, a.head_dim], n, device),
+        Tensor::random([1, a.kv_heads, a.prefix, a.head_dim], n, device),
+    ]
+}
+
+/// Median milliseconds of `run` over the repetitions (after one untimed run).
+fn timed<B: PrefixAttentionBackend>(
+    repeats: usize,
+    device: &B::Device,
+    mut run: impl FnMut(),
+) -> f64 {
+    let mut times = Vec::new();
+    for rep in 0..repeats + 1 {
+        let _ = B::sync(device);
+        let start = Instant::now();
+        run();
+        let _ = B::sync(device);
+        if rep > 0 {
+            times.push(start.elapsed().as_secs_f64() * 1e3);
+        }
+    }
+    median(times)
+}
+
+/// The implementations compared.
+#[derive(Clone, Copy)]
+enum Impl {
+    /// `PrefixAttention` on the fused path (the kernels where the backend has them).
+    Fused,
+    /// What a Burn user writes without this crate: the prefix broadcast over the batch and
+    /// concatenated in front of the keys and values, key/value heads repeated for GQA, an
+    /// explicit `[B, H, L, P + L]` causal mask, and `burn::tensor::module::attention`.
+    BurnAttention,
+    /// `PrefixAttention` on its unfused reference path (tensor ops, GQA without repeating).
+    Reference,
+}
+
+impl Impl {
+    const ALL: [Impl; 3] = [Impl::Fused, Impl::BurnAttention, Impl::Reference];
+
+    fn run<B: PrefixAttentionBackend>(
+        self,
+        [q, k, v, pk, pv]: Qkv<B>,
+        mask: &Tensor<B, 4, Bool>,
+    ) -> Tensor<B, 4> {
+        let path = match self {
+            Impl::Fused => AttentionPath::Fused,
+            Impl::Reference => AttentionPath::Unfused,
+            Impl::BurnAttention => {
+                return baseline::burn_prefix_attention(q, k, v, pk, pv, mask.clone());
+            }
+        };
+        PrefixAttention::new(q, k, v)
+            .with_prefix(pk, pv)
+            .with_path(path)
+            .forward()
+    }
+}
+
+fn causal_prefix_mask<B: Backend>(a: &AttentionBench, device: &B::Device) -> Tensor<B, 4, Bool> {
+    baseline::causal_prefix_mask(a.batch, a.heads, a.seq, a.prefix, device)
+}
+
+fn time_forward<B: PrefixAttentionBackend>(
+    a: &AttentionBench,
+    imp: Impl,
+    device: &B::Device,
+) -> f64 {
+    let inputs = attention_inputs::<B>(a, device);
+    let mask = causal_prefix_mask::<B>(a, device);
+    timed::<B>(a.repeats, device, || {
+        let out = imp.run(inputs.clone(), &mask);
+        let _ = out.sum().into_data();
+    })
+}
+
+fn time_backward<B: PrefixAttentionAutodiffBackend>(
+    a: &AttentionBench,
+    imp: Impl,
+    device: &B::Device,
+) -> f64 {
+    let inputs = attention_inputs::<B>(a, device);
+    let mask = causal_prefix_mask::<B>(a, device);
+    timed::<B>(a.repeats, device, || {
+        let out = imp.run(inputs.clone().map(|t| t.require_grad()), &mask);
+        let _ = out.sum().backward();
+    })
+}

@@ -1,0 +1,100 @@
+//! `peft bench generate`: incremental decoding speed with the KV cache.
+
+use std::{path::PathBuf, time::Instant};
+
+use anyhow::{Context, Result};
+use clap::Args;
+use peft_core::{CausalLm, adapter::load_adapter};
+use peft_kernels::{
+    PrefixAttentionBackend,
+    backends::{BackendKind, BackendVisitor},
+};
+use peft_models::{
+    Checkpoint, DEFAULT_MODEL_PATH,
+    generate::{Conditioning, GenerationConfig, generate},
+};
+use serde_json::json;
+
+use super::{median, peak_rss_mb};
+use crate::backend::parse_backend;
+
+/// Arguments of `peft bench generate`.
+#[derive(Debug, Args)]
+pub struct GenerateBench {
+    /// Model path.
+    #[arg(long, default_value = DEFAULT_MODEL_PATH)]
+    pub model: PathBuf,
+    /// Compute backend.
+    #[arg(long, default_value = "flex", value_parser = parse_backend)]
+    pub backend: BackendKind,
+    /// Adapter directory (a prefix adapter pre-fills the cache).
+    #[arg(long)]
+    pub adapter: Option<PathBuf>,
+    /// Prompt length in tokens.
+    #[arg(long, default_value_t = 32)]
+    pub prompt_len: usize,
+    /// Tokens to generate.
+    #[arg(long, default_value_t = 64)]
+    pub new_tokens: usize,
+    /// Timed repetitions (the median is reported).
+    #[arg(long, default_value_t = 3)]
+    pub repeats: usize,
+    /// Print one JSON object.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub(super) struct Gen(pub(super) GenerateBench);
+
+impl BackendVisitor for Gen {
+    type Output = Result<()>;
+    fn visit<B: PrefixAttentionBackend>(self, device: B::Device) -> Result<()> {
+        let a = self.0;
+        let ckpt = Checkpoint::open(&a.model)
+            .with_context(|| format!("opening model {}", a.model.display()))?;
+        let model = ckpt.load::<B>(&device)?;
+        let cond = match &a.adapter {
+            Some(dir) => {
+                let (adapter, _) = load_adapter::<B>(dir, &model.dims(), &device)?;
+                Conditioning {
+                    virtual_tokens: adapter.virtual_tokens(),
+                    prefix: adapter.prefix(),
+                }
+            }
+            None => Conditioning::default(),
+        };
+        let vocab = model.dims().vocab_size;
+        let prompt: Vec<u32> = (0..a.prompt_len)
+            .map(|t| (100 + t * 7919 % (vocab - 200)) as u32)
+            .collect();
+        let config = GenerationConfig {
+            max_new_tokens: a.new_tokens,
+            stop_at_eos: false,
+            ..Default::default()
+        };
+        let mut times = Vec::new();
+        for rep in 0..a.repeats + 1 {
+            let start = Instant::now();
+            let out = generate(&model, &ckpt.tokenizer, &prompt, &cond, &config, |_| {})?;
+            if rep > 0 {
+                times.push(start.elapsed().as_secs_f64() * 1e3 / out.ids.len().max(1) as f64);
+            }
+        }
+        let ms_per_token = median(times);
+        let tokens_per_s = 1e3 / ms_per_token;
+        if a.json {
+            println!(
+                "{}",
+                json!({"backend": a.backend.name(), "prompt_len": a.prompt_len, "new_tokens": a.new_tokens,
+                       "adapter": a.adapter.as_ref().map(|p| p.display().to_string()),
+                       "ms_per_token_median": ms_per_token, "tokens_per_s": tokens_per_s, "peak_rss_mb": peak_rss_mb()})
+            );
+        } else {
+            println!(
+                "{}: {tokens_per_s:.1} tokens/s ({ms_per_token:.2} ms/token, prompt {}, {} new)",
+                a.backend, a.prompt_len, a.new_tokens
+            );
+        }
+        Ok(())
+    }
+}
