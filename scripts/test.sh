@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The test suite: CPU tests of every crate, the wgpu tests on lavapipe (or a real GPU), a CUDA
-# compile check, rustfmt and clippy. Run scripts/setup.sh once first on a fresh machine.
+# The test suite: CPU tests of every crate, the wgpu tests on lavapipe (or a real GPU), a short
+# fuzz run of every parser, a CUDA compile check, rustfmt and clippy. Run scripts/setup.sh once
+# first on a fresh machine.
 #
 # Tests that need SmolLM2 skip loudly when models/ has no model; PEFT_REQUIRE_MODEL=1 (set by CI)
 # turns that into a failure.
@@ -19,11 +20,14 @@ step "wgpu tests (fused kernels; lavapipe when no GPU)"
 cargo test --quiet -p peft-kernels -p peft-models -p burn-peft \
   --features peft-kernels/wgpu,peft-models/wgpu,burn-peft/wgpu --test '*wgpu*'
 
+step "fuzz smoke run (10 s per parser; scripts/fuzz.sh SECONDS for longer runs)"
+FUZZ_PROFILE=dev scripts/fuzz.sh 10
+
 step "CUDA compile check"
 cargo build --quiet -p peft-cli --features cuda
 
 step "clippy"
 cargo clippy --workspace --all-targets --quiet -- -D warnings
-cargo clippy --quiet -p peft-kernels --features flex,wgpu,cuda --all-targets -- -D warnings
+cargo clippy --quiet -p peft-kernels --features flex,ndarray,wgpu,cuda --all-targets -- -D warnings
 
 step "all tests passed"

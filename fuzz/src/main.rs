@@ -246,10 +246,10 @@ fn main() {
         names
             .iter()
             .map(|n| {
-                TARGETS
-                    .iter()
-                    .find(|t| t.name == n)
-                    .unwrap_or_else(|| panic!("unknown target {n}; see --list"))
+                TARGETS.iter().find(|t| t.name == n).unwrap_or_else(|| {
+                    eprintln!("unknown target {n}; see --list");
+                    std::process::exit(2)
+                })
             })
             .collect()
     };

@@ -12,14 +12,10 @@ use crate::PrefixAttentionBackend;
 #[cfg(feature = "flex")]
 impl PrefixAttentionBackend for burn::backend::Flex {}
 
+/// NdArray with its default element types (f32 floats); other element types can implement the
+/// trait the same way, with an empty `impl`.
 #[cfg(feature = "ndarray")]
-impl<E, I, Q> PrefixAttentionBackend for burn::backend::NdArray<E, I, Q>
-where
-    E: burn_ndarray::FloatNdArrayElement,
-    I: burn_ndarray::IntNdArrayElement,
-    Q: burn_ndarray::QuantElement,
-{
-}
+impl PrefixAttentionBackend for burn::backend::NdArray {}
 
 /// A backend selectable at run time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

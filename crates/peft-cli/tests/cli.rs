@@ -286,7 +286,7 @@ fn benchmarks_print_well_formed_json() {
         "--json",
     ]));
     for pass in ["forward", "forward_backward"] {
-        for key in ["fused_ms", "unfused_ms", "speedup"] {
+        for key in ["fused_ms", "unfused_ms", "speedup", "reference_ms"] {
             assert!(
                 a[pass][key].as_f64().is_some_and(|v| v > 0.0),
                 "{pass}.{key}"

@@ -7,6 +7,8 @@
 mod fusion;
 mod kernels;
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+
 use burn::tensor::{
     DType, Shape, TensorMetadata,
     ops::{FloatTensorOps, IntTensorOps},
@@ -49,8 +51,25 @@ struct Prepared<R: CubeRuntime> {
     scale: f32,
 }
 
+/// Largest buffer the fused kernels have allocated in this process (bytes).
+static LARGEST_ALLOCATION: AtomicUsize = AtomicUsize::new(0);
+
+/// The largest buffer, in bytes, that the fused forward or backward has allocated in this
+/// process since the last [`reset_largest_allocation`]. Every buffer the kernels write is
+/// allocated through one function that records its size here, so tests can check that the
+/// fused path never builds a `[B, H, L, P + L]` score matrix.
+pub fn largest_allocation() -> usize {
+    LARGEST_ALLOCATION.load(Ordering::Relaxed)
+}
+
+/// Resets [`largest_allocation`] to zero.
+pub fn reset_largest_allocation() {
+    LARGEST_ALLOCATION.store(0, Ordering::Relaxed);
+}
+
 fn empty<R: CubeRuntime>(like: &CubeTensor<R>, shape: Shape, dtype: DType) -> CubeTensor<R> {
     let bytes = shape.num_elements() * dtype.size();
+    LARGEST_ALLOCATION.fetch_max(bytes, Ordering::Relaxed);
     CubeTensor::new_contiguous(
         like.client.clone(),
         like.device.clone(),

@@ -94,12 +94,13 @@ impl BackendVisitor for Attn {
                 );
             }
             for (pass, v) in report {
+                let ms = |key: &str| v[key].as_f64().unwrap_or(f64::NAN);
                 println!(
                     "{pass}: fused {:.2} ms, Burn attention {:.2} ms (speedup {:.2}×), our unfused reference {:.2} ms",
-                    v["fused_ms"],
-                    v["unfused_ms"],
-                    v["speedup"].as_f64().unwrap_or(f64::NAN),
-                    v["reference_ms"],
+                    ms("fused_ms"),
+                    ms("unfused_ms"),
+                    ms("speedup"),
+                    ms("reference_ms"),
                 );
             }
         }
