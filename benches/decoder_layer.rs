@@ -1,6 +1,8 @@
 //! Criterion: one SmolLM2-135M-sized decoder layer (width 576, 9 query / 3 key-value heads of
-//! 64, SwiGLU 1536) with random weights, forward and forward + backward, with and without a
-//! 20-slot prefix, batch 4 × 64 on Flex. The vocabulary is cut to 256 so the layer, not the
+//! 64, SwiGLU 1536) with random weights, forward and forward + backward (weights tracked, so the
+//! backward computes weight and activation gradients: an upper bound on what PEFT training,
+//! which freezes the weights, pays per layer), with and without a 20-slot prefix, batch 4 × 64
+//! on Flex. The vocabulary is cut to 256 so the layer, not the
 //! embedding, dominates.
 //!
 //! `cargo bench --bench decoder_layer`
