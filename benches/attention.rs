@@ -7,7 +7,7 @@
 
 use burn::{
     backend::Autodiff,
-    tensor::{Distribution, Tensor},
+    tensor::{Bool, Distribution, Tensor},
 };
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use peft_kernels::{AttentionPath, PrefixAttention, PrefixAttentionBackend, baseline};
@@ -27,16 +27,14 @@ fn inputs<B: PrefixAttentionBackend>(device: &B::Device) -> [Tensor<B, 4>; 5] {
     ]
 }
 
+/// The mask is built once, outside the timed loop, as `peft bench attention` does.
 fn run<B: PrefixAttentionBackend>(
     which: &str,
     [q, k, v, pk, pv]: [Tensor<B, 4>; 5],
+    mask: &Tensor<B, 4, Bool>,
 ) -> Tensor<B, 4> {
-    let (b, h, _, l, p, _) = SHAPE;
     match which {
-        "burn" => {
-            let mask = baseline::causal_prefix_mask(b, h, l, p, &q.device());
-            baseline::burn_prefix_attention(q, k, v, pk, pv, mask)
-        }
+        "burn" => baseline::burn_prefix_attention(q, k, v, pk, pv, mask.clone()),
         path => PrefixAttention::new(q, k, v)
             .with_prefix(pk, pv)
             .with_path(match path {
@@ -50,15 +48,18 @@ fn run<B: PrefixAttentionBackend>(
 fn bench_backend<B: PrefixAttentionBackend>(c: &mut Criterion, name: &str, device: B::Device) {
     let mut group = c.benchmark_group(format!("prefix_attention/{name}"));
     group.sample_size(10);
+    let (b, h, _, l, p, _) = SHAPE;
     let x = inputs::<B>(&device);
     let xa = inputs::<Autodiff<B>>(&device);
+    let mask = baseline::causal_prefix_mask::<B>(b, h, l, p, &device);
+    let mask_a = baseline::causal_prefix_mask::<Autodiff<B>>(b, h, l, p, &device);
     for which in ["fused", "burn", "reference"] {
         group.bench_function(BenchmarkId::new("forward", which), |bench| {
-            bench.iter(|| run(which, x.clone()).sum().into_scalar())
+            bench.iter(|| run(which, x.clone(), &mask).sum().into_scalar())
         });
         group.bench_function(BenchmarkId::new("forward_backward", which), |bench| {
             bench.iter(|| {
-                let grads = run(which, xa.clone().map(|t| t.require_grad()))
+                let grads = run(which, xa.clone().map(|t| t.require_grad()), &mask_a)
                     .sum()
                     .backward();
                 let _ = B::sync(&device);
