@@ -17,7 +17,7 @@ use peft_kernels::{
     backends::{BackendKind, BackendVisitor, dispatch},
 };
 use peft_models::{
-    Checkpoint, DEFAULT_MODEL_PATH,
+    DEFAULT_MODEL_PATH,
     evaluate::{complete, exact_match},
     generate::Conditioning,
 };
@@ -61,8 +61,7 @@ impl BackendVisitor for Run {
 
     fn visit<B: PrefixAttentionBackend>(self, device: B::Device) -> Result<()> {
         let a = self.0;
-        let ckpt = Checkpoint::open(&a.model)
-            .with_context(|| format!("opening model {}", a.model.display()))?;
+        let ckpt = crate::commands::open_model(&a.model)?;
         let model = ckpt.load::<B>(&device)?;
         let adapter: Option<Adapter<B>> = match &a.adapter {
             Some(dir) => Some(

@@ -10,7 +10,7 @@ use peft_kernels::{
     backends::{BackendKind, BackendVisitor, dispatch},
 };
 use peft_models::{
-    Checkpoint, DEFAULT_MODEL_PATH,
+    DEFAULT_MODEL_PATH,
     generate::{Conditioning, GenerationConfig, Sampling, generate},
 };
 use serde_json::json;
@@ -66,8 +66,7 @@ impl BackendVisitor for Run {
 
     fn visit<B: PrefixAttentionBackend>(self, device: B::Device) -> Result<()> {
         let args = self.0;
-        let ckpt = Checkpoint::open(&args.model)
-            .with_context(|| format!("opening model {}", args.model.display()))?;
+        let ckpt = crate::commands::open_model(&args.model)?;
         let model = ckpt.load::<B>(&device)?;
         let prompt_ids = ckpt.tokenizer.encode(&args.prompt)?;
         let sampling = if args.temperature.is_some() || args.top_p.is_some() || args.top_k.is_some()

@@ -31,7 +31,7 @@ use peft_kernels::{
     PrefixAttentionAutodiffBackend, PrefixAttentionBackend,
     backends::{BackendKind, BackendVisitor, dispatch},
 };
-use peft_models::{Checkpoint, DEFAULT_MODEL_PATH, Tokenizer};
+use peft_models::{DEFAULT_MODEL_PATH, Tokenizer};
 use serde::{Deserialize, Serialize};
 
 use crate::backend::parse_backend;
@@ -434,8 +434,7 @@ fn train<B: PrefixAttentionAutodiffBackend>(
     resume: Option<PathBuf>,
     device: &B::Device,
 ) -> Result<()> {
-    let ckpt = Checkpoint::open(&s.model)
-        .with_context(|| format!("opening model {}", s.model.display()))?;
+    let ckpt = crate::commands::open_model(&s.model)?;
     let context = ckpt.config.max_position_embeddings;
     let data = load_data(&s.data, &ckpt.tokenizer, &s, context)?;
     let eval = s

@@ -2,7 +2,7 @@
 
 use std::{path::PathBuf, time::Instant};
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use clap::Args;
 use peft_core::{CausalLm, adapter::load_adapter};
 use peft_kernels::{
@@ -10,7 +10,7 @@ use peft_kernels::{
     backends::{BackendKind, BackendVisitor},
 };
 use peft_models::{
-    Checkpoint, DEFAULT_MODEL_PATH,
+    DEFAULT_MODEL_PATH,
     generate::{Conditioning, GenerationConfig, generate},
 };
 use serde_json::json;
@@ -50,8 +50,7 @@ impl BackendVisitor for Gen {
     type Output = Result<()>;
     fn visit<B: PrefixAttentionBackend>(self, device: B::Device) -> Result<()> {
         let a = self.0;
-        let ckpt = Checkpoint::open(&a.model)
-            .with_context(|| format!("opening model {}", a.model.display()))?;
+        let ckpt = crate::commands::open_model(&a.model)?;
         let model = ckpt.load::<B>(&device)?;
         let cond = match &a.adapter {
             Some(dir) => {

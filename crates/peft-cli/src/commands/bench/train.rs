@@ -2,7 +2,7 @@
 
 use std::{path::PathBuf, time::Instant};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Result, bail};
 use burn::{
     backend::Autodiff,
     module::Module,
@@ -21,7 +21,7 @@ use peft_kernels::{
     AttentionPath, PrefixAttentionAutodiffBackend, PrefixAttentionBackend,
     backends::{BackendKind, BackendVisitor},
 };
-use peft_models::{Checkpoint, DEFAULT_MODEL_PATH};
+use peft_models::DEFAULT_MODEL_PATH;
 use serde_json::json;
 
 use super::{median, peak_rss_mb};
@@ -83,8 +83,7 @@ impl BackendVisitor for Train {
 fn bench_train<B: PrefixAttentionAutodiffBackend>(a: TrainBench, device: &B::Device) -> Result<()> {
     let method: Method = a.method.parse()?;
     peft_kernels::set_attention_path(parse_path(&a.attention)?);
-    let ckpt = Checkpoint::open(&a.model)
-        .with_context(|| format!("opening model {}", a.model.display()))?;
+    let ckpt = crate::commands::open_model(&a.model)?;
     let model = ckpt.load::<B>(device)?.no_grad();
     let dims = model.dims();
     let layout = PrefixLayout::of(&dims);
