@@ -23,7 +23,7 @@ use burn_peft::{
         Adapter, CausalLm, PeftModel,
         adapter::SaveOptions,
         prefix::{Prefix, PrefixLayout},
-        train::{Observer, StepMetrics, TrainConfig, Trainer},
+        train::{TrainConfig, Trainer},
     },
     kernels::{
         PrefixAttentionAutodiffBackend, PrefixAttentionBackend,
@@ -56,20 +56,6 @@ struct Args {
     /// Held-out examples to complete (each is a greedy generation).
     #[arg(long, default_value_t = 60)]
     test_examples: usize,
-}
-
-struct Progress;
-impl Observer for Progress {
-    fn on_step(&mut self, m: &StepMetrics) {
-        if m.step.is_multiple_of(10) {
-            eprintln!(
-                "step {:>3}: loss {:.4} ({:.0} tokens/s)",
-                m.step,
-                m.loss,
-                m.tokens as f64 / m.seconds
-            );
-        }
-    }
 }
 
 struct Run(Args);
@@ -122,7 +108,7 @@ fn run<B: PrefixAttentionAutodiffBackend>(a: Args, device: &B::Device) -> Result
     let result = trainer.run(
         Adapter::Prefix(prefix),
         None,
-        &mut Progress,
+        &mut common::Progress,
         &AtomicBool::new(false),
     )?;
 

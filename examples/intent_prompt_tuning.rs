@@ -25,7 +25,7 @@ use burn_peft::{
         peft_model::{Routing, forward},
         prompt::{PromptInit, SoftPrompt},
         train::{
-            Observer, StepMetrics, TrainConfig, Trainer,
+            TrainConfig, Trainer,
             data::{Dataset, Record},
         },
     },
@@ -109,20 +109,6 @@ fn accuracy<B: PrefixAttentionBackend, M: CausalLm<B>>(
     Ok(correct as f64 / test.len() as f64)
 }
 
-struct Progress;
-impl Observer for Progress {
-    fn on_step(&mut self, m: &StepMetrics) {
-        if m.step.is_multiple_of(10) {
-            eprintln!(
-                "step {:>3}: loss {:.4} ({:.0} tokens/s)",
-                m.step,
-                m.loss,
-                m.tokens as f64 / m.seconds
-            );
-        }
-    }
-}
-
 struct Run(Args);
 
 impl BackendVisitor for Run {
@@ -175,7 +161,7 @@ fn run<B: PrefixAttentionAutodiffBackend>(a: Args, device: &B::Device) -> Result
     let result = trainer.run(
         Adapter::Prompt(prompt),
         None,
-        &mut Progress,
+        &mut common::Progress,
         &AtomicBool::new(false),
     )?;
     let adapter = result.adapter.no_grad();

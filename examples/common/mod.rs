@@ -4,7 +4,10 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
-use burn_peft::core::train::data::{Dataset, Truncation, read_jsonl};
+use burn_peft::core::train::{
+    Observer, StepMetrics,
+    data::{Dataset, Truncation, read_jsonl},
+};
 use burn_peft::kernels::backends::BackendKind;
 use burn_peft::models::Tokenizer;
 
@@ -39,4 +42,20 @@ pub fn load(path: &Path, tok: &Tokenizer, max_len: usize) -> Result<Dataset> {
         max_len,
         Truncation::Left,
     )?)
+}
+
+/// Prints the loss and throughput every 10 steps.
+pub struct Progress;
+
+impl Observer for Progress {
+    fn on_step(&mut self, m: &StepMetrics) {
+        if m.step.is_multiple_of(10) {
+            eprintln!(
+                "step {:>3}: loss {:.4} ({:.0} tokens/s)",
+                m.step,
+                m.loss,
+                m.tokens as f64 / m.seconds
+            );
+        }
+    }
 }
