@@ -1,6 +1,9 @@
 //! The CubeCL kernels of prefix attention.
 //!
 //! Layout and work split:
+//! * Every `[.., d]` row is read and written as `d / N` vectors of `N` floats (`N = 4` when `d`
+//!   allows it): one vector load, one dot product or one vector multiply-add moves four
+//!   elements, in shared memory as in registers.
 //! * Queries are viewed per key/value head: the `g = H / Hkv` query heads that share a key/value
 //!   head form `g·L` query rows (row `r` is head `kv·g + r / L`, position `r % L`), so every
 //!   key/value tile loaded into shared memory serves a whole group (GQA without repeating keys).
@@ -8,13 +11,18 @@
 //!   the shared prefix tensor (batch stride 0 when it is shared), column `c ≥ P` reads the
 //!   sequence keys. Row `i` sees prefix slot `p < prefix_len[b]` and sequence key
 //!   `j ≤ i + (S − L)`, `j < key_len[b]`.
-//! * Forward and dQ: one unit per query row, `CUBE_DIM` rows per cube; key/value tiles of `BK`
-//!   columns are staged in shared memory; sequence tiles above the cube's causal diagonal are
-//!   skipped. The forward keeps an online softmax per row (running max and sum, rescaled once per
-//!   tile) and writes the output and the log-sum-exp of the scaled scores.
-//! * dK/dV: one unit per key column, query tiles staged in shared memory, so each column's
-//!   gradient is accumulated by one unit: no atomics, deterministic. Prefix columns write
-//!   per-batch partial gradients, summed over the batch afterwards when the prefix is shared.
+//! * Forward and dQ: each unit owns `R` query rows (`rows_per_unit`; row `start + 64·s + u` for
+//!   slot `s` of unit `u`), `64·R` rows per cube; key/value tiles of `BK` columns are staged in
+//!   shared memory, and every vector read from there serves the unit's `R` rows; sequence tiles
+//!   above the cube's causal diagonal are skipped, and so is a column none of a unit's rows
+//!   sees. The forward keeps an online softmax per row (running max and sum, rescaled only when
+//!   the maximum grows) and writes the output and the log-sum-exp of the scaled scores.
+//! * dK/dV: each unit owns `R` key columns for one query head of the group (the cube's `z`
+//!   position), query tiles staged in shared memory, so each partial gradient is accumulated by
+//!   one unit: no atomics, deterministic. The per-head partials `[g, B, Hkv, ·, d]` are summed
+//!   afterwards (and over the batch for a shared prefix).
+//!
+//! `R` is 1 on GPUs and 8 on CPU Vulkan drivers (see `rows_per_unit` in the parent module).
 //!
 //! A score of a hidden pair is never used: hidden pairs are skipped, not masked with `-inf`
 //! (WGSL has no `-inf` literal). A row with no visible column outputs zeros and its log-sum-exp
@@ -25,7 +33,7 @@ use cubecl::{cube, prelude::*};
 /// Stand-in for `-inf` (finite, so it compiles to WGSL).
 pub const NEG_LARGE: f32 = -1.0e30;
 
-/// Where a column's key or value row starts, and whether row `i` of batch `b` sees it.
+/// Where a column's key or value row starts (in vectors of the row layout).
 #[cube]
 #[allow(clippy::too_many_arguments)]
 fn column_offset(
@@ -36,16 +44,17 @@ fn column_offset(
     prefix: usize,
     prefix_shared: bool,
     seq: usize,
-    #[comptime] d: usize,
+    #[comptime] dl: usize,
 ) -> usize {
     let pb = select(prefix_shared, 0, b);
     select(
         c < prefix,
-        ((pb * kv_heads + kv) * prefix + c) * d,
-        ((b * kv_heads + kv) * seq + (c - prefix)) * d,
+        ((pb * kv_heads + kv) * prefix + c) * dl,
+        ((b * kv_heads + kv) * seq + (c - prefix)) * dl,
     )
 }
 
+/// Whether query row `i` sees column `c` of `[prefix ; sequence]`.
 #[cube]
 fn visible(
     c: usize,
@@ -64,10 +73,38 @@ fn visible(
     )
 }
 
+/// Whether any of a unit's rows (query positions `pos`, `l` for an unused slot) sees column `c`.
+#[cube]
+#[allow(clippy::too_many_arguments)]
+fn any_row_sees(
+    c: usize,
+    pos: &Array<usize>,
+    l: usize,
+    prefix: usize,
+    prefix_len: usize,
+    key_len: usize,
+    causal_offset: usize,
+    #[comptime] rows_per_unit: usize,
+) -> bool {
+    let mut any = false;
+    #[unroll]
+    for s in 0..rows_per_unit {
+        any = any || (pos[s] < l && visible(c, pos[s], prefix, prefix_len, key_len, causal_offset));
+    }
+    any
+}
+
 /// Highest sequence key any row of this cube can see, plus one (the end of the useful columns).
 #[cube]
-fn cube_column_end(row_start: usize, rows: usize, l: usize, prefix: usize, seq: usize) -> usize {
-    let cube_end = row_start + CUBE_DIM_X as usize;
+fn cube_column_end(
+    row_start: usize,
+    cube_rows: usize,
+    rows: usize,
+    l: usize,
+    prefix: usize,
+    seq: usize,
+) -> usize {
+    let cube_end = row_start + cube_rows;
     let last = select(cube_end < rows, cube_end, rows) - 1;
     // Rows of two heads in one cube: the later head restarts at position 0, the earlier one
     // reaches position L - 1.
@@ -79,23 +116,69 @@ fn cube_column_end(row_start: usize, rows: usize, l: usize, prefix: usize, seq: 
     prefix + select(reach < seq, reach, seq)
 }
 
-/// Forward pass. Outputs `out` `[B, H, L, d]` and `lse` `[B, H, L]`.
+/// Stages key/value columns `[tile, tile + bk)` of `[prefix ; sequence]` in shared memory (zeros
+/// past `end`), every unit of the cube copying a strided share.
+#[cube]
+#[allow(clippy::too_many_arguments)]
+fn stage_columns<F: Float, N: Size>(
+    k: &Tensor<Vector<F, N>>,
+    v: &Tensor<Vector<F, N>>,
+    pk: &Tensor<Vector<F, N>>,
+    pv: &Tensor<Vector<F, N>>,
+    ks: &mut SharedMemory<Vector<F, N>>,
+    vs: &mut SharedMemory<Vector<F, N>>,
+    tile: usize,
+    end: usize,
+    b: usize,
+    kv: usize,
+    kv_heads: usize,
+    prefix: usize,
+    shared: bool,
+    seq: usize,
+    #[comptime] dl: usize,
+    #[comptime] bk: usize,
+) {
+    let mut idx = UNIT_POS_X as usize;
+    while idx < bk * dl {
+        let c = tile + idx / dl;
+        let mut kval = Vector::new(F::new(0.0));
+        let mut vval = Vector::new(F::new(0.0));
+        if c < end {
+            let off = column_offset(c, b, kv, kv_heads, prefix, shared, seq, dl) + idx % dl;
+            if c < prefix {
+                kval = pk[off];
+                vval = pv[off];
+            } else {
+                kval = k[off];
+                vval = v[off];
+            }
+        }
+        ks[idx] = kval;
+        vs[idx] = vval;
+        idx += CUBE_DIM_X as usize;
+    }
+}
+
+/// Forward pass. Outputs `out` `[B, H, L, d]` and `lse` `[B, H, L]`. Each unit owns `rows`
+/// query rows (`row_start + slot · CUBE_DIM + UNIT_POS`), so every key/value vector read from
+/// shared memory serves `rows` rows.
 #[cube(launch)]
 #[allow(clippy::too_many_arguments)]
-pub fn forward_kernel<F: Float, I: Int>(
-    q: &Tensor<F>,
-    k: &Tensor<F>,
-    v: &Tensor<F>,
-    pk: &Tensor<F>,
-    pv: &Tensor<F>,
+pub fn forward_kernel<F: Float, I: Int, N: Size>(
+    q: &Tensor<Vector<F, N>>,
+    k: &Tensor<Vector<F, N>>,
+    v: &Tensor<Vector<F, N>>,
+    pk: &Tensor<Vector<F, N>>,
+    pv: &Tensor<Vector<F, N>>,
     lengths: &Tensor<I>,
-    out: &mut Tensor<F>,
+    out: &mut Tensor<Vector<F, N>>,
     lse: &mut Tensor<F>,
     scale: f32,
     prefix: u32,
     prefix_shared: u32,
-    #[comptime] d: usize,
+    #[comptime] dl: usize,
     #[comptime] bk: usize,
+    #[comptime] rows_per_unit: usize,
     #[comptime] unroll: bool,
     #[define(F, I)] _dtypes: [StorageType; 2],
 ) {
@@ -111,84 +194,104 @@ pub fn forward_kernel<F: Float, I: Int>(
     let bkv = CUBE_POS_Y as usize;
     let b = bkv / kv_heads;
     let kv = bkv % kv_heads;
-    let row_start = CUBE_POS_X as usize * CUBE_DIM_X as usize;
-    let row = row_start + UNIT_POS_X as usize;
-    let active = row < rows;
-    let head = kv * g + row / l;
-    let i = row % l;
+    let cube_rows = CUBE_DIM_X as usize * rows_per_unit;
+    let row_start = CUBE_POS_X as usize * cube_rows;
     let given = u32::cast_from(lengths[b]) as usize;
     let prefix_len = select(given < prefix, given, prefix);
     let key_len = u32::cast_from(lengths[batch + b]) as usize;
     let causal_offset = seq - l;
-    let q_off = ((b * heads + head) * l + i) * d;
 
-    let mut qr = Array::<F>::new(d);
-    let mut acc = Array::<F>::new(d);
-    let scale_f = F::cast_from(scale);
-    #[unroll(unroll)]
-    for t in 0..d {
-        acc[t] = F::new(0.0);
-        qr[t] = F::new(0.0);
-    }
-    if active {
+    let zero = Vector::new(F::new(0.0));
+    let scale_v = Vector::new(F::cast_from(scale));
+    let mut qr = Array::<Vector<F, N>>::new(rows_per_unit * dl);
+    let mut acc = Array::<Vector<F, N>>::new(rows_per_unit * dl);
+    let mut m = Array::<F>::new(rows_per_unit);
+    let mut den = Array::<F>::new(rows_per_unit);
+    let mut score = Array::<F>::new(rows_per_unit);
+    let mut pr = Array::<F>::new(rows_per_unit);
+    // Each slot's query position, or `l` (never visible) past the last row.
+    let mut pos = Array::<usize>::new(rows_per_unit);
+    #[unroll]
+    for s in 0..rows_per_unit {
+        let row = row_start + s * CUBE_DIM_X as usize + UNIT_POS_X as usize;
+        let r = (b * heads + kv * g + row / l) * l + row % l;
+        pos[s] = select(row < rows, row % l, l);
+        m[s] = F::new(NEG_LARGE);
+        den[s] = F::new(0.0);
         #[unroll(unroll)]
-        for t in 0..d {
-            qr[t] = q[q_off + t] * scale_f;
+        for t in 0..dl {
+            acc[s * dl + t] = zero;
+            qr[s * dl + t] = zero;
+            if row < rows {
+                qr[s * dl + t] = q[r * dl + t] * scale_v;
+            }
         }
     }
-    let mut m = F::new(NEG_LARGE);
-    let mut den = F::new(0.0);
 
-    let mut ks = SharedMemory::<F>::new(bk * d);
-    let mut vs = SharedMemory::<F>::new(bk * d);
-    let end = cube_column_end(row_start, rows, l, prefix, seq);
+    let mut ks = SharedMemory::<Vector<F, N>>::new(bk * dl);
+    let mut vs = SharedMemory::<Vector<F, N>>::new(bk * dl);
+    let end = cube_column_end(row_start, cube_rows, rows, l, prefix, seq);
     let mut tile = 0;
     while tile < end {
-        // Stage columns [tile, tile + bk) of K and V.
-        let mut idx = UNIT_POS_X as usize;
-        while idx < bk * d {
-            let c = tile + idx / d;
-            let mut kval = F::new(0.0);
-            let mut vval = F::new(0.0);
-            if c < end {
-                let off = column_offset(c, b, kv, kv_heads, prefix, shared, seq, d) + idx % d;
-                if c < prefix {
-                    kval = pk[off];
-                    vval = pv[off];
-                } else {
-                    kval = k[off];
-                    vval = v[off];
-                }
-            }
-            ks[idx] = kval;
-            vs[idx] = vval;
-            idx += CUBE_DIM_X as usize;
-        }
+        stage_columns::<F, N>(
+            k, v, pk, pv, &mut ks, &mut vs, tile, end, b, kv, kv_heads, prefix, shared, seq, dl, bk,
+        );
         sync_cube();
-        if active {
-            for j in 0..bk {
-                let c = tile + j;
-                if c < end && visible(c, i, prefix, prefix_len, key_len, causal_offset) {
-                    let mut score = F::new(0.0);
-                    #[unroll(unroll)]
-                    for t in 0..d {
-                        score += qr[t] * ks[j * d + t];
+        for j in 0..bk {
+            let c = tile + j;
+            // Skip the column unless one of the unit's rows sees it.
+            let any = any_row_sees(
+                c,
+                &pos,
+                l,
+                prefix,
+                prefix_len,
+                key_len,
+                causal_offset,
+                rows_per_unit,
+            );
+            if c < end && any {
+                #[unroll]
+                for s in 0..rows_per_unit {
+                    score[s] = F::new(0.0);
+                }
+                #[unroll(unroll)]
+                for t in 0..dl {
+                    let kvec = ks[j * dl + t];
+                    #[unroll]
+                    for s in 0..rows_per_unit {
+                        score[s] += qr[s * dl + t].dot(kvec);
                     }
-                    // Online softmax: rescale only when the running maximum grows.
-                    if score > m {
-                        let correction = F::exp(m - score);
-                        den *= correction;
-                        #[unroll(unroll)]
-                        for t in 0..d {
-                            acc[t] *= correction;
+                }
+                // Online softmax: a row's sums are rescaled only when its maximum grows;
+                // hidden pairs add nothing (p = 0).
+                #[unroll]
+                for s in 0..rows_per_unit {
+                    let seen = pos[s] < l
+                        && visible(c, pos[s], prefix, prefix_len, key_len, causal_offset);
+                    let mut p = F::new(0.0);
+                    if seen {
+                        if score[s] > m[s] {
+                            let correction = F::exp(m[s] - score[s]);
+                            den[s] *= correction;
+                            let cv = Vector::new(correction);
+                            #[unroll(unroll)]
+                            for t in 0..dl {
+                                acc[s * dl + t] *= cv;
+                            }
+                            m[s] = score[s];
                         }
-                        m = score;
+                        p = F::exp(score[s] - m[s]);
+                        den[s] += p;
                     }
-                    let p = F::exp(score - m);
-                    den += p;
-                    #[unroll(unroll)]
-                    for t in 0..d {
-                        acc[t] += p * vs[j * d + t];
+                    pr[s] = p;
+                }
+                #[unroll(unroll)]
+                for t in 0..dl {
+                    let vvec = vs[j * dl + t];
+                    #[unroll]
+                    for s in 0..rows_per_unit {
+                        acc[s * dl + t] += Vector::new(pr[s]) * vvec;
                     }
                 }
             }
@@ -196,29 +299,34 @@ pub fn forward_kernel<F: Float, I: Int>(
         sync_cube();
         tile += bk;
     }
-    if active {
-        let out_off = ((b * heads + head) * l + i) * d;
-        let mut inv = F::new(0.0);
-        let mut row_lse = F::new(NEG_LARGE);
-        if den > F::new(0.0) {
-            inv = F::new(1.0) / den;
-            row_lse = m + F::ln(den);
+    #[unroll]
+    for s in 0..rows_per_unit {
+        let row = row_start + s * CUBE_DIM_X as usize + UNIT_POS_X as usize;
+        if row < rows {
+            let r = (b * heads + kv * g + row / l) * l + row % l;
+            let mut inv = F::new(0.0);
+            let mut row_lse = F::new(NEG_LARGE);
+            if den[s] > F::new(0.0) {
+                inv = F::new(1.0) / den[s];
+                row_lse = m[s] + F::ln(den[s]);
+            }
+            let inv_v = Vector::new(inv);
+            #[unroll(unroll)]
+            for t in 0..dl {
+                out[r * dl + t] = acc[s * dl + t] * inv_v;
+            }
+            lse[r] = row_lse;
         }
-        #[unroll(unroll)]
-        for t in 0..d {
-            out[out_off + t] = acc[t] * inv;
-        }
-        lse[(b * heads + head) * l + i] = row_lse;
     }
 }
 
 /// `delta[r] = Σ_t dO[r, t] · O[r, t]`, one unit per row `[B·H·L]`.
 #[cube(launch)]
-pub fn delta_kernel<F: Float>(
-    out: &Tensor<F>,
-    grad_out: &Tensor<F>,
+pub fn delta_kernel<F: Float, N: Size>(
+    out: &Tensor<Vector<F, N>>,
+    grad_out: &Tensor<Vector<F, N>>,
     delta: &mut Tensor<F>,
-    #[comptime] d: usize,
+    #[comptime] dl: usize,
     #[comptime] unroll: bool,
     #[define(F)] _dtype: StorageType,
 ) {
@@ -228,31 +336,33 @@ pub fn delta_kernel<F: Float>(
     }
     let mut sum = F::new(0.0);
     #[unroll(unroll)]
-    for t in 0..d {
-        sum += out[row * d + t] * grad_out[row * d + t];
+    for t in 0..dl {
+        sum += out[row * dl + t].dot(grad_out[row * dl + t]);
     }
     delta[row] = sum;
 }
 
 /// Query gradient `dq` `[B, H, L, d]`, recomputing probabilities from the log-sum-exp.
-/// `stats` is `[2, B, H, L]`: the log-sum-exp then `delta`.
+/// `stats` is `[2, B, H, L]`: the log-sum-exp then `delta`. Rows are split over units as in the
+/// forward (`rows_per_unit` to a unit).
 #[cube(launch)]
 #[allow(clippy::too_many_arguments)]
-pub fn dq_kernel<F: Float, I: Int>(
-    q: &Tensor<F>,
-    k: &Tensor<F>,
-    v: &Tensor<F>,
-    pk: &Tensor<F>,
-    pv: &Tensor<F>,
+pub fn dq_kernel<F: Float, I: Int, N: Size>(
+    q: &Tensor<Vector<F, N>>,
+    k: &Tensor<Vector<F, N>>,
+    v: &Tensor<Vector<F, N>>,
+    pk: &Tensor<Vector<F, N>>,
+    pv: &Tensor<Vector<F, N>>,
     lengths: &Tensor<I>,
-    grad_out: &Tensor<F>,
+    grad_out: &Tensor<Vector<F, N>>,
     stats: &Tensor<F>,
-    dq: &mut Tensor<F>,
+    dq: &mut Tensor<Vector<F, N>>,
     scale: f32,
     prefix: u32,
     prefix_shared: u32,
-    #[comptime] d: usize,
+    #[comptime] dl: usize,
     #[comptime] bk: usize,
+    #[comptime] rows_per_unit: usize,
     #[comptime] unroll: bool,
     #[define(F, I)] _dtypes: [StorageType; 2],
 ) {
@@ -268,79 +378,98 @@ pub fn dq_kernel<F: Float, I: Int>(
     let bkv = CUBE_POS_Y as usize;
     let b = bkv / kv_heads;
     let kv = bkv % kv_heads;
-    let row_start = CUBE_POS_X as usize * CUBE_DIM_X as usize;
-    let row = row_start + UNIT_POS_X as usize;
-    let active = row < rows;
-    let head = kv * g + row / l;
-    let i = row % l;
+    let cube_rows = CUBE_DIM_X as usize * rows_per_unit;
+    let row_start = CUBE_POS_X as usize * cube_rows;
     let given = u32::cast_from(lengths[b]) as usize;
     let prefix_len = select(given < prefix, given, prefix);
     let key_len = u32::cast_from(lengths[batch + b]) as usize;
     let causal_offset = seq - l;
-    let r = (b * heads + head) * l + i;
     let n_rows = batch * heads * l;
-    let scale_f = F::cast_from(scale);
 
-    let mut qr = Array::<F>::new(d);
-    let mut dor = Array::<F>::new(d);
-    let mut acc = Array::<F>::new(d);
-    let mut row_lse = F::new(0.0);
-    let mut row_delta = F::new(0.0);
-    #[unroll(unroll)]
-    for t in 0..d {
-        qr[t] = F::new(0.0);
-        dor[t] = F::new(0.0);
-        acc[t] = F::new(0.0);
-    }
-    if active {
-        #[unroll(unroll)]
-        for t in 0..d {
-            qr[t] = q[r * d + t] * scale_f;
-            dor[t] = grad_out[r * d + t];
+    let zero = Vector::new(F::new(0.0));
+    let scale_v = Vector::new(F::cast_from(scale));
+    let mut qr = Array::<Vector<F, N>>::new(rows_per_unit * dl);
+    let mut dor = Array::<Vector<F, N>>::new(rows_per_unit * dl);
+    let mut acc = Array::<Vector<F, N>>::new(rows_per_unit * dl);
+    let mut pos = Array::<usize>::new(rows_per_unit);
+    let mut row_lse = Array::<F>::new(rows_per_unit);
+    let mut row_delta = Array::<F>::new(rows_per_unit);
+    let mut score = Array::<F>::new(rows_per_unit);
+    let mut dp = Array::<F>::new(rows_per_unit);
+    #[unroll]
+    for s in 0..rows_per_unit {
+        let row = row_start + s * CUBE_DIM_X as usize + UNIT_POS_X as usize;
+        let r = (b * heads + kv * g + row / l) * l + row % l;
+        pos[s] = select(row < rows, row % l, l);
+        row_lse[s] = F::new(0.0);
+        row_delta[s] = F::new(0.0);
+        if row < rows {
+            row_lse[s] = stats[r];
+            row_delta[s] = stats[n_rows + r];
         }
-        row_lse = stats[r];
-        row_delta = stats[n_rows + r];
+        #[unroll(unroll)]
+        for t in 0..dl {
+            acc[s * dl + t] = zero;
+            qr[s * dl + t] = zero;
+            dor[s * dl + t] = zero;
+            if row < rows {
+                qr[s * dl + t] = q[r * dl + t] * scale_v;
+                dor[s * dl + t] = grad_out[r * dl + t];
+            }
+        }
     }
-    let mut ks = SharedMemory::<F>::new(bk * d);
-    let mut vs = SharedMemory::<F>::new(bk * d);
-    let end = cube_column_end(row_start, rows, l, prefix, seq);
+    let mut ks = SharedMemory::<Vector<F, N>>::new(bk * dl);
+    let mut vs = SharedMemory::<Vector<F, N>>::new(bk * dl);
+    let end = cube_column_end(row_start, cube_rows, rows, l, prefix, seq);
     let mut tile = 0;
     while tile < end {
-        let mut idx = UNIT_POS_X as usize;
-        while idx < bk * d {
-            let c = tile + idx / d;
-            let mut kval = F::new(0.0);
-            let mut vval = F::new(0.0);
-            if c < end {
-                let off = column_offset(c, b, kv, kv_heads, prefix, shared, seq, d) + idx % d;
-                if c < prefix {
-                    kval = pk[off];
-                    vval = pv[off];
-                } else {
-                    kval = k[off];
-                    vval = v[off];
-                }
-            }
-            ks[idx] = kval;
-            vs[idx] = vval;
-            idx += CUBE_DIM_X as usize;
-        }
+        stage_columns::<F, N>(
+            k, v, pk, pv, &mut ks, &mut vs, tile, end, b, kv, kv_heads, prefix, shared, seq, dl, bk,
+        );
         sync_cube();
-        if active {
-            for j in 0..bk {
-                let c = tile + j;
-                if c < end && visible(c, i, prefix, prefix_len, key_len, causal_offset) {
-                    let mut s = F::new(0.0);
-                    let mut dp = F::new(0.0);
-                    #[unroll(unroll)]
-                    for t in 0..d {
-                        s += qr[t] * ks[j * d + t];
-                        dp += dor[t] * vs[j * d + t];
+        for j in 0..bk {
+            let c = tile + j;
+            // Skip the column unless one of the unit's rows sees it.
+            let any = any_row_sees(
+                c,
+                &pos,
+                l,
+                prefix,
+                prefix_len,
+                key_len,
+                causal_offset,
+                rows_per_unit,
+            );
+            if c < end && any {
+                #[unroll]
+                for s in 0..rows_per_unit {
+                    score[s] = F::new(0.0);
+                    dp[s] = F::new(0.0);
+                }
+                #[unroll(unroll)]
+                for t in 0..dl {
+                    let kvec = ks[j * dl + t];
+                    let vvec = vs[j * dl + t];
+                    #[unroll]
+                    for s in 0..rows_per_unit {
+                        score[s] += qr[s * dl + t].dot(kvec);
+                        dp[s] += dor[s * dl + t].dot(vvec);
                     }
-                    let ds = F::exp(s - row_lse) * (dp - row_delta);
-                    #[unroll(unroll)]
-                    for t in 0..d {
-                        acc[t] += ds * ks[j * d + t];
+                }
+                // dS = P ∘ (dP − D), zero for hidden pairs (reusing `score`).
+                #[unroll]
+                for s in 0..rows_per_unit {
+                    let seen = pos[s] < l
+                        && visible(c, pos[s], prefix, prefix_len, key_len, causal_offset);
+                    let ds = F::exp(score[s] - row_lse[s]) * (dp[s] - row_delta[s]);
+                    score[s] = select(seen, ds, F::new(0.0));
+                }
+                #[unroll(unroll)]
+                for t in 0..dl {
+                    let kvec = ks[j * dl + t];
+                    #[unroll]
+                    for s in 0..rows_per_unit {
+                        acc[s * dl + t] += Vector::new(score[s]) * kvec;
                     }
                 }
             }
@@ -348,37 +477,45 @@ pub fn dq_kernel<F: Float, I: Int>(
         sync_cube();
         tile += bk;
     }
-    if active {
-        #[unroll(unroll)]
-        for t in 0..d {
-            dq[r * d + t] = acc[t] * scale_f;
+    #[unroll]
+    for s in 0..rows_per_unit {
+        let row = row_start + s * CUBE_DIM_X as usize + UNIT_POS_X as usize;
+        if row < rows {
+            let r = (b * heads + kv * g + row / l) * l + row % l;
+            #[unroll(unroll)]
+            for t in 0..dl {
+                dq[r * dl + t] = acc[s * dl + t] * scale_v;
+            }
         }
     }
 }
 
-/// Key and value gradients, one unit per column of `[prefix ; sequence]`: sequence columns
-/// write `dk`/`dv` `[B, Hkv, S, d]`; prefix columns write per-batch partials `dpk`/`dpv`
-/// `[B, Hkv, P, d]`. `stats` is `[2, B, H, L]` (log-sum-exp, then delta).
+/// Per-head partial key and value gradients: units own `cols_per_unit` columns of
+/// `[prefix ; sequence]` (`first + slot · CUBE_DIM + UNIT_POS`) for query head
+/// `h = CUBE_POS_Z` of the group. Sequence columns write `dk`/`dv` `[g, B, Hkv, S, d]`; prefix
+/// columns write `dpk`/`dpv` `[g, B, Hkv, P, d]`. `stats` is `[2, B, H, L]` (log-sum-exp, then
+/// delta).
 #[cube(launch)]
 #[allow(clippy::too_many_arguments)]
-pub fn dkdv_kernel<F: Float, I: Int>(
-    q: &Tensor<F>,
-    k: &Tensor<F>,
-    v: &Tensor<F>,
-    pk: &Tensor<F>,
-    pv: &Tensor<F>,
+pub fn dkdv_kernel<F: Float, I: Int, N: Size>(
+    q: &Tensor<Vector<F, N>>,
+    k: &Tensor<Vector<F, N>>,
+    v: &Tensor<Vector<F, N>>,
+    pk: &Tensor<Vector<F, N>>,
+    pv: &Tensor<Vector<F, N>>,
     lengths: &Tensor<I>,
-    grad_out: &Tensor<F>,
+    grad_out: &Tensor<Vector<F, N>>,
     stats: &Tensor<F>,
-    dk: &mut Tensor<F>,
-    dv: &mut Tensor<F>,
-    dpk: &mut Tensor<F>,
-    dpv: &mut Tensor<F>,
+    dk: &mut Tensor<Vector<F, N>>,
+    dv: &mut Tensor<Vector<F, N>>,
+    dpk: &mut Tensor<Vector<F, N>>,
+    dpv: &mut Tensor<Vector<F, N>>,
     scale: f32,
     prefix: u32,
     prefix_shared: u32,
-    #[comptime] d: usize,
+    #[comptime] dl: usize,
     #[comptime] bq: usize,
+    #[comptime] cols_per_unit: usize,
     #[comptime] unroll: bool,
     #[define(F, I)] _dtypes: [StorageType; 2],
 ) {
@@ -393,124 +530,153 @@ pub fn dkdv_kernel<F: Float, I: Int>(
     let bkv = CUBE_POS_Y as usize;
     let b = bkv / kv_heads;
     let kv = bkv % kv_heads;
-    let c = CUBE_POS_X as usize * CUBE_DIM_X as usize + UNIT_POS_X as usize;
+    let h = CUBE_POS_Z as usize;
+    let first_col = CUBE_POS_X as usize * CUBE_DIM_X as usize * cols_per_unit;
     let columns = prefix + seq;
-    let active = c < columns;
     let given = u32::cast_from(lengths[b]) as usize;
     let prefix_len = select(given < prefix, given, prefix);
     let key_len = u32::cast_from(lengths[batch + b]) as usize;
     let causal_offset = seq - l;
     let n_rows = batch * heads * l;
-    let scale_f = F::cast_from(scale);
+    let scale_v = Vector::new(F::cast_from(scale));
 
-    let mut kr = Array::<F>::new(d);
-    let mut vr = Array::<F>::new(d);
-    let mut dk_acc = Array::<F>::new(d);
-    let mut dv_acc = Array::<F>::new(d);
-    #[unroll(unroll)]
-    for t in 0..d {
-        kr[t] = F::new(0.0);
-        vr[t] = F::new(0.0);
-        dk_acc[t] = F::new(0.0);
-        dv_acc[t] = F::new(0.0);
-    }
-    if active {
-        let off = column_offset(c, b, kv, kv_heads, prefix, shared, seq, d);
+    let zero = Vector::new(F::new(0.0));
+    let mut kr = Array::<Vector<F, N>>::new(cols_per_unit * dl);
+    let mut vr = Array::<Vector<F, N>>::new(cols_per_unit * dl);
+    let mut dk_acc = Array::<Vector<F, N>>::new(cols_per_unit * dl);
+    let mut dv_acc = Array::<Vector<F, N>>::new(cols_per_unit * dl);
+    let mut score = Array::<F>::new(cols_per_unit);
+    let mut dp = Array::<F>::new(cols_per_unit);
+    let mut prob = Array::<F>::new(cols_per_unit);
+    #[unroll]
+    for s in 0..cols_per_unit {
+        let c = first_col + s * CUBE_DIM_X as usize + UNIT_POS_X as usize;
+        let off = column_offset(c, b, kv, kv_heads, prefix, shared, seq, dl);
         #[unroll(unroll)]
-        for t in 0..d {
+        for t in 0..dl {
+            kr[s * dl + t] = zero;
+            vr[s * dl + t] = zero;
+            dk_acc[s * dl + t] = zero;
+            dv_acc[s * dl + t] = zero;
             if c < prefix {
-                kr[t] = pk[off + t] * scale_f;
-                vr[t] = pv[off + t];
-            } else {
-                kr[t] = k[off + t] * scale_f;
-                vr[t] = v[off + t];
+                kr[s * dl + t] = pk[off + t] * scale_v;
+                vr[s * dl + t] = pv[off + t];
+            } else if c < columns {
+                kr[s * dl + t] = k[off + t] * scale_v;
+                vr[s * dl + t] = v[off + t];
             }
         }
     }
     // The first query position that can see a sequence column of this cube: rows whose
     // position is below it see none of the cube's sequence columns (prefix columns are seen
     // by every row).
-    let first_col = CUBE_POS_X as usize * CUBE_DIM_X as usize;
     let mut first_i = 0;
     if first_col >= prefix && first_col - prefix > causal_offset {
         first_i = first_col - prefix - causal_offset;
     }
 
-    let mut qs = SharedMemory::<F>::new(bq * d);
-    let mut dos = SharedMemory::<F>::new(bq * d);
+    let mut qs = SharedMemory::<Vector<F, N>>::new(bq * dl);
+    let mut dos = SharedMemory::<Vector<F, N>>::new(bq * dl);
     let mut lses = SharedMemory::<F>::new(bq);
     let mut deltas = SharedMemory::<F>::new(bq);
-    for h in 0..g {
-        let head = kv * g + h;
-        let base = (b * heads + head) * l;
-        let mut tile = first_i - first_i % bq;
-        while tile < l {
-            let mut idx = UNIT_POS_X as usize;
-            while idx < bq * d {
-                let i = tile + idx / d;
-                let mut qv = F::new(0.0);
-                let mut dov = F::new(0.0);
-                if i < l {
-                    qv = q[(base + i) * d + idx % d];
-                    dov = grad_out[(base + i) * d + idx % d];
-                }
-                qs[idx] = qv;
-                dos[idx] = dov;
-                idx += CUBE_DIM_X as usize;
+    let head = kv * g + h;
+    let base = (b * heads + head) * l;
+    let mut tile = first_i - first_i % bq;
+    while tile < l {
+        let mut idx = UNIT_POS_X as usize;
+        while idx < bq * dl {
+            let i = tile + idx / dl;
+            let mut qv = zero;
+            let mut dov = zero;
+            if i < l {
+                qv = q[(base + i) * dl + idx % dl];
+                dov = grad_out[(base + i) * dl + idx % dl];
             }
-            let mut idx = UNIT_POS_X as usize;
-            while idx < bq {
-                let i = tile + idx;
-                let mut lv = F::new(0.0);
-                let mut dv_ = F::new(0.0);
-                if i < l {
-                    lv = stats[base + i];
-                    dv_ = stats[n_rows + base + i];
-                }
-                lses[idx] = lv;
-                deltas[idx] = dv_;
-                idx += CUBE_DIM_X as usize;
+            qs[idx] = qv;
+            dos[idx] = dov;
+            idx += CUBE_DIM_X as usize;
+        }
+        let mut idx = UNIT_POS_X as usize;
+        while idx < bq {
+            let i = tile + idx;
+            let mut lv = F::new(0.0);
+            let mut dv_ = F::new(0.0);
+            if i < l {
+                lv = stats[base + i];
+                dv_ = stats[n_rows + base + i];
             }
-            sync_cube();
-            if active {
-                for j in 0..bq {
-                    let i = tile + j;
-                    if i < l && visible(c, i, prefix, prefix_len, key_len, causal_offset) {
-                        let mut s = F::new(0.0);
-                        let mut dp = F::new(0.0);
-                        #[unroll(unroll)]
-                        for t in 0..d {
-                            s += qs[j * d + t] * kr[t];
-                            dp += dos[j * d + t] * vr[t];
-                        }
-                        let p = F::exp(s - lses[j]);
-                        let ds = p * (dp - deltas[j]);
-                        #[unroll(unroll)]
-                        for t in 0..d {
-                            dv_acc[t] += p * dos[j * d + t];
-                            dk_acc[t] += ds * qs[j * d + t];
-                        }
+            lses[idx] = lv;
+            deltas[idx] = dv_;
+            idx += CUBE_DIM_X as usize;
+        }
+        sync_cube();
+        for j in 0..bq {
+            let i = tile + j;
+            // Skip the query row unless one of the unit's columns is seen by it.
+            let mut any = false;
+            #[unroll]
+            for s in 0..cols_per_unit {
+                let c = first_col + s * CUBE_DIM_X as usize + UNIT_POS_X as usize;
+                any = any
+                    || (c < columns && visible(c, i, prefix, prefix_len, key_len, causal_offset));
+            }
+            if i < l && any {
+                #[unroll]
+                for s in 0..cols_per_unit {
+                    score[s] = F::new(0.0);
+                    dp[s] = F::new(0.0);
+                }
+                #[unroll(unroll)]
+                for t in 0..dl {
+                    let qvec = qs[j * dl + t];
+                    let dovec = dos[j * dl + t];
+                    #[unroll]
+                    for s in 0..cols_per_unit {
+                        score[s] += qvec.dot(kr[s * dl + t]);
+                        dp[s] += dovec.dot(vr[s * dl + t]);
+                    }
+                }
+                // P and dS = P ∘ (dP − D), zero for hidden pairs (dS reuses `dp`).
+                #[unroll]
+                for s in 0..cols_per_unit {
+                    let c = first_col + s * CUBE_DIM_X as usize + UNIT_POS_X as usize;
+                    let seen =
+                        c < columns && visible(c, i, prefix, prefix_len, key_len, causal_offset);
+                    let p = select(seen, F::exp(score[s] - lses[j]), F::new(0.0));
+                    prob[s] = p;
+                    dp[s] = p * (dp[s] - deltas[j]);
+                }
+                #[unroll(unroll)]
+                for t in 0..dl {
+                    let qvec = qs[j * dl + t];
+                    let dovec = dos[j * dl + t];
+                    #[unroll]
+                    for s in 0..cols_per_unit {
+                        dv_acc[s * dl + t] += Vector::new(prob[s]) * dovec;
+                        dk_acc[s * dl + t] += Vector::new(dp[s]) * qvec;
                     }
                 }
             }
-            sync_cube();
-            tile += bq;
         }
+        sync_cube();
+        tile += bq;
     }
-    if active {
+    #[unroll]
+    for s in 0..cols_per_unit {
+        let c = first_col + s * CUBE_DIM_X as usize + UNIT_POS_X as usize;
         if c < prefix {
-            let poff = ((b * kv_heads + kv) * prefix + c) * d;
+            let poff = (((h * batch + b) * kv_heads + kv) * prefix + c) * dl;
             #[unroll(unroll)]
-            for t in 0..d {
-                dpk[poff + t] = dk_acc[t] * scale_f;
-                dpv[poff + t] = dv_acc[t];
+            for t in 0..dl {
+                dpk[poff + t] = dk_acc[s * dl + t] * scale_v;
+                dpv[poff + t] = dv_acc[s * dl + t];
             }
-        } else {
-            let soff = ((b * kv_heads + kv) * seq + (c - prefix)) * d;
+        } else if c < columns {
+            let soff = (((h * batch + b) * kv_heads + kv) * seq + (c - prefix)) * dl;
             #[unroll(unroll)]
-            for t in 0..d {
-                dk[soff + t] = dk_acc[t] * scale_f;
-                dv[soff + t] = dv_acc[t];
+            for t in 0..dl {
+                dk[soff + t] = dk_acc[s * dl + t] * scale_v;
+                dv[soff + t] = dv_acc[s * dl + t];
             }
         }
     }

@@ -17,7 +17,7 @@ use burn_cubecl::{
     CubeBackend, CubeRuntime, FloatElement, IntElement, element::BoolElement,
     kernel::into_contiguous, tensor::CubeTensor,
 };
-use cubecl::{CubeCount, CubeDim};
+use cubecl::{CubeCount, CubeDim, features::Plane};
 
 use crate::{
     op::{AttentionDims, AttentionGrads, PrefixAttentionArgs, PrefixAttentionBackend},
@@ -120,19 +120,52 @@ fn prepare<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement>(
     }
 }
 
-/// Whether to unroll the head-dimension loops (keeping per-row arrays in registers). Unrolled
-/// kernels are faster on GPUs but take LLVM tens of seconds to compile on a CPU Vulkan driver
-/// (lavapipe), where the loops stay rolled. `PEFT_KERNEL_UNROLL=0|1` overrides.
-fn unroll_loops<R: CubeRuntime>(t: &CubeTensor<R>) -> bool {
-    match std::env::var("PEFT_KERNEL_UNROLL").as_deref() {
-        Ok("0") => false,
-        Ok("1") => true,
-        _ => !R::name(&t.client).contains("wgpu"),
-    }
+/// Whether to unroll the head-dimension loops (keeping each row's vectors in registers). On by
+/// default: with rows read as 4-float vectors the loops are `d / 4` long, and lavapipe (LLVM)
+/// compiles the four kernels of one head size in about 15 s with eight rows per unit.
+/// `PEFT_KERNEL_UNROLL=0` rolls them (the per-row arrays then live in per-lane memory, which
+/// measured slower on lavapipe: 776 against 534 ms forward + backward with one row per unit).
+fn unroll_loops() -> bool {
+    !matches!(std::env::var("PEFT_KERNEL_UNROLL").as_deref(), Ok("0"))
 }
 
-fn cube_count(units: usize, groups: usize) -> CubeCount {
-    CubeCount::Static(units.div_ceil(CUBE_ROWS as usize) as u32, groups as u32, 1)
+/// Cubes for `units` rows or columns (`per_unit` to a unit), `groups` batch·key/value heads and
+/// `heads` query heads.
+fn cube_count(units: usize, groups: usize, per_unit: usize, heads: usize) -> CubeCount {
+    CubeCount::Static(
+        units.div_ceil(CUBE_ROWS as usize * per_unit) as u32,
+        groups as u32,
+        heads as u32,
+    )
+}
+
+/// Query rows (forward, dQ) or key columns (dK/dV) per unit. On a CPU Vulkan driver such as
+/// lavapipe, where a shader's shared-memory reads cost far more than its arithmetic, eight: each
+/// vector read from shared memory then serves eight rows (measured on lavapipe: 4 rows ran the
+/// forward 1.8× slower than 8, 16 rows 1.3× slower). On GPUs one, which keeps a unit's vectors
+/// in registers. `PEFT_KERNEL_ROWS=1|2|4|8|16` overrides.
+fn rows_per_unit<R: CubeRuntime>(t: &CubeTensor<R>) -> usize {
+    if let Some(n) = std::env::var("PEFT_KERNEL_ROWS")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+        .filter(|n| [1, 2, 4, 8, 16].contains(n))
+    {
+        return n;
+    }
+    // cubecl-wgpu enables plane (subgroup) operations on every wgpu adapter that has them
+    // except CPU adapters, so a wgpu client without them is a CPU driver (or a GPU without
+    // subgroups, where eight rows per unit costs registers but stays correct).
+    let cpu_like = R::name(&t.client).contains("wgpu")
+        && !t.client.properties().features.plane.contains(Plane::Ops);
+    if cpu_like { 8 } else { 1 }
+}
+
+/// Floats per vector in the kernels' row layout: 4 when the head dimension allows it.
+fn vector_size(head_dim: usize) -> usize {
+    [4, 2, 1]
+        .into_iter()
+        .find(|n| head_dim.is_multiple_of(*n))
+        .unwrap_or(1)
 }
 
 impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> PrefixAttentionBackend
@@ -150,17 +183,20 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> PrefixAtte
         let p = prepare(args);
         let d = p.dims;
         let dtype = p.q.dtype;
-        let unroll = unroll_loops(&p.q);
+        let unroll = unroll_loops();
         let out = empty(
             &p.q,
             Shape::new([d.batch, d.heads, d.queries, d.head_dim]),
             dtype,
         );
         let lse = empty(&p.q, Shape::new([d.batch, d.heads, d.queries]), dtype);
+        let n = vector_size(d.head_dim);
+        let rows = rows_per_unit(&p.q);
         kernels::forward_kernel::launch::<R>(
             &p.q.client,
-            cube_count(d.group() * d.queries, d.batch * d.kv_heads),
+            cube_count(d.group() * d.queries, d.batch * d.kv_heads, rows, 1),
             CubeDim::new_1d(CUBE_ROWS),
+            n,
             p.q.clone().into_tensor_arg(),
             p.k.into_tensor_arg(),
             p.v.into_tensor_arg(),
@@ -172,8 +208,9 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> PrefixAtte
             p.scale,
             d.prefix as u32,
             u32::from(d.prefix_batch == 1),
-            d.head_dim,
+            d.head_dim / n,
             TILE,
+            rows,
             unroll,
             [dtype.into(), p.lengths.dtype.into()],
         );
@@ -198,21 +235,24 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> PrefixAtte
         let p = prepare(args);
         let d = p.dims;
         let dtype = p.q.dtype;
-        let unroll = unroll_loops(&p.q);
+        let unroll = unroll_loops();
         let client = p.q.client.clone();
         let out = into_contiguous(out);
         let grad_out = into_contiguous(grad_out);
         let lse = into_contiguous(lse);
         let rows = d.batch * d.heads * d.queries;
+        let n = vector_size(d.head_dim);
+        let rows_per = rows_per_unit(&p.q);
         let delta = empty(&p.q, Shape::new([rows]), dtype);
         kernels::delta_kernel::launch::<R>(
             &client,
             CubeCount::Static(rows.div_ceil(CUBE_ROWS as usize) as u32, 1, 1),
             CubeDim::new_1d(CUBE_ROWS),
+            n,
             out.into_tensor_arg(),
             grad_out.clone().into_tensor_arg(),
             delta.clone().into_tensor_arg(),
-            d.head_dim,
+            d.head_dim / n,
             unroll,
             dtype.into(),
         );
@@ -229,8 +269,9 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> PrefixAtte
         );
         kernels::dq_kernel::launch::<R>(
             &client,
-            cube_count(d.group() * d.queries, d.batch * d.kv_heads),
+            cube_count(d.group() * d.queries, d.batch * d.kv_heads, rows_per, 1),
             CubeDim::new_1d(CUBE_ROWS),
+            n,
             p.q.clone().into_tensor_arg(),
             p.k.clone().into_tensor_arg(),
             p.v.clone().into_tensor_arg(),
@@ -243,22 +284,26 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> PrefixAtte
             p.scale,
             d.prefix as u32,
             u32::from(d.prefix_batch == 1),
-            d.head_dim,
+            d.head_dim / n,
             TILE,
+            rows_per,
             unroll,
             [dtype.into(), p.lengths.dtype.into()],
         );
-        let kv_shape = Shape::new([d.batch, d.kv_heads, d.keys, d.head_dim]);
+        // Partials per query head of the group, summed below.
+        let g = d.group();
+        let kv_shape = Shape::new([g, d.batch, d.kv_heads, d.keys, d.head_dim]);
         let dk = empty(&p.q, kv_shape.clone(), dtype);
         let dv = empty(&p.q, kv_shape, dtype);
-        // Per-batch prefix partials (at least one element so the binding is valid).
-        let prefix_shape = Shape::new([d.batch, d.kv_heads, d.prefix.max(1), d.head_dim]);
+        // Per-head, per-batch prefix partials (at least one slot so the binding is valid).
+        let prefix_shape = Shape::new([g, d.batch, d.kv_heads, d.prefix.max(1), d.head_dim]);
         let dpk = empty(&p.q, prefix_shape.clone(), dtype);
         let dpv = empty(&p.q, prefix_shape, dtype);
         kernels::dkdv_kernel::launch::<R>(
             &client,
-            cube_count(d.prefix + d.keys, d.batch * d.kv_heads),
+            cube_count(d.prefix + d.keys, d.batch * d.kv_heads, rows_per, g),
             CubeDim::new_1d(CUBE_ROWS),
+            n,
             p.q.into_tensor_arg(),
             p.k.into_tensor_arg(),
             p.v.into_tensor_arg(),
@@ -274,18 +319,40 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> PrefixAtte
             p.scale,
             d.prefix as u32,
             u32::from(d.prefix_batch == 1),
-            d.head_dim,
+            d.head_dim / n,
             TILE,
+            rows_per,
             unroll,
             [dtype.into(), p.lengths.dtype.into()],
         );
+        // Sum the partials over the group's heads (dim 0), and over the batch (dim 1) for a
+        // prefix shared by the batch; then drop the summed dimensions.
+        let reduce = |t: CubeTensor<R>, dims: &[usize], shape: Shape| {
+            let mut t = t;
+            for &dim in dims {
+                if t.meta.shape()[dim] > 1 {
+                    t = <Self as FloatTensorOps<Self>>::float_sum_dim(t, dim);
+                }
+            }
+            <Self as FloatTensorOps<Self>>::float_reshape(t, shape)
+        };
+        let kv_out = Shape::new([d.batch, d.kv_heads, d.keys, d.head_dim]);
+        let dk = reduce(dk, &[0], kv_out.clone());
+        let dv = reduce(dv, &[0], kv_out);
         let (prefix_key, prefix_value) = if d.prefix == 0 {
             (None, None)
-        } else if d.prefix_batch == 1 && d.batch > 1 {
-            let sum = |t: CubeTensor<R>| <Self as FloatTensorOps<Self>>::float_sum_dim(t, 0);
-            (Some(sum(dpk)), Some(sum(dpv)))
+        } else if d.prefix_batch == 1 {
+            let shape = Shape::new([1, d.kv_heads, d.prefix, d.head_dim]);
+            (
+                Some(reduce(dpk, &[0, 1], shape.clone())),
+                Some(reduce(dpv, &[0, 1], shape)),
+            )
         } else {
-            (Some(dpk), Some(dpv))
+            let shape = Shape::new([d.batch, d.kv_heads, d.prefix, d.head_dim]);
+            (
+                Some(reduce(dpk, &[0], shape.clone())),
+                Some(reduce(dpv, &[0], shape)),
+            )
         };
         AttentionGrads {
             query: dq,

@@ -1,0 +1,69 @@
+#!/usr/bin/env bash
+# The CUDA check of the fused prefix-attention kernels, in one run on a machine with an NVIDIA
+# GPU: the CUDA test binaries (against the f64 oracle, and the no-score-matrix allocation test),
+# then `peft bench attention --backend cuda` on the issue's shape and a few others.
+#
+#   scripts/gpu-check.sh [OUT_DIR]
+#
+# With cargo on the machine it builds the binaries itself. Without (a bare GPU machine), build
+# them elsewhere and point PEFT_GPU_BIN at a folder holding `attention_cuda`, `fused_memory_cuda`
+# and `peft`:
+#
+#   CUDARC_CUDA_VERSION=13000 cargo test -p peft-kernels --features cuda --no-run \
+#       --test attention_cuda --test fused_memory_cuda
+#   CUDARC_CUDA_VERSION=13000 cargo build -p peft-cli --features cuda
+#
+# (CUDARC_CUDA_VERSION picks the CUDA API the binaries bind to; match the GPU machine's toolkit.
+# Without nvcc at build time cudarc binds to its newest supported version.)
+set -uo pipefail
+out="${1:-gpu-check-out}"
+mkdir -p "$out"
+
+if [[ -z "${PEFT_GPU_BIN:-}" ]]; then
+    command -v cargo >/dev/null || { echo "no cargo here: set PEFT_GPU_BIN" >&2; exit 2; }
+    cargo test -p peft-kernels --features cuda --no-run --test attention_cuda --test fused_memory_cuda || exit 1
+    cargo build -p peft-cli --features cuda || exit 1
+    PEFT_GPU_BIN="$(mktemp -d)"
+    for t in attention_cuda fused_memory_cuda; do
+        cp "$(ls -t target/debug/deps/$t-* | grep -v '\.d$' | head -1)" "$PEFT_GPU_BIN/$t"
+    done
+    cp target/debug/peft "$PEFT_GPU_BIN/peft"
+fi
+bin="$PEFT_GPU_BIN"
+
+export CUDA_PATH="${CUDA_PATH:-/usr/local/cuda}"
+for dir in "$CUDA_PATH/lib64" /usr/local/nvidia/lib64 /usr/lib/x86_64-linux-gnu; do
+    [[ -d "$dir" ]] && export LD_LIBRARY_PATH="$dir:${LD_LIBRARY_PATH:-}"
+done
+nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv | tee "$out/gpu.txt"
+"$CUDA_PATH/bin/nvcc" --version | tail -2 | tee -a "$out/gpu.txt"
+ldconfig -p | grep -E 'libcuda\.so|libnvrtc' | tee -a "$out/gpu.txt"
+
+status=0
+date -u +%T
+echo "== CUDA tests"
+"$bin/attention_cuda" --test-threads=1 2>&1 | tee "$out/tests.log" || status=1
+"$bin/fused_memory_cuda" 2>&1 | tee -a "$out/tests.log" || status=1
+
+date -u +%T
+echo "== peft bench attention --backend cuda"
+: >"$out/bench.jsonl"
+bench() {
+    "$bin/peft" bench attention --backend cuda --heads 9 --kv-heads 3 --head-dim 64 \
+        --repeats 20 --json "$@" | tee -a "$out/bench.jsonl" || status=1
+}
+bench --batch 8 --seq 512 --prefix 64   # the issue's shape
+date -u +%T
+bench --batch 2 --seq 128 --prefix 64   # the lavapipe shape
+date -u +%T
+bench --batch 8 --seq 512 --prefix 0
+date -u +%T
+python3 - "$out/bench.jsonl" <<'EOF' || true
+import json, sys
+print(f"{'B':>3} {'L':>5} {'P':>3} | {'fwd fused':>10} {'fwd burn':>10} {'x':>6} | {'f+b fused':>10} {'f+b burn':>10} {'x':>6}")
+for line in open(sys.argv[1]):
+    r = json.loads(line); s = r["shape"]; f = r["forward"]; b = r["forward_backward"]
+    print(f"{s['batch']:>3} {s['seq']:>5} {s['prefix']:>3} | {f['fused_ms']:>10.3f} {f['unfused_ms']:>10.3f} {f['speedup']:>6.2f} | "
+          f"{b['fused_ms']:>10.3f} {b['unfused_ms']:>10.3f} {b['speedup']:>6.2f}")
+EOF
+exit $status
