@@ -54,44 +54,60 @@ fn column_offset(
     )
 }
 
-/// Whether query row `i` sees column `c` of `[prefix ; sequence]`.
-#[cube]
-fn visible(
-    c: usize,
-    i: usize,
-    prefix: usize,
-    prefix_len: usize,
-    key_len: usize,
-    causal_offset: usize,
-) -> bool {
-    // Sequence index of the column (0 for prefix columns, whose branch is not selected).
-    let j = c - select(c < prefix, c, prefix);
-    select(
-        c < prefix,
-        c < prefix_len,
-        j <= i + causal_offset && j < key_len,
-    )
-}
-
-/// Whether any of a unit's rows (query positions `pos`, `l` for an unused slot) sees column `c`.
-#[cube]
-#[allow(clippy::too_many_arguments)]
-fn any_row_sees(
-    c: usize,
-    pos: &Array<usize>,
+/// What one batch row's queries see: prefix slots below `prefix_len`, and sequence key `j` when
+/// `j ≤ i + causal_offset` and `j < key_len`. Query positions run below `l`; `l` marks an unused
+/// slot.
+#[derive(CubeType, Clone, Copy)]
+struct Visibility {
     l: usize,
     prefix: usize,
     prefix_len: usize,
     key_len: usize,
     causal_offset: usize,
-    #[comptime] rows_per_unit: usize,
-) -> bool {
-    let mut any = false;
-    #[unroll]
-    for s in 0..rows_per_unit {
-        any = any || (pos[s] < l && visible(c, pos[s], prefix, prefix_len, key_len, causal_offset));
+}
+
+#[cube]
+impl Visibility {
+    /// The visibility of batch row `b`: `lengths` holds the prefix lengths, then the key lengths.
+    fn of_row<I: Int>(
+        lengths: &Tensor<I>,
+        b: usize,
+        batch: usize,
+        l: usize,
+        prefix: usize,
+        seq: usize,
+    ) -> Visibility {
+        let given = u32::cast_from(lengths[b]) as usize;
+        Visibility {
+            l,
+            prefix,
+            prefix_len: select(given < prefix, given, prefix),
+            key_len: u32::cast_from(lengths[batch + b]) as usize,
+            causal_offset: seq - l,
+        }
     }
-    any
+
+    /// Whether query position `i` (below `l`) sees column `c` of `[prefix ; sequence]`.
+    fn sees(&self, c: usize, i: usize) -> bool {
+        // Sequence index of the column (0 for prefix columns, whose branch is not selected).
+        let j = c - select(c < self.prefix, c, self.prefix);
+        i < self.l
+            && select(
+                c < self.prefix,
+                c < self.prefix_len,
+                j <= i + self.causal_offset && j < self.key_len,
+            )
+    }
+
+    /// Whether any of a unit's rows (query positions `pos`) sees column `c`.
+    fn any_sees(&self, c: usize, pos: &Array<usize>, #[comptime] rows_per_unit: usize) -> bool {
+        let mut any = false;
+        #[unroll]
+        for s in 0..rows_per_unit {
+            any = any || self.sees(c, pos[s]);
+        }
+        any
+    }
 }
 
 /// Highest sequence key any row of this cube can see, plus one (the end of the useful columns).
@@ -196,10 +212,7 @@ pub fn forward_kernel<F: Float, I: Int, N: Size>(
     let kv = bkv % kv_heads;
     let cube_rows = CUBE_DIM_X as usize * rows_per_unit;
     let row_start = CUBE_POS_X as usize * cube_rows;
-    let given = u32::cast_from(lengths[b]) as usize;
-    let prefix_len = select(given < prefix, given, prefix);
-    let key_len = u32::cast_from(lengths[batch + b]) as usize;
-    let causal_offset = seq - l;
+    let vis = Visibility::of_row(lengths, b, batch, l, prefix, seq);
 
     let zero = Vector::new(F::new(0.0));
     let scale_v = Vector::new(F::cast_from(scale));
@@ -240,16 +253,7 @@ pub fn forward_kernel<F: Float, I: Int, N: Size>(
         for j in 0..bk {
             let c = tile + j;
             // Skip the column unless one of the unit's rows sees it.
-            let any = any_row_sees(
-                c,
-                &pos,
-                l,
-                prefix,
-                prefix_len,
-                key_len,
-                causal_offset,
-                rows_per_unit,
-            );
+            let any = vis.any_sees(c, &pos, rows_per_unit);
             if c < end && any {
                 #[unroll]
                 for s in 0..rows_per_unit {
@@ -267,8 +271,7 @@ pub fn forward_kernel<F: Float, I: Int, N: Size>(
                 // hidden pairs add nothing (p = 0).
                 #[unroll]
                 for s in 0..rows_per_unit {
-                    let seen = pos[s] < l
-                        && visible(c, pos[s], prefix, prefix_len, key_len, causal_offset);
+                    let seen = vis.sees(c, pos[s]);
                     let mut p = F::new(0.0);
                     if seen {
                         if score[s] > m[s] {
@@ -380,10 +383,7 @@ pub fn dq_kernel<F: Float, I: Int, N: Size>(
     let kv = bkv % kv_heads;
     let cube_rows = CUBE_DIM_X as usize * rows_per_unit;
     let row_start = CUBE_POS_X as usize * cube_rows;
-    let given = u32::cast_from(lengths[b]) as usize;
-    let prefix_len = select(given < prefix, given, prefix);
-    let key_len = u32::cast_from(lengths[batch + b]) as usize;
-    let causal_offset = seq - l;
+    let vis = Visibility::of_row(lengths, b, batch, l, prefix, seq);
     let n_rows = batch * heads * l;
 
     let zero = Vector::new(F::new(0.0));
@@ -430,16 +430,7 @@ pub fn dq_kernel<F: Float, I: Int, N: Size>(
         for j in 0..bk {
             let c = tile + j;
             // Skip the column unless one of the unit's rows sees it.
-            let any = any_row_sees(
-                c,
-                &pos,
-                l,
-                prefix,
-                prefix_len,
-                key_len,
-                causal_offset,
-                rows_per_unit,
-            );
+            let any = vis.any_sees(c, &pos, rows_per_unit);
             if c < end && any {
                 #[unroll]
                 for s in 0..rows_per_unit {
@@ -459,8 +450,7 @@ pub fn dq_kernel<F: Float, I: Int, N: Size>(
                 // dS = P ∘ (dP − D), zero for hidden pairs (reusing `score`).
                 #[unroll]
                 for s in 0..rows_per_unit {
-                    let seen = pos[s] < l
-                        && visible(c, pos[s], prefix, prefix_len, key_len, causal_offset);
+                    let seen = vis.sees(c, pos[s]);
                     let ds = F::exp(score[s] - row_lse[s]) * (dp[s] - row_delta[s]);
                     score[s] = select(seen, ds, F::new(0.0));
                 }
@@ -533,10 +523,7 @@ pub fn dkdv_kernel<F: Float, I: Int, N: Size>(
     let h = CUBE_POS_Z as usize;
     let first_col = CUBE_POS_X as usize * CUBE_DIM_X as usize * cols_per_unit;
     let columns = prefix + seq;
-    let given = u32::cast_from(lengths[b]) as usize;
-    let prefix_len = select(given < prefix, given, prefix);
-    let key_len = u32::cast_from(lengths[batch + b]) as usize;
-    let causal_offset = seq - l;
+    let vis = Visibility::of_row(lengths, b, batch, l, prefix, seq);
     let n_rows = batch * heads * l;
     let scale_v = Vector::new(F::cast_from(scale));
 
@@ -571,8 +558,8 @@ pub fn dkdv_kernel<F: Float, I: Int, N: Size>(
     // position is below it see none of the cube's sequence columns (prefix columns are seen
     // by every row).
     let mut first_i = 0;
-    if first_col >= prefix && first_col - prefix > causal_offset {
-        first_i = first_col - prefix - causal_offset;
+    if first_col >= prefix && first_col - prefix > vis.causal_offset {
+        first_i = first_col - prefix - vis.causal_offset;
     }
 
     let mut qs = SharedMemory::<Vector<F, N>>::new(bq * dl);
@@ -617,8 +604,7 @@ pub fn dkdv_kernel<F: Float, I: Int, N: Size>(
             #[unroll]
             for s in 0..cols_per_unit {
                 let c = first_col + s * CUBE_DIM_X as usize + UNIT_POS_X as usize;
-                any = any
-                    || (c < columns && visible(c, i, prefix, prefix_len, key_len, causal_offset));
+                any = any || (c < columns && vis.sees(c, i));
             }
             if i < l && any {
                 #[unroll]
@@ -640,8 +626,7 @@ pub fn dkdv_kernel<F: Float, I: Int, N: Size>(
                 #[unroll]
                 for s in 0..cols_per_unit {
                     let c = first_col + s * CUBE_DIM_X as usize + UNIT_POS_X as usize;
-                    let seen =
-                        c < columns && visible(c, i, prefix, prefix_len, key_len, causal_offset);
+                    let seen = c < columns && vis.sees(c, i);
                     let p = select(seen, F::exp(score[s] - lses[j]), F::new(0.0));
                     prob[s] = p;
                     dp[s] = p * (dp[s] - deltas[j]);
