@@ -122,8 +122,8 @@ fn cube_column_end(
 ) -> usize {
     let cube_end = row_start + cube_rows;
     let last = select(cube_end < rows, cube_end, rows) - 1;
-    // Rows of two heads in one cube: the later head restarts at position 0, the earlier one
-    // reaches position L - 1.
+    // Rows of several heads in one cube (a cube spans `CUBE_DIM·R` rows): a later head restarts
+    // at position 0, an earlier one reaches position L - 1.
     let mut max_i = last % l;
     if row_start / l != last / l {
         max_i = l - 1;

@@ -124,7 +124,7 @@ fn prepare<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement>(
 /// default: with rows read as 4-float vectors the loops are `d / 4` long, and lavapipe (LLVM)
 /// compiles the four kernels of one head size in about 15 s with eight rows per unit.
 /// `PEFT_KERNEL_UNROLL=0` rolls them (the per-row arrays then live in per-lane memory, which
-/// measured slower on lavapipe: 776 against 534 ms forward + backward with one row per unit).
+/// measured slower on lavapipe; figures in `docs/kernels.md`).
 fn unroll_loops() -> bool {
     !matches!(std::env::var("PEFT_KERNEL_UNROLL").as_deref(), Ok("0"))
 }
@@ -141,9 +141,9 @@ fn cube_count(units: usize, groups: usize, per_unit: usize, heads: usize) -> Cub
 
 /// Query rows (forward, dQ) or key columns (dK/dV) per unit. On a CPU Vulkan driver such as
 /// lavapipe, where a shader's shared-memory reads cost far more than its arithmetic, eight: each
-/// vector read from shared memory then serves eight rows (measured on lavapipe: 4 rows ran the
-/// forward 1.8× slower than 8, 16 rows 1.3× slower). On GPUs one, which keeps a unit's vectors
-/// in registers. `PEFT_KERNEL_ROWS=1|2|4|8|16` overrides.
+/// vector read from shared memory then serves eight rows (on lavapipe the forward measured
+/// 172 ms with 1 row, 78 ms with 4 and 49 ms with 8; `docs/kernels.md`). On GPUs one, which
+/// keeps a unit's vectors in registers. `PEFT_KERNEL_ROWS=1|2|4|8|16` overrides.
 fn rows_per_unit<R: CubeRuntime>(t: &CubeTensor<R>) -> usize {
     if let Some(n) = std::env::var("PEFT_KERNEL_ROWS")
         .ok()
