@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The CUDA check of the fused prefix-attention kernels, in one run on a machine with an NVIDIA
 # GPU: the CUDA test binaries (against the f64 oracle, and the no-score-matrix allocation test),
-# then `peft bench attention --backend cuda` on the issue's shape and a few others.
+# `peft bench attention --backend cuda` on the issue's shape and a few others, and one profiled
+# run whose log gives every kernel's GPU time (CubeCL's profiler: each launch is timed on the
+# device, so the log separates kernel time from launch overhead).
 #
 #   scripts/gpu-check.sh [OUT_DIR]
 #
@@ -9,10 +11,12 @@
 # them elsewhere and point PEFT_GPU_BIN at a folder holding `attention_cuda`, `fused_memory_cuda`
 # and `peft`:
 #
-#   CUDARC_CUDA_VERSION=13000 cargo test -p peft-kernels --features cuda --no-run \
+#   CUDARC_CUDA_VERSION=13000 cargo test --release -p peft-kernels --features cuda --no-run \
 #       --test attention_cuda --test fused_memory_cuda
-#   CUDARC_CUDA_VERSION=13000 cargo build -p peft-cli --features cuda
+#   CUDARC_CUDA_VERSION=13000 cargo build --release -p peft-cli --features cuda
 #
+# Release builds: Burn's host-side code (fusion, autodiff, launch) is generic and compiled in
+# this workspace's crates, so a dev build runs it unoptimised and inflates every launch.
 # (CUDARC_CUDA_VERSION picks the CUDA API the binaries bind to; match the GPU machine's toolkit.
 # Without nvcc at build time cudarc binds to its newest supported version.)
 set -uo pipefail
@@ -21,13 +25,13 @@ mkdir -p "$out"
 
 if [[ -z "${PEFT_GPU_BIN:-}" ]]; then
     command -v cargo >/dev/null || { echo "no cargo here: set PEFT_GPU_BIN" >&2; exit 2; }
-    cargo test -p peft-kernels --features cuda --no-run --test attention_cuda --test fused_memory_cuda || exit 1
-    cargo build -p peft-cli --features cuda || exit 1
+    cargo test --release -p peft-kernels --features cuda --no-run --test attention_cuda --test fused_memory_cuda || exit 1
+    cargo build --release -p peft-cli --features cuda || exit 1
     PEFT_GPU_BIN="$(mktemp -d)"
     for t in attention_cuda fused_memory_cuda; do
-        cp "$(ls -t target/debug/deps/$t-* | grep -v '\.d$' | head -1)" "$PEFT_GPU_BIN/$t"
+        cp "$(ls -t target/release/deps/$t-* | grep -v '\.d$' | head -1)" "$PEFT_GPU_BIN/$t"
     done
-    cp target/debug/peft "$PEFT_GPU_BIN/peft"
+    cp target/release/peft "$PEFT_GPU_BIN/peft"
 fi
 bin="$PEFT_GPU_BIN"
 
@@ -57,6 +61,14 @@ date -u +%T
 bench --batch 2 --seq 128 --prefix 64   # the lavapipe shape
 date -u +%T
 bench --batch 8 --seq 512 --prefix 0
+date -u +%T
+echo "== profiled run (every launch timed on the device; per-kernel summary at each sync)"
+CUBECL_DEBUG_LOG="$out/cubecl-profile.log" "$bin/peft" bench attention --backend cuda --heads 9 \
+    --kv-heads 3 --head-dim 64 --batch 8 --seq 512 --prefix 64 --repeats 2 >/dev/null || status=1
+# The timing lines alone; the full log (with the CUDA sources it compiled) compressed.
+grep -E '^\|' "$out/cubecl-profile.log" >"$out/cubecl-profile.txt" || true
+xz -f "$out/cubecl-profile.log" || true
+grep -E '^\| (Forward|Delta|Dq|Dkdv)Kernel|^\| Total' "$out/cubecl-profile.txt" | tail -12 || true
 date -u +%T
 python3 - "$out/bench.jsonl" <<'EOF' || true
 import json, sys

@@ -2,15 +2,13 @@
 //! forward and the backward are each registered as one custom operation of the fusion stream,
 //! executed by the inner backend's kernels.
 //!
-//! Optional inputs are normalised to a fixed list — absent prefixes and lengths are replaced by
-//! placeholder tensors and flagged — because a custom operation has a fixed arity.
+//! The inputs are the five float tensors `[q, k, v, pk, pv]` (an absent prefix is stood in for by
+//! the keys and values, flagged, never read) followed by the per-row lengths that were given, in
+//! that order; the flags say which. Absent lengths cost nothing: no placeholder is allocated.
 
 use std::marker::PhantomData;
 
-use burn::tensor::{
-    Element, Shape,
-    ops::{FloatTensor, IntTensor, IntTensorOps},
-};
+use burn::tensor::{Shape, ops::FloatTensor};
 use burn_fusion::{
     Fusion, FusionBackend, FusionRuntime, FusionTensor,
     stream::{Operation, OperationStreams},
@@ -31,69 +29,58 @@ struct Present {
 /// A fusion tensor of backend `B`.
 type FTensor<B> = FusionTensor<<B as FusionBackend>::FusionRuntime>;
 
-/// The fixed input list `[q, k, v, pk, pv]` and `[prefix_lengths, key_lengths]`.
+impl Present {
+    /// How many length tensors follow the five float inputs.
+    fn lengths(self) -> usize {
+        usize::from(self.prefix_lengths) + usize::from(self.key_lengths)
+    }
+}
+
+/// The float inputs `[q, k, v, pk, pv]` and the lengths that were given (prefix, then key).
 fn normalise<B: FusionBackend>(
     args: PrefixAttentionArgs<Fusion<B>>,
-) -> (Present, [FTensor<B>; 5], [FTensor<B>; 2]) {
+) -> (Present, [FTensor<B>; 5], Vec<FTensor<B>>) {
     let present = Present {
         prefix: args.prefix_key.is_some() && args.prefix_value.is_some(),
         prefix_lengths: args.prefix_lengths.is_some(),
         key_lengths: args.key_lengths.is_some(),
         scale: args.scale,
     };
-    let device = args.query.client.device().clone();
-    let placeholder = || -> IntTensor<Fusion<B>> {
-        <Fusion<B> as IntTensorOps<Fusion<B>>>::int_zeros(
-            Shape::new([1]),
-            &device,
-            B::IntElem::dtype().into(),
-        )
-    };
     let (pk, pv) = match (args.prefix_key, args.prefix_value) {
         (Some(pk), Some(pv)) => (pk, pv),
         _ => (args.key.clone(), args.value.clone()),
     };
-    let plen = args.prefix_lengths.unwrap_or_else(placeholder);
-    let klen = args.key_lengths.unwrap_or_else(placeholder);
-    (
-        present,
-        [args.query, args.key, args.value, pk, pv],
-        [plen, klen],
-    )
+    let lengths = args
+        .prefix_lengths
+        .into_iter()
+        .chain(args.key_lengths)
+        .collect();
+    (present, [args.query, args.key, args.value, pk, pv], lengths)
 }
 
-/// Inner-backend arguments from executed inputs.
-fn inner_args<B: FusionBackend>(
+/// Inner-backend arguments from the executed inputs: the five floats, then the given lengths.
+fn fetch_args<B: FusionBackend>(
+    h: &mut HandleContainer<<B::FusionRuntime as FusionRuntime>::FusionHandle>,
     p: Present,
-    floats: [B::FloatTensorPrimitive; 5],
-    ints: [B::IntTensorPrimitive; 2],
+    inputs: &[TensorIr],
 ) -> PrefixAttentionArgs<B> {
-    let [query, key, value, pk, pv] = floats;
-    let [plen, klen] = ints;
+    let f = |h: &mut HandleContainer<_>, i: usize| h.get_float_tensor::<B>(&inputs[i]);
+    let [query, key, value, pk, pv] = [f(h, 0), f(h, 1), f(h, 2), f(h, 3), f(h, 4)];
+    let mut ints = inputs[5..5 + p.lengths()]
+        .iter()
+        .map(|ir| h.get_int_tensor::<B>(ir));
+    let prefix_lengths = if p.prefix_lengths { ints.next() } else { None };
+    let key_lengths = if p.key_lengths { ints.next() } else { None };
     PrefixAttentionArgs {
         query,
         key,
         value,
         prefix_key: p.prefix.then_some(pk),
         prefix_value: p.prefix.then_some(pv),
-        prefix_lengths: p.prefix_lengths.then_some(plen),
-        key_lengths: p.key_lengths.then_some(klen),
+        prefix_lengths,
+        key_lengths,
         scale: p.scale,
     }
-}
-
-fn fetch<B: FusionBackend>(
-    h: &mut HandleContainer<<B::FusionRuntime as FusionRuntime>::FusionHandle>,
-    floats: &[TensorIr],
-    ints: &[TensorIr],
-) -> ([B::FloatTensorPrimitive; 5], [B::IntTensorPrimitive; 2]) {
-    let f = |h: &mut HandleContainer<_>, i: usize| h.get_float_tensor::<B>(&floats[i]);
-    let floats = [f(h, 0), f(h, 1), f(h, 2), f(h, 3), f(h, 4)];
-    let ints = [
-        h.get_int_tensor::<B>(&ints[0]),
-        h.get_int_tensor::<B>(&ints[1]),
-    ];
-    (floats, ints)
 }
 
 #[derive(Debug, Clone)]
@@ -105,9 +92,11 @@ struct ForwardOp<B> {
 
 impl<B: FusionBackend + PrefixAttentionBackend> Operation<B::FusionRuntime> for ForwardOp<B> {
     fn execute(&self, h: &mut HandleContainer<<B::FusionRuntime as FusionRuntime>::FusionHandle>) {
-        let (inputs, [out, lse]) = self.desc.as_fixed::<7, 2>();
-        let (floats, ints) = fetch::<B>(h, &inputs[..5], &inputs[5..]);
-        let (o, l) = B::prefix_attention_forward(inner_args::<B>(self.present, floats, ints));
+        let [out, lse] = &self.desc.outputs[..] else {
+            unreachable!("the forward op registers two outputs")
+        };
+        let args = fetch_args::<B>(h, self.present, &self.desc.inputs);
+        let (o, l) = B::prefix_attention_forward(args);
         h.register_float_tensor::<B>(&out.id, o);
         h.register_float_tensor::<B>(&lse.id, l);
     }
@@ -122,18 +111,17 @@ struct BackwardOp<B> {
 
 impl<B: FusionBackend + PrefixAttentionBackend> Operation<B::FusionRuntime> for BackwardOp<B> {
     fn execute(&self, h: &mut HandleContainer<<B::FusionRuntime as FusionRuntime>::FusionHandle>) {
-        let (inputs, outputs) = self.desc.as_fixed::<10, 5>();
-        let (floats, ints) = fetch::<B>(h, &inputs[..5], &inputs[5..7]);
-        let out = h.get_float_tensor::<B>(&inputs[7]);
-        let lse = h.get_float_tensor::<B>(&inputs[8]);
-        let grad_out = h.get_float_tensor::<B>(&inputs[9]);
-        let g = B::prefix_attention_backward(
-            inner_args::<B>(self.present, floats, ints),
-            out,
-            lse,
-            grad_out,
-        );
-        let [dq, dk, dv, dpk, dpv] = outputs;
+        let inputs = &self.desc.inputs;
+        let [dq, dk, dv, dpk, dpv] = &self.desc.outputs[..] else {
+            unreachable!("the backward op registers five outputs")
+        };
+        let args = fetch_args::<B>(h, self.present, inputs);
+        // out, lse and grad_out follow the lengths.
+        let extra = 5 + self.present.lengths();
+        let out = h.get_float_tensor::<B>(&inputs[extra]);
+        let lse = h.get_float_tensor::<B>(&inputs[extra + 1]);
+        let grad_out = h.get_float_tensor::<B>(&inputs[extra + 2]);
+        let g = B::prefix_attention_backward(args, out, lse, grad_out);
         let device = B::float_device(&g.query);
         h.register_float_tensor::<B>(&dq.id, g.query);
         h.register_float_tensor::<B>(&dk.id, g.key);

@@ -68,21 +68,35 @@ struct Visibility {
 
 #[cube]
 impl Visibility {
-    /// The visibility of batch row `b`: `lengths` holds the prefix lengths, then the key lengths.
+    /// The visibility of batch row `b`. `given` says which per-row lengths `lengths` holds:
+    /// bit 0 the prefix lengths (`[B]`, first), bit 1 the key lengths (`[B]`, after the prefix
+    /// lengths when both are given). Lengths not given are the full `prefix` and `seq`, and
+    /// `lengths` is then not read (without either it may be any buffer).
     fn of_row<I: Int>(
         lengths: &Tensor<I>,
+        given: u32,
         b: usize,
         batch: usize,
         l: usize,
         prefix: usize,
         seq: usize,
     ) -> Visibility {
-        let given = u32::cast_from(lengths[b]) as usize;
+        let mut prefix_len = prefix;
+        let mut key_len = seq;
+        let mut key_start = 0;
+        if given & 1 != 0 {
+            let n = u32::cast_from(lengths[b]) as usize;
+            prefix_len = select(n < prefix, n, prefix);
+            key_start = batch;
+        }
+        if given & 2 != 0 {
+            key_len = u32::cast_from(lengths[key_start + b]) as usize;
+        }
         Visibility {
             l,
             prefix,
-            prefix_len: select(given < prefix, given, prefix),
-            key_len: u32::cast_from(lengths[batch + b]) as usize,
+            prefix_len,
+            key_len,
             causal_offset: seq - l,
         }
     }
@@ -192,6 +206,7 @@ pub fn forward_kernel<F: Float, I: Int, N: Size>(
     scale: f32,
     prefix: u32,
     prefix_shared: u32,
+    lengths_given: u32,
     #[comptime] dl: usize,
     #[comptime] bk: usize,
     #[comptime] rows_per_unit: usize,
@@ -212,7 +227,7 @@ pub fn forward_kernel<F: Float, I: Int, N: Size>(
     let kv = bkv % kv_heads;
     let cube_rows = CUBE_DIM_X as usize * rows_per_unit;
     let row_start = CUBE_POS_X as usize * cube_rows;
-    let vis = Visibility::of_row(lengths, b, batch, l, prefix, seq);
+    let vis = Visibility::of_row(lengths, lengths_given, b, batch, l, prefix, seq);
 
     let zero = Vector::new(F::new(0.0));
     let scale_v = Vector::new(F::cast_from(scale));
@@ -323,18 +338,21 @@ pub fn forward_kernel<F: Float, I: Int, N: Size>(
     }
 }
 
-/// `delta[r] = Σ_t dO[r, t] · O[r, t]`, one unit per row `[B·H·L]`.
+/// The backward's per-row statistics `stats` `[2, B·H·L]`: the forward's log-sum-exp copied to
+/// the first half, `D[r] = Σ_t dO[r, t] · O[r, t]` written to the second; one unit per row.
 #[cube(launch)]
 pub fn delta_kernel<F: Float, N: Size>(
     out: &Tensor<Vector<F, N>>,
     grad_out: &Tensor<Vector<F, N>>,
-    delta: &mut Tensor<F>,
+    lse: &Tensor<F>,
+    stats: &mut Tensor<F>,
     #[comptime] dl: usize,
     #[comptime] unroll: bool,
     #[define(F)] _dtype: StorageType,
 ) {
     let row = ABSOLUTE_POS;
-    if row >= delta.len() {
+    let rows = lse.len();
+    if row >= rows {
         terminate!();
     }
     let mut sum = F::new(0.0);
@@ -342,7 +360,8 @@ pub fn delta_kernel<F: Float, N: Size>(
     for t in 0..dl {
         sum += out[row * dl + t].dot(grad_out[row * dl + t]);
     }
-    delta[row] = sum;
+    stats[row] = lse[row];
+    stats[rows + row] = sum;
 }
 
 /// Query gradient `dq` `[B, H, L, d]`, recomputing probabilities from the log-sum-exp.
@@ -363,6 +382,7 @@ pub fn dq_kernel<F: Float, I: Int, N: Size>(
     scale: f32,
     prefix: u32,
     prefix_shared: u32,
+    lengths_given: u32,
     #[comptime] dl: usize,
     #[comptime] bk: usize,
     #[comptime] rows_per_unit: usize,
@@ -383,7 +403,7 @@ pub fn dq_kernel<F: Float, I: Int, N: Size>(
     let kv = bkv % kv_heads;
     let cube_rows = CUBE_DIM_X as usize * rows_per_unit;
     let row_start = CUBE_POS_X as usize * cube_rows;
-    let vis = Visibility::of_row(lengths, b, batch, l, prefix, seq);
+    let vis = Visibility::of_row(lengths, lengths_given, b, batch, l, prefix, seq);
     let n_rows = batch * heads * l;
 
     let zero = Vector::new(F::new(0.0));
@@ -503,6 +523,7 @@ pub fn dkdv_kernel<F: Float, I: Int, N: Size>(
     scale: f32,
     prefix: u32,
     prefix_shared: u32,
+    lengths_given: u32,
     #[comptime] dl: usize,
     #[comptime] bq: usize,
     #[comptime] cols_per_unit: usize,
@@ -523,7 +544,7 @@ pub fn dkdv_kernel<F: Float, I: Int, N: Size>(
     let h = CUBE_POS_Z as usize;
     let first_col = CUBE_POS_X as usize * CUBE_DIM_X as usize * cols_per_unit;
     let columns = prefix + seq;
-    let vis = Visibility::of_row(lengths, b, batch, l, prefix, seq);
+    let vis = Visibility::of_row(lengths, lengths_given, b, batch, l, prefix, seq);
     let n_rows = batch * heads * l;
     let scale_v = Vector::new(F::cast_from(scale));
 

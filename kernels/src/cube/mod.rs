@@ -4,6 +4,8 @@
 //! heads use the reference path (still correct, not fused). See `docs/kernels.md` for the
 //! algorithm, tiling and launch shapes.
 
+#[cfg(all(feature = "cuda", feature = "wgpu"))]
+pub mod cuda_source;
 mod fusion;
 mod kernels;
 
@@ -39,7 +41,8 @@ fn supported(args_dtype: DType, dims: &AttentionDims) -> bool {
     args_dtype == DType::F32 && dims.head_dim <= MAX_HEAD_DIM && dims.head_dim > 0
 }
 
-/// Contiguous inputs and the `[2·B]` lengths (prefix lengths, then key lengths).
+/// Contiguous inputs and the per-row lengths that were given: `lengths` holds the prefix lengths
+/// (`[B]`, when bit 0 of `lengths_given` is set), then the key lengths (`[B]`, bit 1).
 struct Prepared<R: CubeRuntime> {
     q: CubeTensor<R>,
     k: CubeTensor<R>,
@@ -47,6 +50,7 @@ struct Prepared<R: CubeRuntime> {
     pk: CubeTensor<R>,
     pv: CubeTensor<R>,
     lengths: CubeTensor<R>,
+    lengths_given: u32,
     dims: AttentionDims,
     scale: f32,
 }
@@ -92,22 +96,25 @@ fn prepare<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement>(
         // Never read when there is no prefix (the kernels see P = 0).
         _ => (k.clone(), v.clone()),
     };
-    let device = q.device.clone();
-    let int_dtype = I::dtype();
-    let full = |n: usize| {
-        <Cube<R, F, I, BT> as IntTensorOps<_>>::int_full(
-            Shape::new([dims.batch]),
-            (n as i64).into(),
-            &device,
-            int_dtype.into(),
-        )
+    // Lengths that were not given are not materialised (no launches for them): the kernels
+    // use the full prefix and sequence instead. Without any, the binding is a one-element view
+    // of the queries' buffer that the kernels never read.
+    let lengths_given =
+        u32::from(args.prefix_lengths.is_some()) | (u32::from(args.key_lengths.is_some()) << 1);
+    let lengths = match (args.prefix_lengths, args.key_lengths) {
+        (Some(p), Some(k)) => into_contiguous(<Cube<R, F, I, BT> as IntTensorOps<_>>::int_cat(
+            vec![p, k],
+            0,
+        )),
+        (Some(one), None) | (None, Some(one)) => into_contiguous(one),
+        (None, None) => CubeTensor::new_contiguous(
+            q.client.clone(),
+            q.device.clone(),
+            Shape::new([1]),
+            q.handle.clone(),
+            I::dtype(),
+        ),
     };
-    let prefix_lengths = args.prefix_lengths.unwrap_or_else(|| full(dims.prefix));
-    let key_lengths = args.key_lengths.unwrap_or_else(|| full(dims.keys));
-    let lengths = into_contiguous(<Cube<R, F, I, BT> as IntTensorOps<_>>::int_cat(
-        vec![prefix_lengths, key_lengths],
-        0,
-    ));
     Prepared {
         q,
         k,
@@ -115,6 +122,7 @@ fn prepare<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement>(
         pk,
         pv,
         lengths,
+        lengths_given,
         dims,
         scale: args.scale,
     }
@@ -139,6 +147,9 @@ fn cube_count(units: usize, groups: usize, per_unit: usize, heads: usize) -> Cub
     )
 }
 
+/// The rows-per-unit values the kernels are launched with.
+const ROWS_PER_UNIT: [usize; 5] = [1, 2, 4, 8, 16];
+
 /// Query rows (forward, dQ) or key columns (dK/dV) per unit. On a CPU Vulkan driver such as
 /// lavapipe, where a shader's shared-memory reads cost far more than its arithmetic, eight: each
 /// vector read from shared memory then serves eight rows (on lavapipe the forward measured
@@ -148,7 +159,7 @@ fn rows_per_unit<R: CubeRuntime>(t: &CubeTensor<R>) -> usize {
     if let Some(n) = std::env::var("PEFT_KERNEL_ROWS")
         .ok()
         .and_then(|v| v.parse::<usize>().ok())
-        .filter(|n| [1, 2, 4, 8, 16].contains(n))
+        .filter(|n| ROWS_PER_UNIT.contains(n))
     {
         return n;
     }
@@ -208,6 +219,7 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> PrefixAtte
             p.scale,
             d.prefix as u32,
             u32::from(d.prefix_batch == 1),
+            p.lengths_given,
             d.head_dim / n,
             TILE,
             rows,
@@ -243,7 +255,8 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> PrefixAtte
         let rows = d.batch * d.heads * d.queries;
         let n = vector_size(d.head_dim);
         let rows_per = rows_per_unit(&p.q);
-        let delta = empty(&p.q, Shape::new([rows]), dtype);
+        // stats = [lse ; D] in one buffer, so the backward kernels stay within 12 bindings.
+        let stats = empty(&p.q, Shape::new([2 * rows]), dtype);
         kernels::delta_kernel::launch::<R>(
             &client,
             CubeCount::Static(rows.div_ceil(CUBE_ROWS as usize) as u32, 1, 1),
@@ -251,17 +264,12 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> PrefixAtte
             n,
             out.into_tensor_arg(),
             grad_out.clone().into_tensor_arg(),
-            delta.clone().into_tensor_arg(),
+            lse.into_tensor_arg(),
+            stats.clone().into_tensor_arg(),
             d.head_dim / n,
             unroll,
             dtype.into(),
         );
-        // stats = [lse ; delta] in one buffer, so the backward kernels stay within 12 bindings.
-        let lse = <Self as FloatTensorOps<Self>>::float_reshape(lse, Shape::new([rows]));
-        let stats = into_contiguous(<Self as FloatTensorOps<Self>>::float_cat(
-            vec![lse, delta],
-            0,
-        ));
         let dq = empty(
             &p.q,
             Shape::new([d.batch, d.heads, d.queries, d.head_dim]),
@@ -284,6 +292,7 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> PrefixAtte
             p.scale,
             d.prefix as u32,
             u32::from(d.prefix_batch == 1),
+            p.lengths_given,
             d.head_dim / n,
             TILE,
             rows_per,
@@ -319,6 +328,7 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> PrefixAtte
             p.scale,
             d.prefix as u32,
             u32::from(d.prefix_batch == 1),
+            p.lengths_given,
             d.head_dim / n,
             TILE,
             rows_per,

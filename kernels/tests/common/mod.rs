@@ -318,7 +318,7 @@ pub const GRAD_TOL: f64 = 1e-3;
 
 /// The sweep of the issue: P ∈ {0, 1, 7, 20, 64}, L ∈ {1, 17, 113}, GQA ratios 1 and 3 and a
 /// single key/value head, d ∈ {32, 64}; plus padded rows, a fully padded row, per-row prefixes
-/// and a KV-cache shape (S > L).
+/// (alone and with key lengths) and a KV-cache shape (S > L).
 pub fn sweep() -> Vec<Case> {
     let mut cases = Vec::new();
     for &p in &[0, 1, 7, 20, 64] {
@@ -336,6 +336,12 @@ pub fn sweep() -> Vec<Case> {
     cases.push(Case::new(3, 6, 2, 17, 32, 7).key_lengths(vec![17, 5, 0]));
     cases.push(Case::new(3, 3, 1, 9, 32, 0).key_lengths(vec![9, 0, 4]));
     cases.push(Case::new(3, 6, 2, 11, 32, 8).per_row_prefix(vec![8, 3, 0]));
+    // Both lengths at once: the kernels read the key lengths after the prefix lengths.
+    cases.push(
+        Case::new(3, 6, 2, 11, 32, 8)
+            .per_row_prefix(vec![2, 8, 0])
+            .key_lengths(vec![11, 4, 0]),
+    );
     cases.push(Case::new(2, 6, 3, 4, 32, 5).keys(13));
     cases
 }

@@ -1,0 +1,190 @@
+//! The CUDA C++ that the CUDA runtime would compile for each kernel, generated without a GPU.
+//!
+//! CubeCL expands a kernel into its intermediate representation on the host, and the CUDA
+//! runtime hands that to its C++ compiler before NVRTC turns the result into PTX. Only the
+//! expansion needs a compute client, and only for the device properties, which these kernels do
+//! not consult. So a wgpu client (lavapipe on a machine without a GPU) expands the kernels and
+//! CubeCL's CUDA compiler prints the source a CUDA device would get. `scripts/kernel_registers.py`
+//! feeds that source to NVRTC and `ptxas -v` to read each kernel's register count and spills for
+//! a given GPU architecture: the resource figures that bound occupancy, checked where no GPU is
+//! available.
+
+use cubecl::{
+    CubeTask,
+    cuda::CudaCompiler,
+    prelude::*,
+    wgpu::{WgpuDevice, WgpuRuntime},
+};
+
+use super::{CUBE_ROWS, TILE, kernels, vector_size};
+
+/// One kernel's generated CUDA C++.
+#[derive(Debug, Clone)]
+pub struct KernelSource {
+    /// Kernel name (`forward`, `delta`, `dq`, `dkdv`).
+    pub name: &'static str,
+    /// The C++ source, as the CUDA runtime would pass it to NVRTC.
+    pub source: String,
+}
+
+/// The launch configuration of the generated kernels.
+#[derive(Debug, Clone, Copy)]
+pub struct SourceConfig {
+    /// Head dimension `d`.
+    pub head_dim: usize,
+    /// Rows (forward, dQ) or columns (dK/dV) per unit, as `PEFT_KERNEL_ROWS` sets them.
+    pub rows_per_unit: usize,
+    /// Whether the head-dimension loops are unrolled (`PEFT_KERNEL_UNROLL`).
+    pub unroll: bool,
+}
+
+/// Errors of [`cuda_sources`].
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    /// CubeCL's CUDA compiler rejected a kernel.
+    #[error("CUDA compilation of the {kernel} kernel failed: {reason}")]
+    Compile {
+        /// Kernel name.
+        kernel: &'static str,
+        /// The compiler's message.
+        reason: String,
+    },
+    /// The configuration is outside what the kernels take.
+    #[error("head dimension {0} is outside 1..={max}", max = super::MAX_HEAD_DIM)]
+    HeadDim(usize),
+    /// Rows per unit other than 1, 2, 4, 8 or 16.
+    #[error("{0} rows per unit: the kernels take 1, 2, 4, 8 or 16")]
+    RowsPerUnit(usize),
+}
+
+/// The CUDA C++ of the forward, delta, dQ and dK/dV kernels for `config` (f32 data, u32
+/// lengths), expanded with a wgpu client on `device` (`WgpuDevice::Cpu` for lavapipe).
+pub fn cuda_sources(
+    device: &WgpuDevice,
+    config: SourceConfig,
+) -> Result<Vec<KernelSource>, SourceError> {
+    if config.head_dim == 0 || config.head_dim > super::MAX_HEAD_DIM {
+        return Err(SourceError::HeadDim(config.head_dim));
+    }
+    if !super::ROWS_PER_UNIT.contains(&config.rows_per_unit) {
+        return Err(SourceError::RowsPerUnit(config.rows_per_unit));
+    }
+    let client = WgpuRuntime::client(device);
+    let settings = || KernelSettings::default().cube_dim(CubeDim::new_1d(CUBE_ROWS));
+    let t = || TensorCompilationArg { inplace: None };
+    let f32_ty = f32::as_type_native_unchecked().storage_type();
+    let u32_ty = u32::as_type_native_unchecked().storage_type();
+    let n = vector_size(config.head_dim);
+    let dl = config.head_dim / n;
+    let (rows, unroll) = (config.rows_per_unit, config.unroll);
+    let dtypes = [f32_ty, u32_ty];
+
+    let forward = kernels::forward_kernel::ForwardKernel::<WgpuRuntime>::new(
+        settings(),
+        client.clone(),
+        t(),
+        t(),
+        t(),
+        t(),
+        t(),
+        t(),
+        t(),
+        t(),
+        (),
+        (),
+        (),
+        (),
+        n,
+        dl,
+        TILE,
+        rows,
+        unroll,
+        dtypes,
+    );
+    let delta = kernels::delta_kernel::DeltaKernel::<WgpuRuntime>::new(
+        settings(),
+        client.clone(),
+        t(),
+        t(),
+        t(),
+        t(),
+        n,
+        dl,
+        unroll,
+        f32_ty,
+    );
+    let dq = kernels::dq_kernel::DqKernel::<WgpuRuntime>::new(
+        settings(),
+        client.clone(),
+        t(),
+        t(),
+        t(),
+        t(),
+        t(),
+        t(),
+        t(),
+        t(),
+        t(),
+        (),
+        (),
+        (),
+        (),
+        n,
+        dl,
+        TILE,
+        rows,
+        unroll,
+        dtypes,
+    );
+    let dkdv = kernels::dkdv_kernel::DkdvKernel::<WgpuRuntime>::new(
+        settings(),
+        client,
+        t(),
+        t(),
+        t(),
+        t(),
+        t(),
+        t(),
+        t(),
+        t(),
+        t(),
+        t(),
+        t(),
+        t(),
+        (),
+        (),
+        (),
+        (),
+        n,
+        dl,
+        TILE,
+        rows,
+        unroll,
+        dtypes,
+    );
+    Ok(vec![
+        compile("forward", forward)?,
+        compile("delta", delta)?,
+        compile("dq", dq)?,
+        compile("dkdv", dkdv)?,
+    ])
+}
+
+fn compile<K: CubeKernel>(name: &'static str, kernel: K) -> Result<KernelSource, SourceError> {
+    let task = KernelTask::<CudaCompiler, K>::new(kernel);
+    let address = u32::as_type_native_unchecked().storage_type();
+    task.compile(
+        &mut Default::default(),
+        &Default::default(),
+        ExecutionMode::Checked,
+        address,
+    )
+    .map(|compiled| KernelSource {
+        name,
+        source: compiled.source,
+    })
+    .map_err(|e| SourceError::Compile {
+        kernel: name,
+        reason: e.to_string(),
+    })
+}

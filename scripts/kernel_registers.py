@@ -1,0 +1,109 @@
+#!/usr/bin/env python3
+"""Registers and spills of the fused prefix-attention kernels on an NVIDIA architecture, without a GPU.
+
+  python3 scripts/kernel_registers.py [--head-dim 64] [--rows 1] [--no-unroll] [--arch sm_90a]
+
+1. `cargo run --example cuda_source` writes the CUDA C++ that CubeCL's CUDA runtime would compile
+   for each kernel (the kernels are expanded through a wgpu client; lavapipe is enough).
+2. NVRTC (the `nvidia-cuda-nvrtc-cu12` wheel, loaded with ctypes) compiles each file to PTX, as
+   the runtime does on a GPU machine.
+3. `ptxas -v` (the `nvidia-cuda-nvcc-cu12` wheel) assembles the PTX for the architecture and
+   reports registers per thread, spill stores/loads and the stack frame.
+
+The wheels come from PyPI with `pip download` into target/cuda-tools (about 150 MB, once).
+The NVRTC here (12.9) may differ from a GPU machine's, so counts can differ by a few registers.
+"""
+import argparse
+import ctypes
+import glob
+import os
+import re
+import subprocess
+import sys
+import zipfile
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TOOLS = os.path.join(ROOT, "target", "cuda-tools")
+WHEELS = ["nvidia-cuda-nvrtc-cu12==12.9.86", "nvidia-cuda-nvcc-cu12==12.9.86", "nvidia-cuda-runtime-cu12==12.9.79"]
+# Registers in one SM's register file, and the most resident warps per SM (Hopper and Ampere).
+REGISTER_FILE, MAX_WARPS = 65536, 64
+
+
+def tools():
+    nvrtc = os.path.join(TOOLS, "nvidia", "cuda_nvrtc", "lib", "libnvrtc.so.12")
+    ptxas = os.path.join(TOOLS, "nvidia", "cuda_nvcc", "bin", "ptxas")
+    include = os.path.join(TOOLS, "nvidia", "cuda_runtime", "include")
+    if not all(os.path.exists(p) for p in (nvrtc, ptxas, include)):
+        os.makedirs(TOOLS, exist_ok=True)
+        print(f"fetching NVRTC and ptxas from PyPI into {os.path.relpath(TOOLS, ROOT)}", file=sys.stderr)
+        subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "-d", TOOLS, *WHEELS],
+                       check=True)
+        for wheel in glob.glob(os.path.join(TOOLS, "nvidia_cuda_*.whl")):
+            with zipfile.ZipFile(wheel) as z:
+                z.extractall(TOOLS)
+        os.chmod(ptxas, 0o755)
+    return nvrtc, ptxas, include
+
+
+def nvrtc_ptx(lib, source, arch, include):
+    """PTX of `source` for the virtual architecture of `arch` (sm_90a -> compute_90a)."""
+    prog = ctypes.c_void_p()
+
+    def check(status, what):
+        if status != 0:
+            size = ctypes.c_size_t()
+            lib.nvrtcGetProgramLogSize(prog, ctypes.byref(size))
+            log = ctypes.create_string_buffer(size.value)
+            lib.nvrtcGetProgramLog(prog, log)
+            sys.exit(f"NVRTC {what} failed (status {status}):\n{log.value.decode()[-4000:]}")
+
+    check(lib.nvrtcCreateProgram(ctypes.byref(prog), source.encode(), b"kernel.cu", 0, None, None), "create")
+    opts = [f"--gpu-architecture={arch.replace('sm_', 'compute_')}".encode(), f"--include-path={include}".encode()]
+    check(lib.nvrtcCompileProgram(prog, len(opts), (ctypes.c_char_p * len(opts))(*opts)), "compile")
+    size = ctypes.c_size_t()
+    lib.nvrtcGetPTXSize(prog, ctypes.byref(size))
+    ptx = ctypes.create_string_buffer(size.value)
+    lib.nvrtcGetPTX(prog, ptx)
+    lib.nvrtcDestroyProgram(ctypes.byref(prog))
+    return ptx.value
+
+
+def ptxas_report(ptxas, ptx_path, arch):
+    out = subprocess.run([ptxas, f"-arch={arch}", "-v", ptx_path, "-o", os.devnull],
+                         capture_output=True, text=True, check=True).stderr
+    num = lambda pattern: int(m.group(1)) if (m := re.search(pattern, out)) else 0
+    return {"registers": num(r"Used (\d+) registers"), "stack": num(r"(\d+) bytes stack frame"),
+            "spill_stores": num(r"(\d+) bytes spill stores"), "spill_loads": num(r"(\d+) bytes spill loads")}
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--head-dim", type=int, default=64)
+    p.add_argument("--rows", type=int, default=1, help="rows (columns for dK/dV) per unit, as PEFT_KERNEL_ROWS")
+    p.add_argument("--no-unroll", action="store_true", help="roll the head-dimension loops (PEFT_KERNEL_UNROLL=0)")
+    p.add_argument("--arch", default="sm_90a", help="ptxas architecture (sm_90a: H100/H200, sm_80: A100)")
+    a = p.parse_args()
+
+    nvrtc, ptxas, include = tools()
+    out_dir = os.path.join(ROOT, "target", "cuda-source", f"d{a.head_dim}-r{a.rows}-u{int(not a.no_unroll)}")
+    subprocess.run(["cargo", "run", "--quiet", "-p", "peft-kernels", "--features", "wgpu,cuda", "--example",
+                    "cuda_source", "--", out_dir, str(a.head_dim), str(a.rows), "0" if a.no_unroll else "1"],
+                   cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
+    lib = ctypes.CDLL(nvrtc)
+    print(f"head dim {a.head_dim}, {a.rows} row(s) per unit, loops {'rolled' if a.no_unroll else 'unrolled'}, "
+          f"{a.arch}; cubes of 64 units")
+    print(f"{'kernel':<8} {'registers':>9} {'spill st':>9} {'spill ld':>9} {'stack':>6} {'warps/SM cap':>13}")
+    for name in ["forward", "delta", "dq", "dkdv"]:
+        cu = os.path.join(out_dir, f"{name}.cu")
+        ptx_path = cu + ".ptx"
+        with open(ptx_path, "wb") as f:
+            f.write(nvrtc_ptx(lib, open(cu).read(), a.arch, include))
+        r = ptxas_report(ptxas, ptx_path, a.arch)
+        # Registers are allocated per warp in blocks of 256; cubes of 64 units are two warps.
+        per_warp = -(-r["registers"] * 32 // 256) * 256
+        warps = min(MAX_WARPS, REGISTER_FILE // per_warp // 2 * 2)
+        print(f"{name:<8} {r['registers']:>9} {r['spill_stores']:>8}B {r['spill_loads']:>8}B {r['stack']:>5}B {warps:>13}")
+
+
+if __name__ == "__main__":
+    main()
