@@ -58,10 +58,7 @@ bench() {
 }
 bench --batch 8 --seq 512 --prefix 64   # the issue's shape
 date -u +%T
-bench --batch 2 --seq 128 --prefix 64   # the lavapipe shape
-date -u +%T
-bench --batch 8 --seq 512 --prefix 0
-date -u +%T
+# The profile next (before the other shapes), in case the device time runs out.
 echo "== profiled run (every launch timed on the device; per-kernel summary at each sync)"
 CUBECL_DEBUG_LOG="$out/cubecl-profile.log" "$bin/peft" bench attention --backend cuda --heads 9 \
     --kv-heads 3 --head-dim 64 --batch 8 --seq 512 --prefix 64 --repeats 2 >/dev/null || status=1
@@ -69,6 +66,10 @@ CUBECL_DEBUG_LOG="$out/cubecl-profile.log" "$bin/peft" bench attention --backend
 grep -E '^\|' "$out/cubecl-profile.log" >"$out/cubecl-profile.txt" || true
 xz -f "$out/cubecl-profile.log" || true
 grep -E '^\| (Forward|Delta|Dq|Dkdv)Kernel|^\| Total' "$out/cubecl-profile.txt" | tail -12 || true
+date -u +%T
+bench --batch 2 --seq 128 --prefix 64   # the lavapipe shape
+date -u +%T
+bench --batch 8 --seq 512 --prefix 0
 date -u +%T
 python3 - "$out/bench.jsonl" <<'EOF' || true
 import json, sys

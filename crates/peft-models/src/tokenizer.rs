@@ -24,11 +24,18 @@ pub struct Tokenizer {
     pad: Option<u32>,
 }
 
-/// Builds a `tokenizers` tokenizer from its JSON. The `tokenizers` crate panics on some
-/// malformed files (found by fuzzing: an invalid UTF-8 byte inside a JSON key); the panic is
-/// caught and returned as an error, like any other malformed file.
+/// Builds a `tokenizers` tokenizer from its JSON. JSON is UTF-8, and the `tokenizers` crate
+/// panics on some files that are not (found by fuzzing: an invalid byte inside a JSON key), so
+/// the text is checked first and a bad byte is reported by its offset. Any other panic of the
+/// crate is caught and returned as an error too, like any other malformed file.
 fn parse(json: &[u8]) -> std::result::Result<tokenizers::Tokenizer, String> {
-    match std::panic::catch_unwind(|| tokenizers::Tokenizer::from_bytes(json)) {
+    let text = std::str::from_utf8(json).map_err(|e| {
+        format!(
+            "invalid tokenizer JSON: not UTF-8 at byte {}",
+            e.valid_up_to()
+        )
+    })?;
+    match std::panic::catch_unwind(|| text.parse::<tokenizers::Tokenizer>()) {
         Ok(Ok(t)) => Ok(t),
         Ok(Err(e)) => Err(e.to_string()),
         Err(panic) => Err(format!(
