@@ -124,26 +124,78 @@ impl Visibility {
     }
 }
 
-/// Highest sequence key any row of this cube can see, plus one (the end of the useful columns).
-#[cube]
-fn cube_column_end(
-    row_start: usize,
-    cube_rows: usize,
-    rows: usize,
+/// The query rows of one cube of the forward and dQ kernels. Queries are viewed per key/value
+/// head: the `g·L` rows of head `kv` of batch row `b` (row `r` is query head `kv·g + r / L`,
+/// position `r % L`); the cube owns rows `[start, start + cube_rows)`, and slot `s` of unit `u`
+/// is row `start + s·CUBE_DIM + u`.
+#[derive(CubeType, Clone, Copy)]
+struct QueryBlock {
+    b: usize,
+    kv: usize,
+    heads: usize,
+    g: usize,
     l: usize,
-    prefix: usize,
-    seq: usize,
-) -> usize {
-    let cube_end = row_start + cube_rows;
-    let last = select(cube_end < rows, cube_end, rows) - 1;
-    // Rows of several heads in one cube (a cube spans `CUBE_DIM·R` rows): a later head restarts
-    // at position 0, an earlier one reaches position L - 1.
-    let mut max_i = last % l;
-    if row_start / l != last / l {
-        max_i = l - 1;
+    rows: usize,
+    start: usize,
+    cube_rows: usize,
+}
+
+#[cube]
+impl QueryBlock {
+    /// The block of this cube (`CUBE_POS_X` over the rows, `CUBE_POS_Y` over batch·kv heads),
+    /// for queries `q` `[B, H, L, ·]` and `kv_heads` key/value heads.
+    fn of_cube<F: Float, N: Size>(
+        q: &Tensor<Vector<F, N>>,
+        kv_heads: usize,
+        #[comptime] rows_per_unit: usize,
+    ) -> QueryBlock {
+        let heads = q.shape(1);
+        let l = q.shape(2);
+        let g = heads / kv_heads;
+        let bkv = CUBE_POS_Y as usize;
+        let cube_rows = CUBE_DIM_X as usize * rows_per_unit;
+        QueryBlock {
+            b: bkv / kv_heads,
+            kv: bkv % kv_heads,
+            heads,
+            g,
+            l,
+            rows: g * l,
+            start: CUBE_POS_X as usize * cube_rows,
+            cube_rows,
+        }
     }
-    let reach = max_i + (seq - l) + 1;
-    prefix + select(reach < seq, reach, seq)
+
+    /// The row of this unit's slot `s` (at or past `rows` for an unused slot).
+    fn row(&self, s: usize) -> usize {
+        self.start + s * CUBE_DIM_X as usize + UNIT_POS_X as usize
+    }
+
+    /// Where row `row` is in `[B, H, L]` order (valid for `row < rows`).
+    fn index(&self, row: usize) -> usize {
+        (self.b * self.heads + self.kv * self.g + row / self.l) * self.l + row % self.l
+    }
+
+    /// The query position of `row`, or `l` (never visible) past the last row.
+    fn position(&self, row: usize) -> usize {
+        select(row < self.rows, row % self.l, self.l)
+    }
+
+    /// Highest sequence key any row of this cube can see, plus one (the end of the useful
+    /// columns of `[prefix ; sequence]`).
+    fn column_end(&self, prefix: usize, seq: usize) -> usize {
+        let l = self.l;
+        let cube_end = self.start + self.cube_rows;
+        let last = select(cube_end < self.rows, cube_end, self.rows) - 1;
+        // Rows of several heads in one cube (a cube spans `CUBE_DIM·R` rows): a later head
+        // restarts at position 0, an earlier one reaches position L - 1.
+        let mut max_i = last % l;
+        if self.start / l != last / l {
+            max_i = l - 1;
+        }
+        let reach = max_i + (seq - l) + 1;
+        prefix + select(reach < seq, reach, seq)
+    }
 }
 
 /// Stages key/value columns `[tile, tile + bk)` of `[prefix ; sequence]` in shared memory (zeros
@@ -214,20 +266,13 @@ pub fn forward_kernel<F: Float, I: Int, N: Size>(
     #[define(F, I)] _dtypes: [StorageType; 2],
 ) {
     let batch = q.shape(0);
-    let heads = q.shape(1);
-    let l = q.shape(2);
     let kv_heads = k.shape(1);
     let seq = k.shape(2);
-    let g = heads / kv_heads;
-    let rows = g * l;
     let prefix = prefix as usize;
     let shared = prefix_shared != 0;
-    let bkv = CUBE_POS_Y as usize;
-    let b = bkv / kv_heads;
-    let kv = bkv % kv_heads;
-    let cube_rows = CUBE_DIM_X as usize * rows_per_unit;
-    let row_start = CUBE_POS_X as usize * cube_rows;
-    let vis = Visibility::of_row(lengths, lengths_given, b, batch, l, prefix, seq);
+    let block = QueryBlock::of_cube(q, kv_heads, rows_per_unit);
+    let (b, kv, rows) = (block.b, block.kv, block.rows);
+    let vis = Visibility::of_row(lengths, lengths_given, b, batch, block.l, prefix, seq);
 
     let zero = Vector::new(F::new(0.0));
     let scale_v = Vector::new(F::cast_from(scale));
@@ -241,9 +286,9 @@ pub fn forward_kernel<F: Float, I: Int, N: Size>(
     let mut pos = Array::<usize>::new(rows_per_unit);
     #[unroll]
     for s in 0..rows_per_unit {
-        let row = row_start + s * CUBE_DIM_X as usize + UNIT_POS_X as usize;
-        let r = (b * heads + kv * g + row / l) * l + row % l;
-        pos[s] = select(row < rows, row % l, l);
+        let row = block.row(s);
+        let r = block.index(row);
+        pos[s] = block.position(row);
         m[s] = F::new(NEG_LARGE);
         den[s] = F::new(0.0);
         #[unroll(unroll)]
@@ -258,7 +303,7 @@ pub fn forward_kernel<F: Float, I: Int, N: Size>(
 
     let mut ks = SharedMemory::<Vector<F, N>>::new(bk * dl);
     let mut vs = SharedMemory::<Vector<F, N>>::new(bk * dl);
-    let end = cube_column_end(row_start, cube_rows, rows, l, prefix, seq);
+    let end = block.column_end(prefix, seq);
     let mut tile = 0;
     while tile < end {
         stage_columns::<F, N>(
@@ -319,9 +364,9 @@ pub fn forward_kernel<F: Float, I: Int, N: Size>(
     }
     #[unroll]
     for s in 0..rows_per_unit {
-        let row = row_start + s * CUBE_DIM_X as usize + UNIT_POS_X as usize;
+        let row = block.row(s);
         if row < rows {
-            let r = (b * heads + kv * g + row / l) * l + row % l;
+            let r = block.index(row);
             let mut inv = F::new(0.0);
             let mut row_lse = F::new(NEG_LARGE);
             if den[s] > F::new(0.0) {
@@ -390,21 +435,14 @@ pub fn dq_kernel<F: Float, I: Int, N: Size>(
     #[define(F, I)] _dtypes: [StorageType; 2],
 ) {
     let batch = q.shape(0);
-    let heads = q.shape(1);
-    let l = q.shape(2);
     let kv_heads = k.shape(1);
     let seq = k.shape(2);
-    let g = heads / kv_heads;
-    let rows = g * l;
     let prefix = prefix as usize;
     let shared = prefix_shared != 0;
-    let bkv = CUBE_POS_Y as usize;
-    let b = bkv / kv_heads;
-    let kv = bkv % kv_heads;
-    let cube_rows = CUBE_DIM_X as usize * rows_per_unit;
-    let row_start = CUBE_POS_X as usize * cube_rows;
-    let vis = Visibility::of_row(lengths, lengths_given, b, batch, l, prefix, seq);
-    let n_rows = batch * heads * l;
+    let block = QueryBlock::of_cube(q, kv_heads, rows_per_unit);
+    let (b, kv, rows) = (block.b, block.kv, block.rows);
+    let vis = Visibility::of_row(lengths, lengths_given, b, batch, block.l, prefix, seq);
+    let n_rows = batch * q.shape(1) * block.l;
 
     let zero = Vector::new(F::new(0.0));
     let scale_v = Vector::new(F::cast_from(scale));
@@ -418,9 +456,9 @@ pub fn dq_kernel<F: Float, I: Int, N: Size>(
     let mut dp = Array::<F>::new(rows_per_unit);
     #[unroll]
     for s in 0..rows_per_unit {
-        let row = row_start + s * CUBE_DIM_X as usize + UNIT_POS_X as usize;
-        let r = (b * heads + kv * g + row / l) * l + row % l;
-        pos[s] = select(row < rows, row % l, l);
+        let row = block.row(s);
+        let r = block.index(row);
+        pos[s] = block.position(row);
         row_lse[s] = F::new(0.0);
         row_delta[s] = F::new(0.0);
         if row < rows {
@@ -440,7 +478,7 @@ pub fn dq_kernel<F: Float, I: Int, N: Size>(
     }
     let mut ks = SharedMemory::<Vector<F, N>>::new(bk * dl);
     let mut vs = SharedMemory::<Vector<F, N>>::new(bk * dl);
-    let end = cube_column_end(row_start, cube_rows, rows, l, prefix, seq);
+    let end = block.column_end(prefix, seq);
     let mut tile = 0;
     while tile < end {
         stage_columns::<F, N>(
@@ -489,9 +527,9 @@ pub fn dq_kernel<F: Float, I: Int, N: Size>(
     }
     #[unroll]
     for s in 0..rows_per_unit {
-        let row = row_start + s * CUBE_DIM_X as usize + UNIT_POS_X as usize;
+        let row = block.row(s);
         if row < rows {
-            let r = (b * heads + kv * g + row / l) * l + row % l;
+            let r = block.index(row);
             #[unroll(unroll)]
             for t in 0..dl {
                 dq[r * dl + t] = acc[s * dl + t] * scale_v;
