@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Registers and spills of the fused prefix-attention kernels on an NVIDIA architecture, without a GPU.
 
-  python3 scripts/kernel_registers.py [--head-dim 64] [--rows 1] [--no-unroll] [--arch sm_90a]
+  python3 scripts/kernel_registers.py [--head-dim 64] [--rows 1] [--lanes 1] [--no-unroll] [--arch sm_90a]
 
 1. `cargo run --example cuda_source` writes the CUDA C++ that CubeCL's CUDA runtime would compile
    for each kernel (the kernels are expanded through a wgpu client; lavapipe is enough).
@@ -80,18 +80,21 @@ def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--head-dim", type=int, default=64)
     p.add_argument("--rows", type=int, default=1, help="rows (columns for dK/dV) per unit, as PEFT_KERNEL_ROWS")
+    p.add_argument("--lanes", type=int, default=1,
+                   help="units sharing one row or column (1, 2 or 4), as PEFT_KERNEL_LANES")
     p.add_argument("--no-unroll", action="store_true", help="roll the head-dimension loops (PEFT_KERNEL_UNROLL=0)")
     p.add_argument("--arch", default="sm_90a", help="ptxas architecture (sm_90a: H100/H200, sm_80: A100)")
     a = p.parse_args()
 
     nvrtc, ptxas, include = tools()
-    out_dir = os.path.join(ROOT, "target", "cuda-source", f"d{a.head_dim}-r{a.rows}-u{int(not a.no_unroll)}")
+    out_dir = os.path.join(ROOT, "target", "cuda-source", f"d{a.head_dim}-r{a.rows}-w{a.lanes}-u{int(not a.no_unroll)}")
     subprocess.run(["cargo", "run", "--quiet", "-p", "peft-kernels", "--features", "wgpu,cuda", "--example",
-                    "cuda_source", "--", out_dir, str(a.head_dim), str(a.rows), "0" if a.no_unroll else "1"],
+                    "cuda_source", "--", out_dir, str(a.head_dim), str(a.rows), "0" if a.no_unroll else "1", str(a.lanes)],
                    cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
     lib = ctypes.CDLL(nvrtc)
-    print(f"head dim {a.head_dim}, {a.rows} row(s) per unit, loops {'rolled' if a.no_unroll else 'unrolled'}, "
-          f"{a.arch}; cubes of 64 units")
+    print(f"head dim {a.head_dim}, {a.rows} row(s) per unit, {a.lanes} lane(s) per row, "
+          f"loops {'rolled' if a.no_unroll else 'unrolled'}, {a.arch}; cubes of {64 * a.lanes} units "
+          f"(delta: 64)")
     print(f"{'kernel':<8} {'registers':>9} {'spill st':>9} {'spill ld':>9} {'stack':>6} {'warps/SM cap':>13}")
     for name in ["forward", "delta", "dq", "dkdv"]:
         cu = os.path.join(out_dir, f"{name}.cu")
@@ -99,9 +102,11 @@ def main():
         with open(ptx_path, "wb") as f:
             f.write(nvrtc_ptx(lib, open(cu).read(), a.arch, include))
         r = ptxas_report(ptxas, ptx_path, a.arch)
-        # Registers are allocated per warp in blocks of 256; cubes of 64 units are two warps.
+        # Registers are allocated per warp in blocks of 256, and warps come in whole cubes
+        # (64 units, times the lanes except for delta).
         per_warp = -(-r["registers"] * 32 // 256) * 256
-        warps = min(MAX_WARPS, REGISTER_FILE // per_warp // 2 * 2)
+        cube_warps = 2 if name == "delta" else 2 * a.lanes
+        warps = min(MAX_WARPS, REGISTER_FILE // per_warp // cube_warps * cube_warps)
         print(f"{name:<8} {r['registers']:>9} {r['spill_stores']:>8}B {r['spill_loads']:>8}B {r['stack']:>5}B {warps:>13}")
 
 

@@ -23,9 +23,9 @@ cargo test --quiet -p peft-kernels -p peft-models -p burn-peft \
 step "fuzz smoke run (10 s per parser; scripts/fuzz.sh SECONDS for longer runs)"
 FUZZ_PROFILE=dev scripts/fuzz.sh 10
 
-step "CUDA compile check, and the kernels' CUDA C++ generated through lavapipe"
+step "CUDA compile check, the kernels' CUDA C++ generated through lavapipe, and the CubeCL launch-choice unit tests"
 cargo build --quiet -p peft-cli --features cuda
-cargo test --quiet -p peft-kernels --features wgpu,cuda --test cuda_source
+cargo test --quiet -p peft-kernels --features wgpu,cuda --lib --test cuda_source
 
 step "clippy"
 cargo clippy --workspace --all-targets --quiet -- -D warnings

@@ -3,7 +3,7 @@
 //! `ptxas -v` to report registers and spills.
 //!
 //! ```sh
-//! cargo run -p peft-kernels --features wgpu,cuda --example cuda_source -- OUT_DIR [HEAD_DIM ROWS_PER_UNIT UNROLL]
+//! cargo run -p peft-kernels --features wgpu,cuda --example cuda_source -- OUT_DIR [HEAD_DIM ROWS_PER_UNIT UNROLL LANES]
 //! ```
 
 use std::{path::PathBuf, process::ExitCode};
@@ -13,7 +13,7 @@ use peft_kernels::cube::cuda_source::{SourceConfig, cuda_sources};
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let usage = "usage: cuda_source OUT_DIR [HEAD_DIM=64 ROWS_PER_UNIT=1 UNROLL=1]";
+    let usage = "usage: cuda_source OUT_DIR [HEAD_DIM=64 ROWS_PER_UNIT=1 UNROLL=1 LANES=1]";
     let Some(out) = args.first().map(PathBuf::from) else {
         eprintln!("{usage}");
         return ExitCode::from(2);
@@ -24,13 +24,14 @@ fn main() -> ExitCode {
                 .map_err(|_| format!("argument {i}: `{v}` is not a number\n{usage}"))
         })
     };
-    let config = match (num(1, 64), num(2, 1), num(3, 1)) {
-        (Ok(head_dim), Ok(rows_per_unit), Ok(unroll)) => SourceConfig {
+    let config = match (num(1, 64), num(2, 1), num(3, 1), num(4, 1)) {
+        (Ok(head_dim), Ok(rows_per_unit), Ok(unroll), Ok(lanes)) => SourceConfig {
             head_dim,
             rows_per_unit,
+            lanes,
             unroll: unroll != 0,
         },
-        (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => {
+        (Err(e), ..) | (_, Err(e), ..) | (_, _, Err(e), _) | (.., Err(e)) => {
             eprintln!("{e}");
             return ExitCode::from(2);
         }

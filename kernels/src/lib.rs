@@ -43,6 +43,7 @@
 mod autodiff;
 pub mod backends;
 pub mod baseline;
+mod layout;
 mod op;
 mod path;
 mod reference;
@@ -50,6 +51,7 @@ mod reference;
 #[cfg(feature = "cube")]
 pub mod cube;
 
+pub use layout::{LANE_COUNTS, LanesError, lanes_per_row_override, set_lanes_per_row};
 pub use op::{
     AttentionGrads, PrefixAttention, PrefixAttentionArgs, PrefixAttentionAutodiffBackend,
     PrefixAttentionBackend,

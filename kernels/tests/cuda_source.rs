@@ -5,10 +5,11 @@
 use cubecl::wgpu::WgpuDevice;
 use peft_kernels::cube::cuda_source::{SourceConfig, SourceError, cuda_sources};
 
-fn sources(head_dim: usize, rows_per_unit: usize) -> Vec<(&'static str, String)> {
+fn sources(head_dim: usize, rows_per_unit: usize, lanes: usize) -> Vec<(&'static str, String)> {
     let config = SourceConfig {
         head_dim,
         rows_per_unit,
+        lanes,
         unroll: true,
     };
     cuda_sources(&WgpuDevice::Cpu, config)
@@ -29,7 +30,7 @@ fn vector_arrays(source: &str) -> Vec<usize> {
 
 #[test]
 fn every_kernel_is_a_cuda_entry_point_for_float4_rows() {
-    let all = sources(64, 1);
+    let all = sources(64, 1, 1);
     let names: Vec<_> = all.iter().map(|(n, _)| *n).collect();
     assert_eq!(names, ["forward", "delta", "dq", "dkdv"]);
     for (name, source) in &all {
@@ -47,18 +48,63 @@ fn every_kernel_is_a_cuda_entry_point_for_float4_rows() {
 }
 
 #[test]
-fn rows_per_unit_and_head_dim_size_the_register_arrays() {
-    // The forward keeps the unit's query rows and output accumulators: R · d/4 vectors each.
-    for (head_dim, rows) in [(64, 1), (64, 8), (32, 2)] {
-        let all = sources(head_dim, rows);
-        let forward = &all.iter().find(|(n, _)| *n == "forward").unwrap().1;
-        let arrays = vector_arrays(forward);
-        let expected = rows * head_dim / 4;
-        assert_eq!(
-            arrays.iter().filter(|&&n| n == expected).count(),
-            2,
-            "d = {head_dim}, R = {rows}: expected two float_4 arrays of {expected}, found {arrays:?}"
+fn rows_lanes_and_head_dim_size_the_register_arrays() {
+    // Units keep R rows (columns) of d/4 vectors, a W-th of each with W lanes: the forward its
+    // query rows and output accumulators (2 arrays), dQ also its output-gradient rows (3), dK/dV
+    // its key and value columns and their accumulators (4).
+    for (head_dim, rows, lanes) in [(64, 1, 1), (64, 8, 1), (32, 2, 1), (64, 1, 4), (32, 1, 2)] {
+        let all = sources(head_dim, rows, lanes);
+        let expected = rows * head_dim / 4 / lanes;
+        for (kernel, count) in [("forward", 2), ("dq", 3), ("dkdv", 4)] {
+            let arrays = vector_arrays(&all.iter().find(|(n, _)| *n == kernel).unwrap().1);
+            assert_eq!(
+                arrays.iter().filter(|&&n| n == expected).count(),
+                count,
+                "{kernel}, d = {head_dim}, R = {rows}, W = {lanes}: expected {count} float_4 \
+                 arrays of {expected}, found {arrays:?}"
+            );
+        }
+    }
+}
+
+/// The xor masks of the kernel's warp shuffles (`__shfl_xor_sync(-1, VALUE, uint32(MASK))`).
+fn shuffle_masks(source: &str) -> Vec<u32> {
+    source
+        .split("__shfl_xor_sync(-1, ")
+        .skip(1)
+        .filter_map(|rest| {
+            let mask = rest.split_once("uint32(")?.1.split_once(')')?.0;
+            mask.parse().ok()
+        })
+        .collect()
+}
+
+#[test]
+fn lanes_reduce_dot_products_with_warp_shuffles() {
+    // One lane: no shuffles at all.
+    for (name, source) in sources(64, 1, 1) {
+        assert!(
+            !source.contains("__shfl") && !source.contains("__any_sync"),
+            "{name}: plane operations with one lane"
         );
+    }
+    // W lanes: a butterfly of log2(W) steps (xor 1, 2, …) per dot product — one dot product in
+    // the forward, two (scores and dP) in dQ and dK/dV — and the skip is a warp vote.
+    for (lanes, steps) in [(2, vec![1]), (4, vec![1, 2])] {
+        for (name, source) in sources(64, 1, lanes) {
+            let dots = match name {
+                "delta" => 0,
+                "forward" => 1,
+                _ => 2,
+            };
+            let expected: Vec<u32> = (0..dots).flat_map(|_| steps.clone()).collect();
+            assert_eq!(shuffle_masks(&source), expected, "{name}, W = {lanes}");
+            assert_eq!(
+                source.contains("__any_sync(-1"),
+                dots > 0,
+                "{name}, W = {lanes}: the skip must be a warp vote"
+            );
+        }
     }
 }
 
@@ -67,6 +113,7 @@ fn configurations_the_kernels_do_not_take_are_errors() {
     let config = |head_dim, rows_per_unit| SourceConfig {
         head_dim,
         rows_per_unit,
+        lanes: 1,
         unroll: true,
     };
     for head_dim in [0, 129] {
@@ -79,6 +126,17 @@ fn configurations_the_kernels_do_not_take_are_errors() {
         assert!(matches!(
             cuda_sources(&WgpuDevice::Cpu, config(64, rows)),
             Err(SourceError::RowsPerUnit(r)) if r == rows
+        ));
+    }
+    // d = 6 is three 2-float vectors: two lanes cannot split them; 3 and 8 are not lane counts.
+    for (head_dim, lanes) in [(6, 2), (64, 3), (64, 8)] {
+        let config = SourceConfig {
+            lanes,
+            ..config(head_dim, 1)
+        };
+        assert!(matches!(
+            cuda_sources(&WgpuDevice::Cpu, config),
+            Err(SourceError::Lanes { lanes: w, .. }) if w == lanes
         ));
     }
 }

@@ -299,6 +299,25 @@ fn benchmarks_print_well_formed_json() {
 fn bad_input_is_a_clear_error() {
     let dir = tmp("bad");
     let model = tiny().display().to_string();
+    let lanes = |w: &str| {
+        fail(&[
+            "bench",
+            "attention",
+            "--batch",
+            "1",
+            "--seq",
+            "4",
+            "--lanes",
+            w,
+        ])
+    };
+    let err = lanes("3");
+    assert!(
+        err.contains("--lanes 3: the fused kernels take 1, 2 or 4"),
+        "{err}"
+    );
+    let err = lanes("1,2");
+    assert!(err.contains("--lanes: flex has no fused kernels"), "{err}");
     let empty = dir.join("empty.jsonl");
     std::fs::write(&empty, "\n").expect("write");
     let err = fail(&[

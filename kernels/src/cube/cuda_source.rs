@@ -16,7 +16,7 @@ use cubecl::{
     wgpu::{WgpuDevice, WgpuRuntime},
 };
 
-use super::{CUBE_ROWS, TILE, kernels, vector_size};
+use super::{TILE, cube_dim, kernels, vector_size};
 
 /// One kernel's generated CUDA C++.
 #[derive(Debug, Clone)]
@@ -34,6 +34,9 @@ pub struct SourceConfig {
     pub head_dim: usize,
     /// Rows (forward, dQ) or columns (dK/dV) per unit, as `PEFT_KERNEL_ROWS` sets them.
     pub rows_per_unit: usize,
+    /// Units sharing one row or column, as `PEFT_KERNEL_LANES` sets them (1, 2 or 4; must
+    /// divide the row's vectors).
+    pub lanes: usize,
     /// Whether the head-dimension loops are unrolled (`PEFT_KERNEL_UNROLL`).
     pub unroll: bool,
 }
@@ -55,6 +58,16 @@ pub enum SourceError {
     /// Rows per unit other than 1, 2, 4, 8 or 16.
     #[error("{0} rows per unit: the kernels take 1, 2, 4, 8 or 16")]
     RowsPerUnit(usize),
+    /// Lanes per row other than 1, 2 or 4, or not dividing the row's vectors.
+    #[error(
+        "{lanes} lanes per row: the kernels take 1, 2 or 4 dividing the {vectors} vectors of a row"
+    )]
+    Lanes {
+        /// The lanes asked for.
+        lanes: usize,
+        /// Vectors in one row at this head dimension.
+        vectors: usize,
+    },
 }
 
 /// The CUDA C++ of the forward, delta, dQ and dK/dV kernels for `config` (f32 data, u32
@@ -69,18 +82,21 @@ pub fn cuda_sources(
     if !super::ROWS_PER_UNIT.contains(&config.rows_per_unit) {
         return Err(SourceError::RowsPerUnit(config.rows_per_unit));
     }
+    let n = vector_size(config.head_dim);
+    let dl = config.head_dim / n;
+    let (rows, lanes, unroll) = (config.rows_per_unit, config.lanes, config.unroll);
+    if !super::LANES.contains(&lanes) || !dl.is_multiple_of(lanes) {
+        return Err(SourceError::Lanes { lanes, vectors: dl });
+    }
     let client = WgpuRuntime::client(device);
-    let settings = || KernelSettings::default().cube_dim(CubeDim::new_1d(CUBE_ROWS));
+    let settings = |lanes| KernelSettings::default().cube_dim(cube_dim(lanes));
     let t = || TensorCompilationArg { inplace: None };
     let f32_ty = f32::as_type_native_unchecked().storage_type();
     let u32_ty = u32::as_type_native_unchecked().storage_type();
-    let n = vector_size(config.head_dim);
-    let dl = config.head_dim / n;
-    let (rows, unroll) = (config.rows_per_unit, config.unroll);
     let dtypes = [f32_ty, u32_ty];
 
     let forward = kernels::forward_kernel::ForwardKernel::<WgpuRuntime>::new(
-        settings(),
+        settings(lanes),
         client.clone(),
         t(),
         t(),
@@ -98,11 +114,12 @@ pub fn cuda_sources(
         dl,
         TILE,
         rows,
+        lanes,
         unroll,
         dtypes,
     );
     let delta = kernels::delta_kernel::DeltaKernel::<WgpuRuntime>::new(
-        settings(),
+        settings(1),
         client.clone(),
         t(),
         t(),
@@ -114,7 +131,7 @@ pub fn cuda_sources(
         f32_ty,
     );
     let dq = kernels::dq_kernel::DqKernel::<WgpuRuntime>::new(
-        settings(),
+        settings(lanes),
         client.clone(),
         t(),
         t(),
@@ -133,11 +150,12 @@ pub fn cuda_sources(
         dl,
         TILE,
         rows,
+        lanes,
         unroll,
         dtypes,
     );
     let dkdv = kernels::dkdv_kernel::DkdvKernel::<WgpuRuntime>::new(
-        settings(),
+        settings(lanes),
         client,
         t(),
         t(),
@@ -159,6 +177,7 @@ pub fn cuda_sources(
         dl,
         TILE,
         rows,
+        lanes,
         unroll,
         dtypes,
     );

@@ -22,7 +22,12 @@
 //!   one unit: no atomics, deterministic. The per-head partials `[g, B, Hkv, ·, d]` are summed
 //!   afterwards (and over the batch for a shared prefix).
 //!
-//! `R` is 1 on GPUs and 8 on CPU Vulkan drivers (see `rows_per_unit` in the parent module).
+//! * Lanes: with `lanes = W > 1`, `W` consecutive units share each of those rows or columns,
+//!   each holding every `W`-th vector of it, and reduce the dot products with plane shuffles
+//!   ([`Lanes`], [`lane_sum`]): `1/W` of the registers per unit, for the GPU backward.
+//!
+//! `R` is 1 on GPUs and 8 on CPU Vulkan drivers, `W` 1 on CPU drivers and by head dimension on
+//! GPUs (see `rows_per_unit` and `lanes_per_row` in the parent module).
 //!
 //! A score of a hidden pair is never used: hidden pairs are skipped, not masked with `-inf`
 //! (WGSL has no `-inf` literal). A row with no visible column outputs zeros and its log-sum-exp
@@ -124,10 +129,77 @@ impl Visibility {
     }
 }
 
+/// How a unit's rows (or columns) are split over lanes. With `lanes = W > 1`, `W` consecutive
+/// units of a plane share each row: lane `w` holds vectors `w, w + W, w + 2W, …` of it (so the
+/// `W` lanes read `W` adjacent vectors of a staged tile), and a dot product is the lane's partial
+/// sum reduced over the `W` lanes with plane shuffles. Fewer registers per unit (a row's vectors
+/// are spread over `W` units) for `W` times the units and the reductions; the GPU layout for the
+/// backward kernels, whose whole rows exceed the register file at `d = 64` (docs/kernels.md).
+#[derive(CubeType, Clone, Copy)]
+struct Lanes {
+    /// This unit's lane within its row, `UNIT_POS % lanes`.
+    lane: usize,
+    /// Rows between a unit's consecutive slots: `CUBE_DIM / lanes`.
+    step: usize,
+    /// This unit's row within a slot, `UNIT_POS / lanes`.
+    first: usize,
+}
+
+#[cube]
+impl Lanes {
+    fn of_unit(#[comptime] lanes: usize) -> Lanes {
+        let unit = UNIT_POS_X as usize;
+        Lanes {
+            lane: unit % lanes,
+            step: CUBE_DIM_X as usize / lanes,
+            first: unit / lanes,
+        }
+    }
+
+    /// The offset, from the cube's first row, of this unit's slot `s`.
+    fn slot(&self, s: usize) -> usize {
+        s * self.step + self.first
+    }
+
+    /// Where this lane's `t`-th vector is in a row of `dl` vectors.
+    fn vector(&self, t: usize, #[comptime] lanes: usize) -> usize {
+        self.lane + lanes * t
+    }
+}
+
+/// Sum of `x` over the `lanes` consecutive units that share a row (butterfly of plane shuffles;
+/// every lane gets the same bits). Must be reached by the whole plane (uniform control flow).
+#[cube]
+fn lane_sum<F: Float>(x: F, #[comptime] lanes: usize) -> F {
+    let mut sum = x;
+    if comptime!(lanes >= 2) {
+        sum += plane_shuffle_xor(sum, 1u32);
+    }
+    if comptime!(lanes >= 4) {
+        sum += plane_shuffle_xor(sum, 2u32);
+    }
+    if comptime!(lanes >= 8) {
+        sum += plane_shuffle_xor(sum, 4u32);
+    }
+    sum
+}
+
+/// `any` of this unit, or of the plane when rows are split over lanes (the shuffles that follow
+/// must then be reached by every unit of the plane).
+#[cube]
+fn plane_uniform(any: bool, #[comptime] lanes: usize) -> bool {
+    let mut out = any;
+    if comptime!(lanes > 1) {
+        out = plane_any(any);
+    }
+    out
+}
+
 /// The query rows of one cube of the forward and dQ kernels. Queries are viewed per key/value
 /// head: the `g·L` rows of head `kv` of batch row `b` (row `r` is query head `kv·g + r / L`,
-/// position `r % L`); the cube owns rows `[start, start + cube_rows)`, and slot `s` of unit `u`
-/// is row `start + s·CUBE_DIM + u`.
+/// position `r % L`); the cube owns rows `[start, start + cube_rows)`. A row is shared by
+/// `lanes` consecutive units ([`Lanes`]); slot `s` of unit `u` is row
+/// `start + s·(CUBE_DIM / lanes) + u / lanes`.
 #[derive(CubeType, Clone, Copy)]
 struct QueryBlock {
     b: usize,
@@ -138,6 +210,7 @@ struct QueryBlock {
     rows: usize,
     start: usize,
     cube_rows: usize,
+    lanes: Lanes,
 }
 
 #[cube]
@@ -148,12 +221,14 @@ impl QueryBlock {
         q: &Tensor<Vector<F, N>>,
         kv_heads: usize,
         #[comptime] rows_per_unit: usize,
+        #[comptime] lanes: usize,
     ) -> QueryBlock {
         let heads = q.shape(1);
         let l = q.shape(2);
         let g = heads / kv_heads;
         let bkv = CUBE_POS_Y as usize;
-        let cube_rows = CUBE_DIM_X as usize * rows_per_unit;
+        let lanes = Lanes::of_unit(lanes);
+        let cube_rows = lanes.step * rows_per_unit;
         QueryBlock {
             b: bkv / kv_heads,
             kv: bkv % kv_heads,
@@ -163,12 +238,13 @@ impl QueryBlock {
             rows: g * l,
             start: CUBE_POS_X as usize * cube_rows,
             cube_rows,
+            lanes,
         }
     }
 
     /// The row of this unit's slot `s` (at or past `rows` for an unused slot).
     fn row(&self, s: usize) -> usize {
-        self.start + s * CUBE_DIM_X as usize + UNIT_POS_X as usize
+        self.start + self.lanes.slot(s)
     }
 
     /// Where row `row` is in `[B, H, L]` order (valid for `row < rows`).
@@ -241,9 +317,9 @@ fn stage_columns<F: Float, N: Size>(
     }
 }
 
-/// Forward pass. Outputs `out` `[B, H, L, d]` and `lse` `[B, H, L]`. Each unit owns `rows`
-/// query rows (`row_start + slot · CUBE_DIM + UNIT_POS`), so every key/value vector read from
-/// shared memory serves `rows` rows.
+/// Forward pass. Outputs `out` `[B, H, L, d]` and `lse` `[B, H, L]`. Each unit owns
+/// `rows_per_unit` query rows, each shared with `lanes - 1` neighbouring units ([`Lanes`]), so
+/// every key/value vector read from shared memory serves `rows_per_unit` rows.
 #[cube(launch)]
 #[allow(clippy::too_many_arguments)]
 pub fn forward_kernel<F: Float, I: Int, N: Size>(
@@ -262,6 +338,7 @@ pub fn forward_kernel<F: Float, I: Int, N: Size>(
     #[comptime] dl: usize,
     #[comptime] bk: usize,
     #[comptime] rows_per_unit: usize,
+    #[comptime] lanes: usize,
     #[comptime] unroll: bool,
     #[define(F, I)] _dtypes: [StorageType; 2],
 ) {
@@ -270,14 +347,16 @@ pub fn forward_kernel<F: Float, I: Int, N: Size>(
     let seq = k.shape(2);
     let prefix = prefix as usize;
     let shared = prefix_shared != 0;
-    let block = QueryBlock::of_cube(q, kv_heads, rows_per_unit);
-    let (b, kv, rows) = (block.b, block.kv, block.rows);
+    let block = QueryBlock::of_cube(q, kv_heads, rows_per_unit, lanes);
+    let (b, kv, rows, ln) = (block.b, block.kv, block.rows, block.lanes);
     let vis = Visibility::of_row(lengths, lengths_given, b, batch, block.l, prefix, seq);
+    // Vectors of a row held by this unit.
+    let dw = comptime!(dl / lanes);
 
     let zero = Vector::new(F::new(0.0));
     let scale_v = Vector::new(F::cast_from(scale));
-    let mut qr = Array::<Vector<F, N>>::new(rows_per_unit * dl);
-    let mut acc = Array::<Vector<F, N>>::new(rows_per_unit * dl);
+    let mut qr = Array::<Vector<F, N>>::new(rows_per_unit * dw);
+    let mut acc = Array::<Vector<F, N>>::new(rows_per_unit * dw);
     let mut m = Array::<F>::new(rows_per_unit);
     let mut den = Array::<F>::new(rows_per_unit);
     let mut score = Array::<F>::new(rows_per_unit);
@@ -292,11 +371,11 @@ pub fn forward_kernel<F: Float, I: Int, N: Size>(
         m[s] = F::new(NEG_LARGE);
         den[s] = F::new(0.0);
         #[unroll(unroll)]
-        for t in 0..dl {
-            acc[s * dl + t] = zero;
-            qr[s * dl + t] = zero;
+        for t in 0..dw {
+            acc[s * dw + t] = zero;
+            qr[s * dw + t] = zero;
             if row < rows {
-                qr[s * dl + t] = q[r * dl + t] * scale_v;
+                qr[s * dw + t] = q[r * dl + ln.vector(t, lanes)] * scale_v;
             }
         }
     }
@@ -312,49 +391,50 @@ pub fn forward_kernel<F: Float, I: Int, N: Size>(
         sync_cube();
         for j in 0..bk {
             let c = tile + j;
-            // Skip the column unless one of the unit's rows sees it.
-            let any = vis.any_sees(c, &pos, rows_per_unit);
+            // Skip the column unless one of the unit's rows (of the plane's, with lanes) sees it.
+            let any = plane_uniform(vis.any_sees(c, &pos, rows_per_unit), lanes);
             if c < end && any {
                 #[unroll]
                 for s in 0..rows_per_unit {
                     score[s] = F::new(0.0);
                 }
                 #[unroll(unroll)]
-                for t in 0..dl {
-                    let kvec = ks[j * dl + t];
+                for t in 0..dw {
+                    let kvec = ks[j * dl + ln.vector(t, lanes)];
                     #[unroll]
                     for s in 0..rows_per_unit {
-                        score[s] += qr[s * dl + t].dot(kvec);
+                        score[s] += qr[s * dw + t].dot(kvec);
                     }
                 }
                 // Online softmax: a row's sums are rescaled only when its maximum grows;
                 // hidden pairs add nothing (p = 0).
                 #[unroll]
                 for s in 0..rows_per_unit {
+                    let sc = lane_sum::<F>(score[s], lanes);
                     let seen = vis.sees(c, pos[s]);
                     let mut p = F::new(0.0);
                     if seen {
-                        if score[s] > m[s] {
-                            let correction = F::exp(m[s] - score[s]);
+                        if sc > m[s] {
+                            let correction = F::exp(m[s] - sc);
                             den[s] *= correction;
                             let cv = Vector::new(correction);
                             #[unroll(unroll)]
-                            for t in 0..dl {
-                                acc[s * dl + t] *= cv;
+                            for t in 0..dw {
+                                acc[s * dw + t] *= cv;
                             }
-                            m[s] = score[s];
+                            m[s] = sc;
                         }
-                        p = F::exp(score[s] - m[s]);
+                        p = F::exp(sc - m[s]);
                         den[s] += p;
                     }
                     pr[s] = p;
                 }
                 #[unroll(unroll)]
-                for t in 0..dl {
-                    let vvec = vs[j * dl + t];
+                for t in 0..dw {
+                    let vvec = vs[j * dl + ln.vector(t, lanes)];
                     #[unroll]
                     for s in 0..rows_per_unit {
-                        acc[s * dl + t] += Vector::new(pr[s]) * vvec;
+                        acc[s * dw + t] += Vector::new(pr[s]) * vvec;
                     }
                 }
             }
@@ -375,10 +455,12 @@ pub fn forward_kernel<F: Float, I: Int, N: Size>(
             }
             let inv_v = Vector::new(inv);
             #[unroll(unroll)]
-            for t in 0..dl {
-                out[r * dl + t] = acc[s * dl + t] * inv_v;
+            for t in 0..dw {
+                out[r * dl + ln.vector(t, lanes)] = acc[s * dw + t] * inv_v;
             }
-            lse[r] = row_lse;
+            if ln.lane == 0 {
+                lse[r] = row_lse;
+            }
         }
     }
 }
@@ -411,7 +493,7 @@ pub fn delta_kernel<F: Float, N: Size>(
 
 /// Query gradient `dq` `[B, H, L, d]`, recomputing probabilities from the log-sum-exp.
 /// `stats` is `[2, B, H, L]`: the log-sum-exp then `delta`. Rows are split over units as in the
-/// forward (`rows_per_unit` to a unit).
+/// forward (`rows_per_unit` to a unit, each shared by `lanes` units).
 #[cube(launch)]
 #[allow(clippy::too_many_arguments)]
 pub fn dq_kernel<F: Float, I: Int, N: Size>(
@@ -431,6 +513,7 @@ pub fn dq_kernel<F: Float, I: Int, N: Size>(
     #[comptime] dl: usize,
     #[comptime] bk: usize,
     #[comptime] rows_per_unit: usize,
+    #[comptime] lanes: usize,
     #[comptime] unroll: bool,
     #[define(F, I)] _dtypes: [StorageType; 2],
 ) {
@@ -439,16 +522,18 @@ pub fn dq_kernel<F: Float, I: Int, N: Size>(
     let seq = k.shape(2);
     let prefix = prefix as usize;
     let shared = prefix_shared != 0;
-    let block = QueryBlock::of_cube(q, kv_heads, rows_per_unit);
-    let (b, kv, rows) = (block.b, block.kv, block.rows);
+    let block = QueryBlock::of_cube(q, kv_heads, rows_per_unit, lanes);
+    let (b, kv, rows, ln) = (block.b, block.kv, block.rows, block.lanes);
     let vis = Visibility::of_row(lengths, lengths_given, b, batch, block.l, prefix, seq);
     let n_rows = batch * q.shape(1) * block.l;
+    // Vectors of a row held by this unit.
+    let dw = comptime!(dl / lanes);
 
     let zero = Vector::new(F::new(0.0));
     let scale_v = Vector::new(F::cast_from(scale));
-    let mut qr = Array::<Vector<F, N>>::new(rows_per_unit * dl);
-    let mut dor = Array::<Vector<F, N>>::new(rows_per_unit * dl);
-    let mut acc = Array::<Vector<F, N>>::new(rows_per_unit * dl);
+    let mut qr = Array::<Vector<F, N>>::new(rows_per_unit * dw);
+    let mut dor = Array::<Vector<F, N>>::new(rows_per_unit * dw);
+    let mut acc = Array::<Vector<F, N>>::new(rows_per_unit * dw);
     let mut pos = Array::<usize>::new(rows_per_unit);
     let mut row_lse = Array::<F>::new(rows_per_unit);
     let mut row_delta = Array::<F>::new(rows_per_unit);
@@ -466,13 +551,14 @@ pub fn dq_kernel<F: Float, I: Int, N: Size>(
             row_delta[s] = stats[n_rows + r];
         }
         #[unroll(unroll)]
-        for t in 0..dl {
-            acc[s * dl + t] = zero;
-            qr[s * dl + t] = zero;
-            dor[s * dl + t] = zero;
+        for t in 0..dw {
+            acc[s * dw + t] = zero;
+            qr[s * dw + t] = zero;
+            dor[s * dw + t] = zero;
             if row < rows {
-                qr[s * dl + t] = q[r * dl + t] * scale_v;
-                dor[s * dl + t] = grad_out[r * dl + t];
+                let at = r * dl + ln.vector(t, lanes);
+                qr[s * dw + t] = q[at] * scale_v;
+                dor[s * dw + t] = grad_out[at];
             }
         }
     }
@@ -487,8 +573,8 @@ pub fn dq_kernel<F: Float, I: Int, N: Size>(
         sync_cube();
         for j in 0..bk {
             let c = tile + j;
-            // Skip the column unless one of the unit's rows sees it.
-            let any = vis.any_sees(c, &pos, rows_per_unit);
+            // Skip the column unless one of the unit's rows (of the plane's, with lanes) sees it.
+            let any = plane_uniform(vis.any_sees(c, &pos, rows_per_unit), lanes);
             if c < end && any {
                 #[unroll]
                 for s in 0..rows_per_unit {
@@ -496,28 +582,31 @@ pub fn dq_kernel<F: Float, I: Int, N: Size>(
                     dp[s] = F::new(0.0);
                 }
                 #[unroll(unroll)]
-                for t in 0..dl {
-                    let kvec = ks[j * dl + t];
-                    let vvec = vs[j * dl + t];
+                for t in 0..dw {
+                    let at = j * dl + ln.vector(t, lanes);
+                    let kvec = ks[at];
+                    let vvec = vs[at];
                     #[unroll]
                     for s in 0..rows_per_unit {
-                        score[s] += qr[s * dl + t].dot(kvec);
-                        dp[s] += dor[s * dl + t].dot(vvec);
+                        score[s] += qr[s * dw + t].dot(kvec);
+                        dp[s] += dor[s * dw + t].dot(vvec);
                     }
                 }
                 // dS = P ∘ (dP − D), zero for hidden pairs (reusing `score`).
                 #[unroll]
                 for s in 0..rows_per_unit {
+                    let sc = lane_sum::<F>(score[s], lanes);
+                    let dps = lane_sum::<F>(dp[s], lanes);
                     let seen = vis.sees(c, pos[s]);
-                    let ds = F::exp(score[s] - row_lse[s]) * (dp[s] - row_delta[s]);
+                    let ds = F::exp(sc - row_lse[s]) * (dps - row_delta[s]);
                     score[s] = select(seen, ds, F::new(0.0));
                 }
                 #[unroll(unroll)]
-                for t in 0..dl {
-                    let kvec = ks[j * dl + t];
+                for t in 0..dw {
+                    let kvec = ks[j * dl + ln.vector(t, lanes)];
                     #[unroll]
                     for s in 0..rows_per_unit {
-                        acc[s * dl + t] += Vector::new(score[s]) * kvec;
+                        acc[s * dw + t] += Vector::new(score[s]) * kvec;
                     }
                 }
             }
@@ -531,18 +620,18 @@ pub fn dq_kernel<F: Float, I: Int, N: Size>(
         if row < rows {
             let r = block.index(row);
             #[unroll(unroll)]
-            for t in 0..dl {
-                dq[r * dl + t] = acc[s * dl + t] * scale_v;
+            for t in 0..dw {
+                dq[r * dl + ln.vector(t, lanes)] = acc[s * dw + t] * scale_v;
             }
         }
     }
 }
 
 /// Per-head partial key and value gradients: units own `cols_per_unit` columns of
-/// `[prefix ; sequence]` (`first + slot · CUBE_DIM + UNIT_POS`) for query head
-/// `h = CUBE_POS_Z` of the group. Sequence columns write `dk`/`dv` `[g, B, Hkv, S, d]`; prefix
-/// columns write `dpk`/`dpv` `[g, B, Hkv, P, d]`. `stats` is `[2, B, H, L]` (log-sum-exp, then
-/// delta).
+/// `[prefix ; sequence]` (`first + slot · CUBE_DIM / lanes + UNIT_POS / lanes`, each column
+/// shared by `lanes` units) for query head `h = CUBE_POS_Z` of the group. Sequence columns write
+/// `dk`/`dv` `[g, B, Hkv, S, d]`; prefix columns write `dpk`/`dpv` `[g, B, Hkv, P, d]`. `stats`
+/// is `[2, B, H, L]` (log-sum-exp, then delta).
 #[cube(launch)]
 #[allow(clippy::too_many_arguments)]
 pub fn dkdv_kernel<F: Float, I: Int, N: Size>(
@@ -565,6 +654,7 @@ pub fn dkdv_kernel<F: Float, I: Int, N: Size>(
     #[comptime] dl: usize,
     #[comptime] bq: usize,
     #[comptime] cols_per_unit: usize,
+    #[comptime] lanes: usize,
     #[comptime] unroll: bool,
     #[define(F, I)] _dtypes: [StorageType; 2],
 ) {
@@ -580,36 +670,40 @@ pub fn dkdv_kernel<F: Float, I: Int, N: Size>(
     let b = bkv / kv_heads;
     let kv = bkv % kv_heads;
     let h = CUBE_POS_Z as usize;
-    let first_col = CUBE_POS_X as usize * CUBE_DIM_X as usize * cols_per_unit;
+    let ln = Lanes::of_unit(lanes);
+    let first_col = CUBE_POS_X as usize * ln.step * cols_per_unit;
     let columns = prefix + seq;
     let vis = Visibility::of_row(lengths, lengths_given, b, batch, l, prefix, seq);
     let n_rows = batch * heads * l;
     let scale_v = Vector::new(F::cast_from(scale));
+    // Vectors of a column held by this unit.
+    let dw = comptime!(dl / lanes);
 
     let zero = Vector::new(F::new(0.0));
-    let mut kr = Array::<Vector<F, N>>::new(cols_per_unit * dl);
-    let mut vr = Array::<Vector<F, N>>::new(cols_per_unit * dl);
-    let mut dk_acc = Array::<Vector<F, N>>::new(cols_per_unit * dl);
-    let mut dv_acc = Array::<Vector<F, N>>::new(cols_per_unit * dl);
+    let mut kr = Array::<Vector<F, N>>::new(cols_per_unit * dw);
+    let mut vr = Array::<Vector<F, N>>::new(cols_per_unit * dw);
+    let mut dk_acc = Array::<Vector<F, N>>::new(cols_per_unit * dw);
+    let mut dv_acc = Array::<Vector<F, N>>::new(cols_per_unit * dw);
     let mut score = Array::<F>::new(cols_per_unit);
     let mut dp = Array::<F>::new(cols_per_unit);
     let mut prob = Array::<F>::new(cols_per_unit);
     #[unroll]
     for s in 0..cols_per_unit {
-        let c = first_col + s * CUBE_DIM_X as usize + UNIT_POS_X as usize;
+        let c = first_col + ln.slot(s);
         let off = column_offset(c, b, kv, kv_heads, prefix, shared, seq, dl);
         #[unroll(unroll)]
-        for t in 0..dl {
-            kr[s * dl + t] = zero;
-            vr[s * dl + t] = zero;
-            dk_acc[s * dl + t] = zero;
-            dv_acc[s * dl + t] = zero;
+        for t in 0..dw {
+            let at = off + ln.vector(t, lanes);
+            kr[s * dw + t] = zero;
+            vr[s * dw + t] = zero;
+            dk_acc[s * dw + t] = zero;
+            dv_acc[s * dw + t] = zero;
             if c < prefix {
-                kr[s * dl + t] = pk[off + t] * scale_v;
-                vr[s * dl + t] = pv[off + t];
+                kr[s * dw + t] = pk[at] * scale_v;
+                vr[s * dw + t] = pv[at];
             } else if c < columns {
-                kr[s * dl + t] = k[off + t] * scale_v;
-                vr[s * dl + t] = v[off + t];
+                kr[s * dw + t] = k[at] * scale_v;
+                vr[s * dw + t] = v[at];
             }
         }
     }
@@ -658,13 +752,15 @@ pub fn dkdv_kernel<F: Float, I: Int, N: Size>(
         sync_cube();
         for j in 0..bq {
             let i = tile + j;
-            // Skip the query row unless one of the unit's columns is seen by it.
+            // Skip the query row unless one of the unit's columns (of the plane's, with lanes)
+            // is seen by it.
             let mut any = false;
             #[unroll]
             for s in 0..cols_per_unit {
-                let c = first_col + s * CUBE_DIM_X as usize + UNIT_POS_X as usize;
+                let c = first_col + ln.slot(s);
                 any = any || (c < columns && vis.sees(c, i));
             }
+            let any = plane_uniform(any, lanes);
             if i < l && any {
                 #[unroll]
                 for s in 0..cols_per_unit {
@@ -672,32 +768,36 @@ pub fn dkdv_kernel<F: Float, I: Int, N: Size>(
                     dp[s] = F::new(0.0);
                 }
                 #[unroll(unroll)]
-                for t in 0..dl {
-                    let qvec = qs[j * dl + t];
-                    let dovec = dos[j * dl + t];
+                for t in 0..dw {
+                    let at = j * dl + ln.vector(t, lanes);
+                    let qvec = qs[at];
+                    let dovec = dos[at];
                     #[unroll]
                     for s in 0..cols_per_unit {
-                        score[s] += qvec.dot(kr[s * dl + t]);
-                        dp[s] += dovec.dot(vr[s * dl + t]);
+                        score[s] += qvec.dot(kr[s * dw + t]);
+                        dp[s] += dovec.dot(vr[s * dw + t]);
                     }
                 }
                 // P and dS = P ∘ (dP − D), zero for hidden pairs (dS reuses `dp`).
                 #[unroll]
                 for s in 0..cols_per_unit {
-                    let c = first_col + s * CUBE_DIM_X as usize + UNIT_POS_X as usize;
+                    let c = first_col + ln.slot(s);
+                    let sc = lane_sum::<F>(score[s], lanes);
+                    let dps = lane_sum::<F>(dp[s], lanes);
                     let seen = c < columns && vis.sees(c, i);
-                    let p = select(seen, F::exp(score[s] - lses[j]), F::new(0.0));
+                    let p = select(seen, F::exp(sc - lses[j]), F::new(0.0));
                     prob[s] = p;
-                    dp[s] = p * (dp[s] - deltas[j]);
+                    dp[s] = p * (dps - deltas[j]);
                 }
                 #[unroll(unroll)]
-                for t in 0..dl {
-                    let qvec = qs[j * dl + t];
-                    let dovec = dos[j * dl + t];
+                for t in 0..dw {
+                    let at = j * dl + ln.vector(t, lanes);
+                    let qvec = qs[at];
+                    let dovec = dos[at];
                     #[unroll]
                     for s in 0..cols_per_unit {
-                        dv_acc[s * dl + t] += Vector::new(prob[s]) * dovec;
-                        dk_acc[s * dl + t] += Vector::new(dp[s]) * qvec;
+                        dv_acc[s * dw + t] += Vector::new(prob[s]) * dovec;
+                        dk_acc[s * dw + t] += Vector::new(dp[s]) * qvec;
                     }
                 }
             }
@@ -707,20 +807,22 @@ pub fn dkdv_kernel<F: Float, I: Int, N: Size>(
     }
     #[unroll]
     for s in 0..cols_per_unit {
-        let c = first_col + s * CUBE_DIM_X as usize + UNIT_POS_X as usize;
+        let c = first_col + ln.slot(s);
         if c < prefix {
             let poff = (((h * batch + b) * kv_heads + kv) * prefix + c) * dl;
             #[unroll(unroll)]
-            for t in 0..dl {
-                dpk[poff + t] = dk_acc[s * dl + t] * scale_v;
-                dpv[poff + t] = dv_acc[s * dl + t];
+            for t in 0..dw {
+                let at = poff + ln.vector(t, lanes);
+                dpk[at] = dk_acc[s * dw + t] * scale_v;
+                dpv[at] = dv_acc[s * dw + t];
             }
         } else if c < columns {
             let soff = (((h * batch + b) * kv_heads + kv) * seq + (c - prefix)) * dl;
             #[unroll(unroll)]
-            for t in 0..dl {
-                dk[soff + t] = dk_acc[s * dl + t] * scale_v;
-                dv[soff + t] = dv_acc[s * dl + t];
+            for t in 0..dw {
+                let at = soff + ln.vector(t, lanes);
+                dk[at] = dk_acc[s * dw + t] * scale_v;
+                dv[at] = dv_acc[s * dw + t];
             }
         }
     }

@@ -147,6 +147,12 @@ fn cube_count(units: usize, groups: usize, per_unit: usize, heads: usize) -> Cub
     )
 }
 
+/// Units of a cube whose rows (or columns) are shared by `lanes` units: the cube still walks
+/// `CUBE_ROWS` rows per slot.
+fn cube_dim(lanes: usize) -> CubeDim {
+    CubeDim::new_1d(CUBE_ROWS * lanes as u32)
+}
+
 /// The rows-per-unit values the kernels are launched with.
 const ROWS_PER_UNIT: [usize; 5] = [1, 2, 4, 8, 16];
 
@@ -169,6 +175,73 @@ fn rows_per_unit<R: CubeRuntime>(t: &CubeTensor<R>) -> usize {
     let cpu_like = R::name(&t.client).contains("wgpu")
         && !t.client.properties().features.plane.contains(Plane::Ops);
     if cpu_like { 8 } else { 1 }
+}
+
+/// Row floats per unit the default lanes aim for (see [`default_lanes`]).
+const ROW_FLOATS_PER_UNIT: usize = 64;
+
+/// The lanes-per-row values the kernels take.
+const LANES: [usize; 3] = crate::LANE_COUNTS;
+
+/// The three kernels that walk rows or columns, for their lanes-per-row choice.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Walk {
+    Forward,
+    Dq,
+    Dkdv,
+}
+
+/// Units that share one query row (forward, dQ) or key column (dK/dV), each holding `1/lanes` of
+/// its `dl` vectors, with dot products reduced over the lanes by plane shuffles.
+///
+/// The default is 1 without plane operations — which cubecl-wgpu does not advertise on CPU
+/// adapters, where rows per unit do that job — and on devices with them the [`default_lanes`]
+/// of the head dimension. [`crate::set_lanes_per_row`], else `PEFT_KERNEL_LANES=1|2|4`,
+/// overrides for all three kernels, also where plane operations are not advertised (the device
+/// must still support subgroup shuffles: lavapipe does, which is how CI tests the layout); a
+/// count that does not divide `dl` or exceeds the plane size falls back to the largest below it
+/// that fits.
+fn lanes_per_row<R: CubeRuntime>(t: &CubeTensor<R>, head_dim: usize, walk: Walk) -> usize {
+    let props = t.client.properties();
+    let dl = head_dim / vector_size(head_dim);
+    let fits = |w: usize| dl.is_multiple_of(w) && w as u32 <= props.hardware.plane_size_min.max(1);
+    let wanted = match crate::lanes_per_row_override().or_else(|| {
+        std::env::var("PEFT_KERNEL_LANES")
+            .ok()
+            .and_then(|v| v.parse::<usize>().ok())
+            .filter(|w| LANES.contains(w))
+    }) {
+        Some(w) => w,
+        None if props.features.plane.contains(Plane::Ops) => default_lanes(head_dim, walk),
+        None => 1,
+    };
+    LANES
+        .into_iter()
+        .rev()
+        .find(|&w| w <= wanted && fits(w))
+        .unwrap_or(1)
+}
+
+/// Floats of whole rows a unit of `walk` holds in registers with one lane, at head dimension
+/// `head_dim`: the forward its query row and accumulator, dQ those and its output-gradient row,
+/// dK/dV its key and value columns and their two accumulators.
+fn row_floats(head_dim: usize, walk: Walk) -> usize {
+    head_dim
+        * match walk {
+            Walk::Forward => 2,
+            Walk::Dq => 3,
+            Walk::Dkdv => 4,
+        }
+}
+
+/// The default lanes per row on devices with plane operations: the fewest that bring a unit's
+/// row floats to [`ROW_FLOATS_PER_UNIT`] or below (at most 4).
+fn default_lanes(head_dim: usize, walk: Walk) -> usize {
+    let floats = row_floats(head_dim, walk);
+    LANES
+        .into_iter()
+        .find(|&w| floats <= ROW_FLOATS_PER_UNIT * w)
+        .unwrap_or(4)
 }
 
 /// Floats per vector in the kernels' row layout: 4 when the head dimension allows it.
@@ -203,10 +276,11 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> PrefixAtte
         let lse = empty(&p.q, Shape::new([d.batch, d.heads, d.queries]), dtype);
         let n = vector_size(d.head_dim);
         let rows = rows_per_unit(&p.q);
+        let lanes = lanes_per_row(&p.q, d.head_dim, Walk::Forward);
         kernels::forward_kernel::launch::<R>(
             &p.q.client,
             cube_count(d.group() * d.queries, d.batch * d.kv_heads, rows, 1),
-            CubeDim::new_1d(CUBE_ROWS),
+            cube_dim(lanes),
             n,
             p.q.clone().into_tensor_arg(),
             p.k.into_tensor_arg(),
@@ -223,6 +297,7 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> PrefixAtte
             d.head_dim / n,
             TILE,
             rows,
+            lanes,
             unroll,
             [dtype.into(), p.lengths.dtype.into()],
         );
@@ -275,10 +350,11 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> PrefixAtte
             Shape::new([d.batch, d.heads, d.queries, d.head_dim]),
             dtype,
         );
+        let lanes = lanes_per_row(&p.q, d.head_dim, Walk::Dq);
         kernels::dq_kernel::launch::<R>(
             &client,
             cube_count(d.group() * d.queries, d.batch * d.kv_heads, rows_per, 1),
-            CubeDim::new_1d(CUBE_ROWS),
+            cube_dim(lanes),
             n,
             p.q.clone().into_tensor_arg(),
             p.k.clone().into_tensor_arg(),
@@ -296,6 +372,7 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> PrefixAtte
             d.head_dim / n,
             TILE,
             rows_per,
+            lanes,
             unroll,
             [dtype.into(), p.lengths.dtype.into()],
         );
@@ -308,10 +385,11 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> PrefixAtte
         let prefix_shape = Shape::new([g, d.batch, d.kv_heads, d.prefix.max(1), d.head_dim]);
         let dpk = empty(&p.q, prefix_shape.clone(), dtype);
         let dpv = empty(&p.q, prefix_shape, dtype);
+        let lanes = lanes_per_row(&p.q, d.head_dim, Walk::Dkdv);
         kernels::dkdv_kernel::launch::<R>(
             &client,
             cube_count(d.prefix + d.keys, d.batch * d.kv_heads, rows_per, g),
-            CubeDim::new_1d(CUBE_ROWS),
+            cube_dim(lanes),
             n,
             p.q.into_tensor_arg(),
             p.k.into_tensor_arg(),
@@ -332,6 +410,7 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> PrefixAtte
             d.head_dim / n,
             TILE,
             rows_per,
+            lanes,
             unroll,
             [dtype.into(), p.lengths.dtype.into()],
         );
@@ -370,6 +449,26 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> PrefixAtte
             value: dv,
             prefix_key,
             prefix_value,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_lanes_bring_whole_rows_to_64_floats_per_unit() {
+        // d = 64, the SmolLM2 head: the forward holds 128 floats of rows, dQ 192, dK/dV 256.
+        assert_eq!(default_lanes(64, Walk::Forward), 2);
+        assert_eq!(default_lanes(64, Walk::Dq), 4);
+        assert_eq!(default_lanes(64, Walk::Dkdv), 4);
+        assert_eq!(default_lanes(32, Walk::Forward), 1);
+        assert_eq!(default_lanes(32, Walk::Dq), 2);
+        assert_eq!(default_lanes(32, Walk::Dkdv), 2);
+        // Past four lanes' worth the kernels take no more.
+        for walk in [Walk::Forward, Walk::Dq, Walk::Dkdv] {
+            assert_eq!(default_lanes(128, walk), 4);
         }
     }
 }

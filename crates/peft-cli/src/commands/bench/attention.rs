@@ -48,6 +48,11 @@ pub struct AttentionBench {
     /// Print one JSON object.
     #[arg(long)]
     pub json: bool,
+    /// Also time the fused kernels with each of these lanes-per-row counts (comma-separated,
+    /// from 1, 2, 4: units sharing one query row or key column), side by side with the
+    /// default layout in the same process. CubeCL backends only.
+    #[arg(long, value_delimiter = ',')]
+    pub lanes: Vec<usize>,
 }
 
 pub(super) struct Attn(pub(super) AttentionBench);
@@ -62,6 +67,14 @@ impl BackendVisitor for Attn {
                 a.heads,
                 a.kv_heads
             );
+        }
+        for &w in &a.lanes {
+            if !peft_kernels::LANE_COUNTS.contains(&w) {
+                bail!("--lanes {w}: the fused kernels take 1, 2 or 4 lanes per row");
+            }
+        }
+        if !a.lanes.is_empty() && !B::has_fused_prefix_attention() {
+            bail!("--lanes: {} has no fused kernels", a.backend);
         }
         let mut report = serde_json::Map::new();
         for (pass, backward) in [("forward", false), ("forward_backward", true)] {
@@ -79,12 +92,24 @@ impl BackendVisitor for Attn {
                        "reference_ms": reference}),
             );
         }
+        let mut by_lanes = Vec::new();
+        for &w in &a.lanes {
+            peft_kernels::set_lanes_per_row(Some(w))?;
+            let forward = time_forward::<B>(&a, Impl::Fused, &device);
+            let forward_backward = time_backward::<Autodiff<B>>(&a, Impl::Fused, &device);
+            by_lanes.push(json!({"lanes": w, "forward_ms": forward,
+                                 "forward_backward_ms": forward_backward}));
+        }
+        peft_kernels::set_lanes_per_row(None)?;
         let fused_available = B::has_fused_prefix_attention();
         if a.json {
             let mut v = serde_json::Value::Object(report);
             v["backend"] = a.backend.name().into();
             v["fused_kernels"] = fused_available.into();
             v["shape"] = json!({"batch": a.batch, "seq": a.seq, "prefix": a.prefix, "heads": a.heads, "kv_heads": a.kv_heads, "head_dim": a.head_dim});
+            if !by_lanes.is_empty() {
+                v["fused_by_lanes"] = by_lanes.into();
+            }
             println!("{v}");
         } else {
             if !fused_available {
@@ -101,6 +126,15 @@ impl BackendVisitor for Attn {
                     ms("unfused_ms"),
                     ms("speedup"),
                     ms("reference_ms"),
+                );
+            }
+            for r in by_lanes {
+                let ms = |key: &str| r[key].as_f64().unwrap_or(f64::NAN);
+                println!(
+                    "fused, {} lane(s) per row: forward {:.2} ms, forward_backward {:.2} ms",
+                    r["lanes"],
+                    ms("forward_ms"),
+                    ms("forward_backward_ms"),
                 );
             }
         }

@@ -1,0 +1,44 @@
+//! The kernels with rows split over lanes (`PEFT_KERNEL_LANES`: several units share a query row
+//! or key column and reduce their dot products with plane shuffles), the layout GPUs use for
+//! the backward at `d = 64`, on wgpu, so CI (lavapipe, where one lane is the default) checks it
+//! against the f64 oracle. Its own test binary: the settings are process-wide.
+#![cfg(feature = "wgpu")]
+
+mod common;
+
+use burn::backend::Wgpu;
+use common::*;
+use peft_kernels::AttentionPath;
+
+fn assert_matches_the_oracle(cases: &[Case], layout: &str) {
+    let dev = Default::default();
+    for c in cases {
+        let r = check::<Wgpu>(c, 13, &dev, AttentionPath::Fused);
+        assert!(
+            !r.non_finite && r.out < OUT_TOL && r.grad < GRAD_TOL,
+            "{layout}, {c:?}: {r:?}"
+        );
+    }
+}
+
+#[test]
+fn rows_split_over_lanes_match_the_oracle() {
+    let mut cases: Vec<Case> = sweep().into_iter().skip(1).step_by(3).collect();
+    cases.push(Case::new(3, 6, 2, 17, 32, 7).key_lengths(vec![17, 5, 0]));
+    cases.push(Case::new(2, 6, 2, 113, 64, 64).per_row_prefix(vec![64, 20]));
+    // Four lanes with one row per unit (the GPU default for dQ and dK/dV at d = 64), set through
+    // the environment.
+    // SAFETY: this binary's only test sets the variables; the kernels read them at launch, on
+    // this thread.
+    unsafe {
+        std::env::set_var("PEFT_KERNEL_ROWS", "1");
+        std::env::set_var("PEFT_KERNEL_LANES", "4");
+    }
+    assert_matches_the_oracle(&cases, "R = 1, W = 4");
+    // Two lanes with two rows per unit (both splits at once), through the process-wide setting,
+    // which takes precedence over the environment.
+    // SAFETY: as above.
+    unsafe { std::env::set_var("PEFT_KERNEL_ROWS", "2") };
+    peft_kernels::set_lanes_per_row(Some(2)).unwrap();
+    assert_matches_the_oracle(&cases, "R = 2, W = 2");
+}
