@@ -8,11 +8,11 @@
 #   scripts/gpu-check.sh [OUT_DIR]
 #
 # With cargo on the machine it builds the binaries itself. Without (a bare GPU machine), build
-# them elsewhere and point PEFT_GPU_BIN at a folder holding `attention_cuda`, `fused_memory_cuda`
-# and `peft`:
+# them elsewhere and point PEFT_GPU_BIN at a folder holding `attention_cuda`,
+# `attention_cuda_half`, `fused_memory_cuda` and `peft`:
 #
 #   CUDARC_CUDA_VERSION=13000 cargo test --release -p peft-kernels --features cuda --no-run \
-#       --test attention_cuda --test fused_memory_cuda
+#       --test attention_cuda --test attention_cuda_half --test fused_memory_cuda
 #   CUDARC_CUDA_VERSION=13000 cargo build --release -p peft-cli --features cuda
 #
 # Release builds: Burn's host-side code (fusion, autodiff, launch) is generic and compiled in
@@ -25,10 +25,11 @@ mkdir -p "$out"
 
 if [[ -z "${PEFT_GPU_BIN:-}" ]]; then
     command -v cargo >/dev/null || { echo "no cargo here: set PEFT_GPU_BIN" >&2; exit 2; }
-    cargo test --release -p peft-kernels --features cuda --no-run --test attention_cuda --test fused_memory_cuda || exit 1
+    cargo test --release -p peft-kernels --features cuda --no-run --test attention_cuda \
+        --test attention_cuda_half --test fused_memory_cuda || exit 1
     cargo build --release -p peft-cli --features cuda || exit 1
     PEFT_GPU_BIN="$(mktemp -d)"
-    for t in attention_cuda fused_memory_cuda; do
+    for t in attention_cuda attention_cuda_half fused_memory_cuda; do
         cp "$(ls -t target/release/deps/$t-* | grep -v '\.d$' | head -1)" "$PEFT_GPU_BIN/$t"
     done
     cp target/release/peft "$PEFT_GPU_BIN/peft"
@@ -48,6 +49,7 @@ date -u +%T
 echo "== CUDA tests"
 "$bin/attention_cuda" --test-threads=1 2>&1 | tee "$out/tests.log" || status=1
 "$bin/fused_memory_cuda" 2>&1 | tee -a "$out/tests.log" || status=1
+"$bin/attention_cuda_half" --nocapture 2>&1 | tee -a "$out/tests.log" || status=1
 
 date -u +%T
 echo "== peft bench attention --backend cuda"

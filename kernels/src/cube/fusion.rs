@@ -151,10 +151,11 @@ impl<B: FusionBackend + PrefixAttentionBackend> PrefixAttentionBackend for Fusio
             Shape::new([dims.batch, dims.heads, dims.queries, dims.head_dim]),
             dtype,
         );
+        // f32 for every input dtype (the CubeCL backends' log-sum-exp is always f32).
         let lse = TensorIr::uninit(
             client.create_empty_handle(),
             Shape::new([dims.batch, dims.heads, dims.queries]),
-            dtype,
+            burn::tensor::DType::F32,
         );
         let inputs: Vec<TensorIr> = floats
             .into_iter()

@@ -1,7 +1,9 @@
 //! Fused prefix-attention kernels for Burn's CubeCL backends (wgpu and CUDA), and their launch.
 //!
-//! The kernels run in f32 with head dimensions up to [`MAX_HEAD_DIM`]; other dtypes and larger
-//! heads use the reference path (still correct, not fused). See `docs/kernels.md` for the
+//! The kernels compute in f32 with head dimensions up to [`MAX_HEAD_DIM`]. f16 and bf16 inputs
+//! are cast to f32 on the way in and the results back on the way out (`O(B·H·L·d)` casts, no
+//! score matrix); the log-sum-exp stays f32 for every input dtype, also on the reference path
+//! that larger heads take (still correct, not fused). See `docs/kernels.md` for the
 //! algorithm, tiling and launch shapes.
 
 #[cfg(all(feature = "cuda", feature = "wgpu"))]
@@ -12,7 +14,7 @@ mod kernels;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use burn::tensor::{
-    DType, Shape, TensorMetadata,
+    DType, Shape,
     ops::{FloatTensorOps, IntTensorOps},
 };
 use burn_cubecl::{
@@ -37,12 +39,27 @@ pub const TILE: usize = 32;
 
 type Cube<R, F, I, BT> = CubeBackend<R, F, I, BT>;
 
-fn supported(args_dtype: DType, dims: &AttentionDims) -> bool {
-    args_dtype == DType::F32 && dims.head_dim <= MAX_HEAD_DIM && dims.head_dim > 0
+fn supported(dims: &AttentionDims) -> bool {
+    dims.head_dim <= MAX_HEAD_DIM && dims.head_dim > 0
 }
 
-/// Contiguous inputs and the per-row lengths that were given: `lengths` holds the prefix lengths
-/// (`[B]`, when bit 0 of `lengths_given` is set), then the key lengths (`[B]`, bit 1).
+/// Whether the kernels take inputs of `dtype`: f32 directly, f16 and bf16 through f32 casts.
+fn supported_dtype(dtype: DType) -> bool {
+    matches!(dtype, DType::F32 | DType::F16 | DType::BF16)
+}
+
+/// `t` in `dtype` (the same tensor when it already is).
+fn cast<R: CubeRuntime>(t: CubeTensor<R>, dtype: DType) -> CubeTensor<R> {
+    if t.dtype == dtype {
+        t
+    } else {
+        burn_cubecl::kernel::cast(t, dtype)
+    }
+}
+
+/// Contiguous f32 inputs and the per-row lengths that were given: `lengths` holds the prefix
+/// lengths (`[B]`, when bit 0 of `lengths_given` is set), then the key lengths (`[B]`, bit 1).
+/// `io_dtype` is the dtype the inputs came in, which the outputs go back to.
 struct Prepared<R: CubeRuntime> {
     q: CubeTensor<R>,
     k: CubeTensor<R>,
@@ -53,6 +70,7 @@ struct Prepared<R: CubeRuntime> {
     lengths_given: u32,
     dims: AttentionDims,
     scale: f32,
+    io_dtype: DType,
 }
 
 /// Largest buffer the fused kernels have allocated in this process (bytes).
@@ -87,12 +105,14 @@ fn prepare<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement>(
     args: PrefixAttentionArgs<Cube<R, F, I, BT>>,
 ) -> Prepared<R> {
     let dims = args.dims();
-    let q = into_contiguous(args.query);
-    let k = into_contiguous(args.key);
-    let v = into_contiguous(args.value);
+    let io_dtype = args.query.dtype;
+    let f32 = |t: CubeTensor<R>| cast(into_contiguous(t), DType::F32);
+    let q = f32(args.query);
+    let k = f32(args.key);
+    let v = f32(args.value);
     q.assert_is_on_same_device(&k);
     let (pk, pv) = match (args.prefix_key, args.prefix_value) {
-        (Some(pk), Some(pv)) => (into_contiguous(pk), into_contiguous(pv)),
+        (Some(pk), Some(pv)) => (f32(pk), f32(pv)),
         // Never read when there is no prefix (the kernels see P = 0).
         _ => (k.clone(), v.clone()),
     };
@@ -125,6 +145,7 @@ fn prepare<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement>(
         lengths_given,
         dims,
         scale: args.scale,
+        io_dtype,
     }
 }
 
@@ -259,14 +280,17 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> PrefixAtte
         true
     }
 
+    /// The output in the inputs' dtype and the log-sum-exp in f32 (for every input dtype, also
+    /// on the reference path).
     fn prefix_attention_forward(args: PrefixAttentionArgs<Self>) -> (CubeTensor<R>, CubeTensor<R>) {
-        if !supported(args.query.dtype(), &args.dims()) {
+        if !supported(&args.dims()) || !supported_dtype(args.query.dtype) {
             let (out, lse) = reference::forward_with_lse::<Self>(&args.into_tensors());
-            return (out.into_primitive().tensor(), lse.into_primitive().tensor());
+            let lse = cast(lse.into_primitive().tensor(), DType::F32);
+            return (out.into_primitive().tensor(), lse);
         }
         let p = prepare(args);
         let d = p.dims;
-        let dtype = p.q.dtype;
+        let dtype = DType::F32;
         let unroll = unroll_loops();
         let out = empty(
             &p.q,
@@ -301,7 +325,7 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> PrefixAtte
             unroll,
             [dtype.into(), p.lengths.dtype.into()],
         );
-        (out, lse)
+        (cast(out, p.io_dtype), lse)
     }
 
     fn prefix_attention_backward(
@@ -310,23 +334,25 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> PrefixAtte
         lse: CubeTensor<R>,
         grad_out: CubeTensor<R>,
     ) -> AttentionGrads<Self> {
-        if !supported(args.query.dtype(), &args.dims()) {
+        if !supported(&args.dims()) || !supported_dtype(args.query.dtype) {
             use burn::tensor::{Tensor, TensorPrimitive};
-            let (out, grad_out) = (
+            let dtype = args.query.dtype;
+            let lse = Tensor::from_primitive(TensorPrimitive::Float(cast(lse, dtype)));
+            return reference::backward::<Self>(
+                &args.into_tensors(),
                 Tensor::from_primitive(TensorPrimitive::Float(out)),
+                lse,
                 Tensor::from_primitive(TensorPrimitive::Float(grad_out)),
             );
-            let lse = Tensor::from_primitive(TensorPrimitive::Float(lse));
-            return reference::backward::<Self>(&args.into_tensors(), out, lse, grad_out);
         }
         let p = prepare(args);
         let d = p.dims;
-        let dtype = p.q.dtype;
+        let dtype = DType::F32;
         let unroll = unroll_loops();
         let client = p.q.client.clone();
-        let out = into_contiguous(out);
-        let grad_out = into_contiguous(grad_out);
-        let lse = into_contiguous(lse);
+        let out = cast(into_contiguous(out), dtype);
+        let grad_out = cast(into_contiguous(grad_out), dtype);
+        let lse = cast(into_contiguous(lse), dtype);
         let rows = d.batch * d.heads * d.queries;
         let n = vector_size(d.head_dim);
         let rows_per = rows_per_unit(&p.q);
@@ -415,7 +441,9 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> PrefixAtte
             [dtype.into(), p.lengths.dtype.into()],
         );
         // Sum the partials over the group's heads (dim 0), and over the batch (dim 1) for a
-        // prefix shared by the batch; then drop the summed dimensions.
+        // prefix shared by the batch (in f32); then drop the summed dimensions and go back to
+        // the inputs' dtype.
+        let io_dtype = p.io_dtype;
         let reduce = |t: CubeTensor<R>, dims: &[usize], shape: Shape| {
             let mut t = t;
             for &dim in dims {
@@ -423,7 +451,10 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> PrefixAtte
                     t = <Self as FloatTensorOps<Self>>::float_sum_dim(t, dim);
                 }
             }
-            <Self as FloatTensorOps<Self>>::float_reshape(t, shape)
+            cast(
+                <Self as FloatTensorOps<Self>>::float_reshape(t, shape),
+                io_dtype,
+            )
         };
         let kv_out = Shape::new([d.batch, d.kv_heads, d.keys, d.head_dim]);
         let dk = reduce(dk, &[0], kv_out.clone());
@@ -444,7 +475,7 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> PrefixAtte
             )
         };
         AttentionGrads {
-            query: dq,
+            query: cast(dq, io_dtype),
             key: dk,
             value: dv,
             prefix_key,

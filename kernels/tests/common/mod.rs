@@ -409,15 +409,75 @@ pub fn run_forward<B: PrefixAttentionBackend>(
     values(op::<B>(c, &inputs::<B>(c, x, dev), dev, path).forward())
 }
 
-/// Runs forward and backward of backend `B` on `path` and compares with the oracle.
+/// Runs forward and backward of backend `B` on `path` and compares with the oracle (f32 inputs).
 pub fn check<B: PrefixAttentionBackend>(
     c: &Case,
     seed: u64,
     dev: &B::Device,
     path: AttentionPath,
 ) -> Report {
+    check_at::<B>(c, seed, dev, path, Precision::F32)
+}
+
+/// The storage precision of a backend's float tensors: the oracle sees the inputs and the output
+/// gradient rounded to it (what the backend holds), and the tolerances allow for the outputs and
+/// gradients being rounded to it once more.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Precision {
+    F32,
+    F16,
+    Bf16,
+}
+
+impl Precision {
+    /// `x` as the backend stores it.
+    pub fn round(self, x: f64) -> f64 {
+        match self {
+            Precision::F32 => x as f32 as f64,
+            Precision::F16 => burn::tensor::f16::from_f64(x).to_f64(),
+            Precision::Bf16 => burn::tensor::bf16::from_f64(x).to_f64(),
+        }
+    }
+
+    /// Output tolerance (absolute; outputs are averages of values in [-1, 1]): f32 as stated
+    /// by the issue; f16 and bf16 twice their unit roundoff at 1 (2^-11 and 2^-8), the
+    /// rounding of the output itself, the kernels computing in f32.
+    pub fn out_tol(self) -> f64 {
+        match self {
+            Precision::F32 => OUT_TOL,
+            Precision::F16 => 2.0 * 2f64.powi(-11),
+            Precision::Bf16 => 2.0 * 2f64.powi(-8),
+        }
+    }
+
+    /// Gradient tolerance relative to each gradient's largest magnitude, as [`Self::out_tol`].
+    pub fn grad_tol(self) -> f64 {
+        match self {
+            Precision::F32 => GRAD_TOL,
+            Precision::F16 => 2.0 * 2f64.powi(-11),
+            Precision::Bf16 => 2.0 * 2f64.powi(-8),
+        }
+    }
+}
+
+/// [`check`] for a backend storing floats at `precision`.
+pub fn check_at<B: PrefixAttentionBackend>(
+    c: &Case,
+    seed: u64,
+    dev: &B::Device,
+    path: AttentionPath,
+    precision: Precision,
+) -> Report {
+    let round = |v: Vec<f64>| -> Vec<f64> { v.into_iter().map(|x| precision.round(x)).collect() };
     let x = Inputs::random(c, seed);
-    let dout = Rng::new(seed ^ 0xD0D0).vec(c.q_len());
+    let x = Inputs {
+        q: round(x.q),
+        k: round(x.k),
+        v: round(x.v),
+        pk: round(x.pk),
+        pv: round(x.pv),
+    };
+    let dout = round(Rng::new(seed ^ 0xD0D0).vec(c.q_len()));
     let (ref_out, _) = forward(c, &x);
     let ref_grad = backward(c, &x, &dout);
 
@@ -451,6 +511,53 @@ pub fn check<B: PrefixAttentionBackend>(
         grad: grad_err,
         non_finite,
     }
+}
+
+/// Runs the fused path on a backend whose floats are f16 or bf16 (`precision`) over a part of
+/// the sweep plus padded cases, and asserts that the kernels ran (they computed in f32 between
+/// casts), that the output and the gradients come back in the backend's dtype, and that they
+/// match the oracle within the precision's tolerances.
+#[cfg(feature = "cube")]
+pub fn assert_half_precision_matches_the_oracle<B: PrefixAttentionBackend>(precision: Precision) {
+    use burn::tensor::DType;
+    use peft_kernels::cube::{largest_allocation, reset_largest_allocation};
+    let dev = Default::default();
+    let dtype = match precision {
+        Precision::F16 => DType::F16,
+        Precision::Bf16 => DType::BF16,
+        Precision::F32 => DType::F32,
+    };
+    let mut cases: Vec<Case> = sweep().into_iter().step_by(4).collect();
+    cases.push(Case::new(3, 6, 2, 17, 32, 7).key_lengths(vec![17, 5, 0]));
+    cases.push(Case::new(2, 6, 2, 113, 64, 64).per_row_prefix(vec![64, 20]));
+    reset_largest_allocation();
+    let (mut worst_out, mut worst_grad) = (0.0f64, 0.0f64);
+    for c in &cases {
+        let r = check_at::<B>(c, 17, &dev, AttentionPath::Fused, precision);
+        assert!(
+            !r.non_finite && r.out < precision.out_tol() && r.grad < precision.grad_tol(),
+            "{precision:?}, {c:?}: {r:?}"
+        );
+        (worst_out, worst_grad) = (worst_out.max(r.out), worst_grad.max(r.grad));
+    }
+    eprintln!(
+        "{precision:?}: worst output error {worst_out:.2e} (tolerance {:.2e}), worst gradient \
+         error {worst_grad:.2e} (tolerance {:.2e})",
+        precision.out_tol(),
+        precision.grad_tol()
+    );
+    assert!(
+        largest_allocation() > 0,
+        "{precision:?}: the fused kernels did not run"
+    );
+    // The output and the gradients are in the backend's dtype.
+    let c = &cases[0];
+    let tracked = inputs::<Autodiff<B>>(c, &Inputs::random(c, 1), &dev).map(|t| t.require_grad());
+    let out = op::<Autodiff<B>>(c, &tracked, &dev, AttentionPath::Fused).forward();
+    assert_eq!(out.dtype(), dtype);
+    let grads = out.sum().backward();
+    let dq = tracked[0].grad(&grads).expect("dQ");
+    assert_eq!(dq.dtype(), dtype);
 }
 
 /// The fused-kernel test suite, instantiated once per CubeCL runtime: `$fused` is the
