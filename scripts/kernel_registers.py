@@ -81,7 +81,7 @@ def main():
     p.add_argument("--head-dim", type=int, default=64)
     p.add_argument("--rows", type=int, default=1, help="rows (columns for dK/dV) per unit, as PEFT_KERNEL_ROWS")
     p.add_argument("--lanes", type=int, default=1,
-                   help="units sharing one row or column (1, 2 or 4), as PEFT_KERNEL_LANES")
+                   help="units sharing one row or column (1, 2, 4 or 8), as PEFT_KERNEL_LANES")
     p.add_argument("--no-unroll", action="store_true", help="roll the head-dimension loops (PEFT_KERNEL_UNROLL=0)")
     p.add_argument("--arch", default="sm_90a", help="ptxas architecture (sm_90a: H100/H200, sm_80: A100)")
     a = p.parse_args()

@@ -4,11 +4,11 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 /// Units that may share one query row (forward, dQ) or key column (dK/dV) of the fused kernels.
-pub const LANE_COUNTS: [usize; 3] = [1, 2, 4];
+pub const LANE_COUNTS: [usize; 4] = [1, 2, 4, 8];
 
 /// Errors of [`set_lanes_per_row`].
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{0} lanes per row: the fused kernels take 1, 2 or 4")]
+#[error("{0} lanes per row: the fused kernels take 1, 2, 4 or 8")]
 pub struct LanesError(pub usize);
 
 static LANES: AtomicUsize = AtomicUsize::new(0);
@@ -44,7 +44,7 @@ mod tests {
     #[test]
     fn only_the_kernels_lane_counts_are_accepted_and_none_clears() {
         assert_eq!(set_lanes_per_row(Some(3)), Err(LanesError(3)));
-        assert_eq!(set_lanes_per_row(Some(8)), Err(LanesError(8)));
+        assert_eq!(set_lanes_per_row(Some(16)), Err(LanesError(16)));
         assert_eq!(lanes_per_row_override(), None);
         set_lanes_per_row(Some(2)).unwrap();
         assert_eq!(lanes_per_row_override(), Some(2));

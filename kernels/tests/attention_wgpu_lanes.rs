@@ -8,6 +8,10 @@ mod common;
 
 use burn::backend::Wgpu;
 use common::*;
+use cubecl::{
+    Runtime,
+    wgpu::{WgpuDevice, WgpuRuntime},
+};
 use peft_kernels::AttentionPath;
 
 fn assert_matches_the_oracle(cases: &[Case], layout: &str) {
@@ -41,4 +45,18 @@ fn rows_split_over_lanes_match_the_oracle() {
     unsafe { std::env::set_var("PEFT_KERNEL_ROWS", "2") };
     peft_kernels::set_lanes_per_row(Some(2)).unwrap();
     assert_matches_the_oracle(&cases, "R = 2, W = 2");
+    // Eight lanes (the GPU default for dQ and dK/dV at d = 128) need planes of eight or more:
+    // lavapipe's are as wide as the CPU's vector unit (eight f32 lanes with AVX2).
+    let plane = WgpuRuntime::client(&WgpuDevice::default())
+        .properties()
+        .hardware
+        .plane_size_min;
+    if plane >= 8 {
+        // SAFETY: as above.
+        unsafe { std::env::set_var("PEFT_KERNEL_ROWS", "1") };
+        peft_kernels::set_lanes_per_row(Some(8)).unwrap();
+        assert_matches_the_oracle(&cases, "R = 1, W = 8");
+    } else {
+        eprintln!("SKIPPED: eight lanes per row, this device's planes are {plane} wide");
+    }
 }

@@ -52,7 +52,14 @@ fn rows_lanes_and_head_dim_size_the_register_arrays() {
     // Units keep R rows (columns) of d/4 vectors, a W-th of each with W lanes: the forward its
     // query rows and output accumulators (2 arrays), dQ also its output-gradient rows (3), dK/dV
     // its key and value columns and their accumulators (4).
-    for (head_dim, rows, lanes) in [(64, 1, 1), (64, 8, 1), (32, 2, 1), (64, 1, 4), (32, 1, 2)] {
+    for (head_dim, rows, lanes) in [
+        (64, 1, 1),
+        (64, 8, 1),
+        (32, 2, 1),
+        (64, 1, 4),
+        (32, 1, 2),
+        (128, 1, 8),
+    ] {
         let all = sources(head_dim, rows, lanes);
         let expected = rows * head_dim / 4 / lanes;
         for (kernel, count) in [("forward", 2), ("dq", 3), ("dkdv", 4)] {
@@ -90,7 +97,7 @@ fn lanes_reduce_dot_products_with_warp_shuffles() {
     }
     // W lanes: a butterfly of log2(W) steps (xor 1, 2, …) per dot product — one dot product in
     // the forward, two (scores and dP) in dQ and dK/dV — and the skip is a warp vote.
-    for (lanes, steps) in [(2, vec![1]), (4, vec![1, 2])] {
+    for (lanes, steps) in [(2, vec![1]), (4, vec![1, 2]), (8, vec![1, 2, 4])] {
         for (name, source) in sources(64, 1, lanes) {
             let dots = match name {
                 "delta" => 0,
@@ -128,8 +135,8 @@ fn configurations_the_kernels_do_not_take_are_errors() {
             Err(SourceError::RowsPerUnit(r)) if r == rows
         ));
     }
-    // d = 6 is three 2-float vectors: two lanes cannot split them; 3 and 8 are not lane counts.
-    for (head_dim, lanes) in [(6, 2), (64, 3), (64, 8)] {
+    // d = 6 is three 2-float vectors: two lanes cannot split them; 3 and 16 are not lane counts.
+    for (head_dim, lanes) in [(6, 2), (64, 3), (64, 16)] {
         let config = SourceConfig {
             lanes,
             ..config(head_dim, 1)

@@ -313,7 +313,7 @@ fn bad_input_is_a_clear_error() {
     };
     let err = lanes("3");
     assert!(
-        err.contains("--lanes 3: the fused kernels take 1, 2 or 4"),
+        err.contains("--lanes 3: the fused kernels take 1, 2, 4 or 8"),
         "{err}"
     );
     let err = lanes("1,2");

@@ -34,7 +34,7 @@ pub struct SourceConfig {
     pub head_dim: usize,
     /// Rows (forward, dQ) or columns (dK/dV) per unit, as `PEFT_KERNEL_ROWS` sets them.
     pub rows_per_unit: usize,
-    /// Units sharing one row or column, as `PEFT_KERNEL_LANES` sets them (1, 2 or 4; must
+    /// Units sharing one row or column, as `PEFT_KERNEL_LANES` sets them (1, 2, 4 or 8; must
     /// divide the row's vectors).
     pub lanes: usize,
     /// Whether the head-dimension loops are unrolled (`PEFT_KERNEL_UNROLL`).
@@ -58,9 +58,9 @@ pub enum SourceError {
     /// Rows per unit other than 1, 2, 4, 8 or 16.
     #[error("{0} rows per unit: the kernels take 1, 2, 4, 8 or 16")]
     RowsPerUnit(usize),
-    /// Lanes per row other than 1, 2 or 4, or not dividing the row's vectors.
+    /// Lanes per row other than 1, 2, 4 or 8, or not dividing the row's vectors.
     #[error(
-        "{lanes} lanes per row: the kernels take 1, 2 or 4 dividing the {vectors} vectors of a row"
+        "{lanes} lanes per row: the kernels take 1, 2, 4 or 8 dividing the {vectors} vectors of a row"
     )]
     Lanes {
         /// The lanes asked for.

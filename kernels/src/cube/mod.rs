@@ -202,7 +202,7 @@ fn rows_per_unit<R: CubeRuntime>(t: &CubeTensor<R>) -> usize {
 const ROW_FLOATS_PER_UNIT: usize = 64;
 
 /// The lanes-per-row values the kernels take.
-const LANES: [usize; 3] = crate::LANE_COUNTS;
+const LANES: [usize; 4] = crate::LANE_COUNTS;
 
 /// The three kernels that walk rows or columns, for their lanes-per-row choice.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -217,7 +217,7 @@ enum Walk {
 ///
 /// The default is 1 without plane operations — which cubecl-wgpu does not advertise on CPU
 /// adapters, where rows per unit do that job — and on devices with them the [`default_lanes`]
-/// of the head dimension. [`crate::set_lanes_per_row`], else `PEFT_KERNEL_LANES=1|2|4`,
+/// of the head dimension. [`crate::set_lanes_per_row`], else `PEFT_KERNEL_LANES=1|2|4|8`,
 /// overrides for all three kernels, also where plane operations are not advertised (the device
 /// must still support subgroup shuffles: lavapipe does, which is how CI tests the layout); a
 /// count that does not divide `dl` or exceeds the plane size falls back to the largest below it
@@ -256,13 +256,13 @@ fn row_floats(head_dim: usize, walk: Walk) -> usize {
 }
 
 /// The default lanes per row on devices with plane operations: the fewest that bring a unit's
-/// row floats to [`ROW_FLOATS_PER_UNIT`] or below (at most 4).
+/// row floats to [`ROW_FLOATS_PER_UNIT`] or below (at most 8).
 fn default_lanes(head_dim: usize, walk: Walk) -> usize {
     let floats = row_floats(head_dim, walk);
     LANES
         .into_iter()
         .find(|&w| floats <= ROW_FLOATS_PER_UNIT * w)
-        .unwrap_or(4)
+        .unwrap_or(8)
 }
 
 /// Floats per vector in the kernels' row layout: 4 when the head dimension allows it.
@@ -497,9 +497,9 @@ mod tests {
         assert_eq!(default_lanes(32, Walk::Forward), 1);
         assert_eq!(default_lanes(32, Walk::Dq), 2);
         assert_eq!(default_lanes(32, Walk::Dkdv), 2);
-        // Past four lanes' worth the kernels take no more.
-        for walk in [Walk::Forward, Walk::Dq, Walk::Dkdv] {
-            assert_eq!(default_lanes(128, walk), 4);
-        }
+        // d = 128: 256, 384 and 512 floats.
+        assert_eq!(default_lanes(128, Walk::Forward), 4);
+        assert_eq!(default_lanes(128, Walk::Dq), 8);
+        assert_eq!(default_lanes(128, Walk::Dkdv), 8);
     }
 }

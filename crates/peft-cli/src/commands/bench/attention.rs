@@ -49,7 +49,7 @@ pub struct AttentionBench {
     #[arg(long)]
     pub json: bool,
     /// Also time the fused kernels with each of these lanes-per-row counts (comma-separated,
-    /// from 1, 2, 4: units sharing one query row or key column), side by side with the
+    /// from 1, 2, 4, 8: units sharing one query row or key column), side by side with the
     /// default layout in the same process. CubeCL backends only.
     #[arg(long, value_delimiter = ',')]
     pub lanes: Vec<usize>,
@@ -70,7 +70,7 @@ impl BackendVisitor for Attn {
         }
         for &w in &a.lanes {
             if !peft_kernels::LANE_COUNTS.contains(&w) {
-                bail!("--lanes {w}: the fused kernels take 1, 2 or 4 lanes per row");
+                bail!("--lanes {w}: the fused kernels take 1, 2, 4 or 8 lanes per row");
             }
         }
         if !a.lanes.is_empty() && !B::has_fused_prefix_attention() {
