@@ -58,10 +58,10 @@ bench() {
     "$bin/peft" bench attention --backend cuda --heads 9 --kv-heads 3 --head-dim 64 \
         --repeats 20 --json "$@" | tee -a "$out/bench.jsonl" || status=1
 }
-# The shape, with the fused kernels also timed at 1, 2 and 4 lanes per row (one lane
-# is the layout of the earlier H100 figures; the default is 2 lanes forward, 4 for dQ and
+# The shape, with the fused kernels also timed at 1, 2, 4 and 8 lanes per row (one
+# lane is the layout of the earlier H100 figures; the default is 2 lanes forward, 4 for dQ and
 # dK/dV at d = 64), side by side in the same process.
-bench --batch 8 --seq 512 --prefix 64 --lanes 1,2,4
+bench --batch 8 --seq 512 --prefix 64 --lanes 1,2,4,8
 date -u +%T
 # The profile next (before the other shapes), in case the device time runs out.
 echo "== profiled run (every launch timed on the device; per-kernel summary at each sync)"
