@@ -119,14 +119,18 @@ pub fn dispatch<V: BackendVisitor>(
         #[cfg(feature = "cuda")]
         BackendKind::Cuda => Ok(visitor.visit::<burn::backend::Cuda>(Default::default())),
         #[allow(unreachable_patterns)]
-        other => Err(BackendError::NotCompiled {
-            kind: other,
-            compiled: BackendKind::compiled()
-                .iter()
-                .map(|k| k.name())
-                .collect::<Vec<_>>()
-                .join(", "),
-        }),
+        other => {
+            // Unused when no backend feature is enabled.
+            drop(visitor);
+            Err(BackendError::NotCompiled {
+                kind: other,
+                compiled: BackendKind::compiled()
+                    .iter()
+                    .map(|k| k.name())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            })
+        }
     }
 }
 

@@ -103,11 +103,12 @@ pub struct AttentionGrads<B: Backend> {
 
 /// Backend extension for prefix attention.
 ///
-/// Every method has a default body built from ordinary tensor ops (see [`reference`]), so a
-/// backend without kernels implements the trait with an empty `impl` block. Backends with fused
-/// kernels override [`forward`](Self::prefix_attention_forward) and
+/// Every method has a default body built from ordinary tensor ops (the crate's `reference`
+/// module), so a backend without kernels implements the trait with an empty `impl` block.
+/// Backends with fused kernels override [`forward`](Self::prefix_attention_forward) and
 /// [`backward`](Self::prefix_attention_backward) and return `true` from
-/// [`has_fused_prefix_attention`](Self::has_fused_prefix_attention).
+/// [`has_fused_prefix_attention`](Self::has_fused_prefix_attention); the CubeCL backends'
+/// forward returns the log-sum-exp in f32 for every input dtype.
 pub trait PrefixAttentionBackend: Backend {
     /// Whether this backend runs fused kernels (and so prefers them by default).
     fn has_fused_prefix_attention() -> bool {
