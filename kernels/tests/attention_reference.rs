@@ -26,10 +26,7 @@ fn unfused_path_matches_oracle() {
     let dev = Default::default();
     for c in sweep() {
         let r = check::<Flex>(&c, 1, &dev, AttentionPath::Unfused);
-        assert!(
-            !r.non_finite && r.out < OUT_TOL && r.grad < GRAD_TOL,
-            "{c:?}: {r:?}"
-        );
+        assert!(r.passes(), "{c:?}: {r:?}");
     }
 }
 
@@ -38,10 +35,7 @@ fn op_path_with_analytic_backward_matches_oracle() {
     let dev = Default::default();
     for c in sweep() {
         let r = check::<Flex>(&c, 2, &dev, AttentionPath::Fused);
-        assert!(
-            !r.non_finite && r.out < OUT_TOL && r.grad < GRAD_TOL,
-            "{c:?}: {r:?}"
-        );
+        assert!(r.passes(), "{c:?}: {r:?}");
     }
 }
 

@@ -18,18 +18,13 @@ fn assert_matches_the_oracle(cases: &[Case], layout: &str) {
     let dev = Default::default();
     for c in cases {
         let r = check::<Wgpu>(c, 13, &dev, AttentionPath::Fused);
-        assert!(
-            !r.non_finite && r.out < OUT_TOL && r.grad < GRAD_TOL,
-            "{layout}, {c:?}: {r:?}"
-        );
+        assert!(r.passes(), "{layout}, {c:?}: {r:?}");
     }
 }
 
 #[test]
 fn rows_split_over_lanes_match_the_oracle() {
-    let mut cases: Vec<Case> = sweep().into_iter().skip(1).step_by(3).collect();
-    cases.push(Case::new(3, 6, 2, 17, 32, 7).key_lengths(vec![17, 5, 0]));
-    cases.push(Case::new(2, 6, 2, 113, 64, 64).per_row_prefix(vec![64, 20]));
+    let cases = sweep_sample(1, 3);
     // Four lanes with one row per unit (the GPU default for dQ and dK/dV at d = 64), set through
     // the environment.
     // SAFETY: this binary's only test sets the variables; the kernels read them at launch, on

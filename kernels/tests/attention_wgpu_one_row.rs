@@ -14,14 +14,8 @@ fn one_row_per_unit_matches_the_oracle() {
     // SAFETY: this binary's only test sets the variable before any other thread reads it.
     unsafe { std::env::set_var("PEFT_KERNEL_ROWS", "1") };
     let dev = Default::default();
-    let mut cases: Vec<Case> = sweep().into_iter().step_by(3).collect();
-    cases.push(Case::new(3, 6, 2, 17, 32, 7).key_lengths(vec![17, 5, 0]));
-    cases.push(Case::new(2, 6, 2, 113, 64, 64).per_row_prefix(vec![64, 20]));
-    for c in cases {
+    for c in sweep_sample(0, 3) {
         let r = check::<Wgpu>(&c, 13, &dev, AttentionPath::Fused);
-        assert!(
-            !r.non_finite && r.out < OUT_TOL && r.grad < GRAD_TOL,
-            "{c:?}: {r:?}"
-        );
+        assert!(r.passes(), "{c:?}: {r:?}");
     }
 }

@@ -85,7 +85,7 @@ pub fn cuda_sources(
     let n = vector_size(config.head_dim);
     let dl = config.head_dim / n;
     let (rows, lanes, unroll) = (config.rows_per_unit, config.lanes, config.unroll);
-    if !super::LANES.contains(&lanes) || !dl.is_multiple_of(lanes) {
+    if !crate::LANE_COUNTS.contains(&lanes) || !dl.is_multiple_of(lanes) {
         return Err(SourceError::Lanes { lanes, vectors: dl });
     }
     let client = WgpuRuntime::client(device);

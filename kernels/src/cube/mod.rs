@@ -24,6 +24,7 @@ use burn_cubecl::{
 use cubecl::{CubeCount, CubeDim, features::Plane};
 
 use crate::{
+    LANE_COUNTS,
     op::{AttentionDims, AttentionGrads, PrefixAttentionArgs, PrefixAttentionBackend},
     reference,
 };
@@ -39,13 +40,12 @@ pub const TILE: usize = 32;
 
 type Cube<R, F, I, BT> = CubeBackend<R, F, I, BT>;
 
-fn supported(dims: &AttentionDims) -> bool {
-    dims.head_dim <= MAX_HEAD_DIM && dims.head_dim > 0
-}
-
-/// Whether the kernels take inputs of `dtype`: f32 directly, f16 and bf16 through f32 casts.
-fn supported_dtype(dtype: DType) -> bool {
+/// Whether the kernels take the call: head dimensions up to [`MAX_HEAD_DIM`], and f32 inputs
+/// directly, f16 and bf16 through f32 casts.
+fn supported(dtype: DType, dims: &AttentionDims) -> bool {
     matches!(dtype, DType::F32 | DType::F16 | DType::BF16)
+        && dims.head_dim <= MAX_HEAD_DIM
+        && dims.head_dim > 0
 }
 
 /// `t` in `dtype` (the same tensor when it already is).
@@ -174,6 +174,14 @@ fn cube_dim(lanes: usize) -> CubeDim {
     CubeDim::new_1d(CUBE_ROWS * lanes as u32)
 }
 
+/// The value of environment variable `name` when it is one of `allowed` (else none).
+fn env_choice(name: &str, allowed: &[usize]) -> Option<usize> {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+        .filter(|n| allowed.contains(n))
+}
+
 /// The rows-per-unit values the kernels are launched with.
 const ROWS_PER_UNIT: [usize; 5] = [1, 2, 4, 8, 16];
 
@@ -183,11 +191,7 @@ const ROWS_PER_UNIT: [usize; 5] = [1, 2, 4, 8, 16];
 /// 172 ms with 1 row, 78 ms with 4 and 49 ms with 8; `docs/kernels.md`). On GPUs one, which
 /// keeps a unit's vectors in registers. `PEFT_KERNEL_ROWS=1|2|4|8|16` overrides.
 fn rows_per_unit<R: CubeRuntime>(t: &CubeTensor<R>) -> usize {
-    if let Some(n) = std::env::var("PEFT_KERNEL_ROWS")
-        .ok()
-        .and_then(|v| v.parse::<usize>().ok())
-        .filter(|n| ROWS_PER_UNIT.contains(n))
-    {
+    if let Some(n) = env_choice("PEFT_KERNEL_ROWS", &ROWS_PER_UNIT) {
         return n;
     }
     // cubecl-wgpu enables plane (subgroup) operations on every wgpu adapter that has them
@@ -200,9 +204,6 @@ fn rows_per_unit<R: CubeRuntime>(t: &CubeTensor<R>) -> usize {
 
 /// Row floats per unit the default lanes aim for (see [`default_lanes`]).
 const ROW_FLOATS_PER_UNIT: usize = 64;
-
-/// The lanes-per-row values the kernels take.
-const LANES: [usize; 4] = crate::LANE_COUNTS;
 
 /// The three kernels that walk rows or columns, for their lanes-per-row choice.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -225,18 +226,15 @@ enum Walk {
 fn lanes_per_row<R: CubeRuntime>(t: &CubeTensor<R>, head_dim: usize, walk: Walk) -> usize {
     let props = t.client.properties();
     let dl = head_dim / vector_size(head_dim);
-    let fits = |w: usize| dl.is_multiple_of(w) && w as u32 <= props.hardware.plane_size_min.max(1);
-    let wanted = match crate::lanes_per_row_override().or_else(|| {
-        std::env::var("PEFT_KERNEL_LANES")
-            .ok()
-            .and_then(|v| v.parse::<usize>().ok())
-            .filter(|w| LANES.contains(w))
-    }) {
+    let fits = |w: usize| dl.is_multiple_of(w) && w as u32 <= props.hardware.plane_size_min;
+    let wanted = match crate::lanes_per_row_override()
+        .or_else(|| env_choice("PEFT_KERNEL_LANES", &LANE_COUNTS))
+    {
         Some(w) => w,
         None if props.features.plane.contains(Plane::Ops) => default_lanes(head_dim, walk),
         None => 1,
     };
-    LANES
+    LANE_COUNTS
         .into_iter()
         .rev()
         .find(|&w| w <= wanted && fits(w))
@@ -259,7 +257,7 @@ fn row_floats(head_dim: usize, walk: Walk) -> usize {
 /// row floats to [`ROW_FLOATS_PER_UNIT`] or below (at most 8).
 fn default_lanes(head_dim: usize, walk: Walk) -> usize {
     let floats = row_floats(head_dim, walk);
-    LANES
+    LANE_COUNTS
         .into_iter()
         .find(|&w| floats <= ROW_FLOATS_PER_UNIT * w)
         .unwrap_or(8)
@@ -283,7 +281,7 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> PrefixAtte
     /// The output in the inputs' dtype and the log-sum-exp in f32 (for every input dtype, also
     /// on the reference path).
     fn prefix_attention_forward(args: PrefixAttentionArgs<Self>) -> (CubeTensor<R>, CubeTensor<R>) {
-        if !supported(&args.dims()) || !supported_dtype(args.query.dtype) {
+        if !supported(args.query.dtype, &args.dims()) {
             let (out, lse) = reference::forward_with_lse::<Self>(&args.into_tensors());
             let lse = cast(lse.into_primitive().tensor(), DType::F32);
             return (out.into_primitive().tensor(), lse);
@@ -334,7 +332,7 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> PrefixAtte
         lse: CubeTensor<R>,
         grad_out: CubeTensor<R>,
     ) -> AttentionGrads<Self> {
-        if !supported(&args.dims()) || !supported_dtype(args.query.dtype) {
+        if !supported(args.query.dtype, &args.dims()) {
             use burn::tensor::{Tensor, TensorPrimitive};
             let dtype = args.query.dtype;
             let lse = Tensor::from_primitive(TensorPrimitive::Float(cast(lse, dtype)));
