@@ -58,10 +58,11 @@ bench() {
     "$bin/peft" bench attention --backend cuda --heads 9 --kv-heads 3 --head-dim 64 \
         --repeats 20 --json "$@" | tee -a "$out/bench.jsonl" || status=1
 }
-# The shape, with the fused kernels also timed at 1, 2, 4 and 8 lanes per row (one
-# lane is the layout of the earlier H100 figures; the default is 2 lanes forward, 4 for dQ and
-# dK/dV at d = 64), side by side in the same process.
-bench --batch 8 --seq 512 --prefix 64 --lanes 1,2,4,8
+# The shape, with the fused kernels also timed at every pair of 1, 2 rows per unit
+# and 1, 2, 4, 8 lanes per row (one row and one lane is the layout of the earlier H100 figures;
+# the default is one row, 2 lanes forward, 4 for dQ and dK/dV at d = 64), side by side in the
+# same process.
+bench --batch 8 --seq 512 --prefix 64 --rows 1,2 --lanes 1,2,4,8
 date -u +%T
 # The profile next (before the other shapes), in case the device time runs out.
 echo "== profiled run (every launch timed on the device; per-kernel summary at each sync)"
@@ -83,8 +84,8 @@ for line in open(sys.argv[1]):
     r = json.loads(line); s = r["shape"]; f = r["forward"]; b = r["forward_backward"]
     print(f"{s['batch']:>3} {s['seq']:>5} {s['prefix']:>3} | {f['fused_ms']:>10.3f} {f['unfused_ms']:>10.3f} {f['speedup']:>6.2f} | "
           f"{b['fused_ms']:>10.3f} {b['unfused_ms']:>10.3f} {b['speedup']:>6.2f}")
-    for w in r.get("fused_by_lanes", []):
-        print(f"    {w['lanes']} lane(s) per row: fused forward {w['forward_ms']:.3f} ms "
+    for w in r.get("fused_by_layout", []):
+        print(f"    rows {w['rows'] or 'default'}, lanes {w['lanes'] or 'default'}: fused forward {w['forward_ms']:.3f} ms "
               f"({f['unfused_ms'] / w['forward_ms']:.2f}x), forward + backward {w['forward_backward_ms']:.3f} ms "
               f"({b['unfused_ms'] / w['forward_backward_ms']:.2f}x)")
 EOF

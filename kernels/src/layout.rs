@@ -1,17 +1,51 @@
-//! Process-wide override of how the fused kernels lay rows out over units (benchmarks compare
-//! layouts in one process with it).
+//! Process-wide overrides of how the fused kernels lay rows out over units (benchmarks compare
+//! layouts in one process with them).
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 /// Units that may share one query row (forward, dQ) or key column (dK/dV) of the fused kernels.
 pub const LANE_COUNTS: [usize; 4] = [1, 2, 4, 8];
 
-/// Errors of [`set_lanes_per_row`].
+/// Query rows (forward, dQ) or key columns (dK/dV) one unit of the fused kernels may own.
+pub const ROW_COUNTS: [usize; 5] = [1, 2, 4, 8, 16];
+
+/// A layout value the fused kernels do not take.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{0} lanes per row: the fused kernels take 1, 2, 4 or 8")]
-pub struct LanesError(pub usize);
+pub enum LayoutError {
+    /// A lanes-per-row count outside [`LANE_COUNTS`].
+    #[error("{0} lanes per row: the fused kernels take 1, 2, 4 or 8")]
+    Lanes(usize),
+    /// A rows-per-unit count outside [`ROW_COUNTS`].
+    #[error("{0} rows per unit: the fused kernels take 1, 2, 4, 8 or 16")]
+    Rows(usize),
+}
 
 static LANES: AtomicUsize = AtomicUsize::new(0);
+static ROWS: AtomicUsize = AtomicUsize::new(0);
+
+/// Stores `value` (0 for none) in `slot` when it is one of `allowed`.
+fn store(
+    slot: &AtomicUsize,
+    value: Option<usize>,
+    allowed: &[usize],
+    error: fn(usize) -> LayoutError,
+) -> Result<(), LayoutError> {
+    match value {
+        Some(n) if !allowed.contains(&n) => Err(error(n)),
+        _ => {
+            slot.store(value.unwrap_or(0), Ordering::Relaxed);
+            Ok(())
+        }
+    }
+}
+
+/// The value in `slot`, if one was set.
+fn load(slot: &AtomicUsize) -> Option<usize> {
+    match slot.load(Ordering::Relaxed) {
+        0 => None,
+        n => Some(n),
+    }
+}
 
 /// Sets the units that share each row in every fused kernel launched afterwards in this process,
 /// in place of the device's default and of `PEFT_KERNEL_LANES`; `None` returns to those. More
@@ -19,36 +53,56 @@ static LANES: AtomicUsize = AtomicUsize::new(0);
 /// shuffles; a count that does not divide the row's vectors, or exceeds the device's plane size,
 /// falls back to the largest that does. Only the CubeCL kernels read it (other backends have
 /// none), and the device must support plane shuffles (wgpu subgroups).
-pub fn set_lanes_per_row(lanes: Option<usize>) -> Result<(), LanesError> {
-    match lanes {
-        Some(w) if !LANE_COUNTS.contains(&w) => Err(LanesError(w)),
-        _ => {
-            LANES.store(lanes.unwrap_or(0), Ordering::Relaxed);
-            Ok(())
-        }
-    }
+pub fn set_lanes_per_row(lanes: Option<usize>) -> Result<(), LayoutError> {
+    store(&LANES, lanes, &LANE_COUNTS, LayoutError::Lanes)
 }
 
 /// The lanes per row set with [`set_lanes_per_row`], if any.
 pub fn lanes_per_row_override() -> Option<usize> {
-    match LANES.load(Ordering::Relaxed) {
-        0 => None,
-        w => Some(w),
-    }
+    load(&LANES)
+}
+
+/// Sets the query rows (forward, dQ) or key columns (dK/dV) each unit owns in every fused kernel
+/// launched afterwards in this process, in place of the device's default (8 on CPU Vulkan
+/// drivers, 1 elsewhere) and of `PEFT_KERNEL_ROWS`; `None` returns to those. More rows let each
+/// vector read from shared memory serve more rows, at the price of registers (`rows / lanes`
+/// whole rows per unit). Only the CubeCL kernels read it.
+pub fn set_rows_per_unit(rows: Option<usize>) -> Result<(), LayoutError> {
+    store(&ROWS, rows, &ROW_COUNTS, LayoutError::Rows)
+}
+
+/// The rows per unit set with [`set_rows_per_unit`], if any.
+pub fn rows_per_unit_override() -> Option<usize> {
+    load(&ROWS)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    // One test for both overrides: they are process-wide and tests run in parallel.
     #[test]
-    fn only_the_kernels_lane_counts_are_accepted_and_none_clears() {
-        assert_eq!(set_lanes_per_row(Some(3)), Err(LanesError(3)));
-        assert_eq!(set_lanes_per_row(Some(16)), Err(LanesError(16)));
+    fn only_the_kernels_counts_are_accepted_and_none_clears() {
+        assert_eq!(set_lanes_per_row(Some(3)), Err(LayoutError::Lanes(3)));
+        assert_eq!(set_lanes_per_row(Some(16)), Err(LayoutError::Lanes(16)));
         assert_eq!(lanes_per_row_override(), None);
         set_lanes_per_row(Some(2)).unwrap();
         assert_eq!(lanes_per_row_override(), Some(2));
         set_lanes_per_row(None).unwrap();
         assert_eq!(lanes_per_row_override(), None);
+
+        assert_eq!(set_rows_per_unit(Some(3)), Err(LayoutError::Rows(3)));
+        assert_eq!(set_rows_per_unit(Some(32)), Err(LayoutError::Rows(32)));
+        assert_eq!(set_rows_per_unit(Some(0)), Err(LayoutError::Rows(0)));
+        assert_eq!(rows_per_unit_override(), None);
+        set_rows_per_unit(Some(16)).unwrap();
+        assert_eq!(rows_per_unit_override(), Some(16));
+        assert_eq!(lanes_per_row_override(), None);
+        set_rows_per_unit(None).unwrap();
+        assert_eq!(rows_per_unit_override(), None);
+        assert_eq!(
+            LayoutError::Rows(3).to_string(),
+            "3 rows per unit: the fused kernels take 1, 2, 4, 8 or 16"
+        );
     }
 }

@@ -51,7 +51,10 @@ mod reference;
 #[cfg(feature = "cube")]
 pub mod cube;
 
-pub use layout::{LANE_COUNTS, LanesError, lanes_per_row_override, set_lanes_per_row};
+pub use layout::{
+    LANE_COUNTS, LayoutError, ROW_COUNTS, lanes_per_row_override, rows_per_unit_override,
+    set_lanes_per_row, set_rows_per_unit,
+};
 pub use op::{
     AttentionGrads, PrefixAttention, PrefixAttentionArgs, PrefixAttentionAutodiffBackend,
     PrefixAttentionBackend,

@@ -1,7 +1,8 @@
-//! The kernels with rows split over lanes (`PEFT_KERNEL_LANES`: several units share a query row
-//! or key column and reduce their dot products with plane shuffles), the layout GPUs use for
-//! the backward at `d = 64`, on wgpu, so CI (lavapipe, where one lane is the default) checks it
-//! against the f64 oracle. Its own test binary: the settings are process-wide.
+//! The kernels with rows split over lanes (`PEFT_KERNEL_LANES` or `set_lanes_per_row`: several
+//! units share a query row or key column and reduce their dot products with plane shuffles), the
+//! layout GPUs use for the backward at `d = 64`, on wgpu, so CI (lavapipe, where one lane is the
+//! default) checks it against the f64 oracle. Its own test binary: the settings are
+//! process-wide.
 #![cfg(feature = "wgpu")]
 
 mod common;
@@ -34,10 +35,9 @@ fn rows_split_over_lanes_match_the_oracle() {
         std::env::set_var("PEFT_KERNEL_LANES", "4");
     }
     assert_matches_the_oracle(&cases, "R = 1, W = 4");
-    // Two lanes with two rows per unit (both splits at once), through the process-wide setting,
-    // which takes precedence over the environment.
-    // SAFETY: as above.
-    unsafe { std::env::set_var("PEFT_KERNEL_ROWS", "2") };
+    // Two lanes with two rows per unit (both splits at once), through the process-wide
+    // settings, which take precedence over the environment (still R = 1, W = 4).
+    peft_kernels::set_rows_per_unit(Some(2)).unwrap();
     peft_kernels::set_lanes_per_row(Some(2)).unwrap();
     assert_matches_the_oracle(&cases, "R = 2, W = 2");
     // Eight lanes (the GPU default for dQ and dK/dV at d = 128) need planes of eight or more:
@@ -47,10 +47,13 @@ fn rows_split_over_lanes_match_the_oracle() {
         .hardware
         .plane_size_min;
     if plane >= 8 {
-        // SAFETY: as above.
-        unsafe { std::env::set_var("PEFT_KERNEL_ROWS", "1") };
+        peft_kernels::set_rows_per_unit(None).unwrap();
         peft_kernels::set_lanes_per_row(Some(8)).unwrap();
         assert_matches_the_oracle(&cases, "R = 1, W = 8");
+        // Two rows of eight lanes: about the registers of R = 1, W = 4 on a GPU, with half the
+        // shared-memory reads per row (docs/kernels.md, *Registers per thread*).
+        peft_kernels::set_rows_per_unit(Some(2)).unwrap();
+        assert_matches_the_oracle(&cases, "R = 2, W = 8");
     } else {
         eprintln!("SKIPPED: eight lanes per row, this device's planes are {plane} wide");
     }

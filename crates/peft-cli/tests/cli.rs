@@ -299,7 +299,7 @@ fn benchmarks_print_well_formed_json() {
 fn bad_input_is_a_clear_error() {
     let dir = tmp("bad");
     let model = tiny().display().to_string();
-    let lanes = |w: &str| {
+    let layout = |flag: &str, list: &str| {
         fail(&[
             "bench",
             "attention",
@@ -307,17 +307,24 @@ fn bad_input_is_a_clear_error() {
             "1",
             "--seq",
             "4",
-            "--lanes",
-            w,
+            flag,
+            list,
         ])
     };
-    let err = lanes("3");
+    let err = layout("--lanes", "3");
     assert!(
-        err.contains("--lanes 3: the fused kernels take 1, 2, 4 or 8"),
+        err.contains("--lanes 3: the fused kernels take [1, 2, 4, 8]"),
         "{err}"
     );
-    let err = lanes("1,2");
+    let err = layout("--lanes", "1,2");
     assert!(err.contains("--lanes: flex has no fused kernels"), "{err}");
+    let err = layout("--rows", "1,32");
+    assert!(
+        err.contains("--rows 32: the fused kernels take [1, 2, 4, 8, 16]"),
+        "{err}"
+    );
+    let err = layout("--rows", "2");
+    assert!(err.contains("--rows: flex has no fused kernels"), "{err}");
     let empty = dir.join("empty.jsonl");
     std::fs::write(&empty, "\n").expect("write");
     let err = fail(&[

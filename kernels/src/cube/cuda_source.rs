@@ -79,7 +79,7 @@ pub fn cuda_sources(
     if config.head_dim == 0 || config.head_dim > super::MAX_HEAD_DIM {
         return Err(SourceError::HeadDim(config.head_dim));
     }
-    if !super::ROWS_PER_UNIT.contains(&config.rows_per_unit) {
+    if !crate::ROW_COUNTS.contains(&config.rows_per_unit) {
         return Err(SourceError::RowsPerUnit(config.rows_per_unit));
     }
     let n = vector_size(config.head_dim);

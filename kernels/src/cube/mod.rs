@@ -24,7 +24,7 @@ use burn_cubecl::{
 use cubecl::{CubeCount, CubeDim, features::Plane};
 
 use crate::{
-    LANE_COUNTS,
+    LANE_COUNTS, ROW_COUNTS,
     op::{AttentionDims, AttentionGrads, PrefixAttentionArgs, PrefixAttentionBackend},
     reference,
 };
@@ -182,16 +182,16 @@ fn env_choice(name: &str, allowed: &[usize]) -> Option<usize> {
         .filter(|n| allowed.contains(n))
 }
 
-/// The rows-per-unit values the kernels are launched with.
-const ROWS_PER_UNIT: [usize; 5] = [1, 2, 4, 8, 16];
-
 /// Query rows (forward, dQ) or key columns (dK/dV) per unit. On a CPU Vulkan driver such as
 /// lavapipe, where a shader's shared-memory reads cost far more than its arithmetic, eight: each
 /// vector read from shared memory then serves eight rows (on lavapipe the forward measured
 /// 172 ms with 1 row, 78 ms with 4 and 49 ms with 8; `docs/kernels.md`). On GPUs one, which
-/// keeps a unit's vectors in registers. `PEFT_KERNEL_ROWS=1|2|4|8|16` overrides.
+/// keeps a unit's vectors in registers. [`crate::set_rows_per_unit`], else
+/// `PEFT_KERNEL_ROWS=1|2|4|8|16`, overrides.
 fn rows_per_unit<R: CubeRuntime>(t: &CubeTensor<R>) -> usize {
-    if let Some(n) = env_choice("PEFT_KERNEL_ROWS", &ROWS_PER_UNIT) {
+    if let Some(n) =
+        crate::rows_per_unit_override().or_else(|| env_choice("PEFT_KERNEL_ROWS", &ROW_COUNTS))
+    {
         return n;
     }
     // cubecl-wgpu enables plane (subgroup) operations on every wgpu adapter that has them

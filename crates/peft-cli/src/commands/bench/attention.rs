@@ -50,9 +50,16 @@ pub struct AttentionBench {
     pub json: bool,
     /// Also time the fused kernels with each of these lanes-per-row counts (comma-separated,
     /// from 1, 2, 4, 8: units sharing one query row or key column), side by side with the
-    /// default layout in the same process. CubeCL backends only.
+    /// default layout in the same process. With `--rows`, every pair of the two lists is
+    /// timed. CubeCL backends only.
     #[arg(long, value_delimiter = ',')]
     pub lanes: Vec<usize>,
+    /// Also time the fused kernels with each of these rows-per-unit counts (comma-separated,
+    /// from 1, 2, 4, 8, 16: query rows or key columns one unit owns), side by side with the
+    /// default layout in the same process. With `--lanes`, every pair of the two lists is
+    /// timed. CubeCL backends only.
+    #[arg(long, value_delimiter = ',')]
+    pub rows: Vec<usize>,
 }
 
 pub(super) struct Attn(pub(super) AttentionBench);
@@ -68,13 +75,17 @@ impl BackendVisitor for Attn {
                 a.kv_heads
             );
         }
-        for &w in &a.lanes {
-            if !peft_kernels::LANE_COUNTS.contains(&w) {
-                bail!("--lanes {w}: the fused kernels take 1, 2, 4 or 8 lanes per row");
+        // Checked before the long timing runs, not when the layout is set.
+        for (flag, list, allowed) in [
+            ("--lanes", &a.lanes, &peft_kernels::LANE_COUNTS[..]),
+            ("--rows", &a.rows, &peft_kernels::ROW_COUNTS[..]),
+        ] {
+            if let Some(n) = list.iter().find(|n| !allowed.contains(n)) {
+                bail!("{flag} {n}: the fused kernels take {allowed:?}");
             }
-        }
-        if !a.lanes.is_empty() && !B::has_fused_prefix_attention() {
-            bail!("--lanes: {} has no fused kernels", a.backend);
+            if !list.is_empty() && !B::has_fused_prefix_attention() {
+                bail!("{flag}: {} has no fused kernels", a.backend);
+            }
         }
         let mut report = serde_json::Map::new();
         for (pass, backward) in [("forward", false), ("forward_backward", true)] {
@@ -92,23 +103,18 @@ impl BackendVisitor for Attn {
                        "reference_ms": reference}),
             );
         }
-        let mut by_lanes = Vec::new();
-        for &w in &a.lanes {
-            peft_kernels::set_lanes_per_row(Some(w))?;
-            let forward = time_forward::<B>(&a, Impl::Fused, &device);
-            let forward_backward = time_backward::<Autodiff<B>>(&a, Impl::Fused, &device);
-            by_lanes.push(json!({"lanes": w, "forward_ms": forward,
-                                 "forward_backward_ms": forward_backward}));
-        }
+        let by_layout = time_layouts::<B>(&a, &device);
         peft_kernels::set_lanes_per_row(None)?;
+        peft_kernels::set_rows_per_unit(None)?;
+        let by_layout = by_layout?;
         let fused_available = B::has_fused_prefix_attention();
         if a.json {
             let mut v = serde_json::Value::Object(report);
             v["backend"] = a.backend.name().into();
             v["fused_kernels"] = fused_available.into();
             v["shape"] = json!({"batch": a.batch, "seq": a.seq, "prefix": a.prefix, "heads": a.heads, "kv_heads": a.kv_heads, "head_dim": a.head_dim});
-            if !by_lanes.is_empty() {
-                v["fused_by_lanes"] = by_lanes.into();
+            if !by_layout.is_empty() {
+                v["fused_by_layout"] = by_layout.into();
             }
             println!("{v}");
         } else {
@@ -128,11 +134,16 @@ impl BackendVisitor for Attn {
                     ms("reference_ms"),
                 );
             }
-            for r in by_lanes {
+            for r in by_layout {
                 let ms = |key: &str| r[key].as_f64().unwrap_or(f64::NAN);
+                let count = |key: &str| match &r[key] {
+                    serde_json::Value::Null => "default".to_string(),
+                    n => n.to_string(),
+                };
                 println!(
-                    "fused, {} lane(s) per row: forward {:.2} ms, forward_backward {:.2} ms",
-                    r["lanes"],
+                    "fused, rows per unit {}, lanes per row {}: forward {:.2} ms, forward_backward {:.2} ms",
+                    count("rows"),
+                    count("lanes"),
                     ms("forward_ms"),
                     ms("forward_backward_ms"),
                 );
@@ -140,6 +151,37 @@ impl BackendVisitor for Attn {
         }
         Ok(())
     }
+}
+
+/// Fused forward and forward + backward times at every (rows per unit, lanes per row) pair of
+/// `--rows` × `--lanes` (a list left empty stays at the default, `null` in the JSON). Leaves the
+/// last layout set.
+fn time_layouts<B: PrefixAttentionBackend>(
+    a: &AttentionBench,
+    device: &B::Device,
+) -> Result<Vec<serde_json::Value>> {
+    let or_default = |list: &[usize]| -> Vec<Option<usize>> {
+        if list.is_empty() {
+            vec![None]
+        } else {
+            list.iter().copied().map(Some).collect()
+        }
+    };
+    let mut timed = Vec::new();
+    if a.rows.is_empty() && a.lanes.is_empty() {
+        return Ok(timed);
+    }
+    for rows in or_default(&a.rows) {
+        for lanes in or_default(&a.lanes) {
+            peft_kernels::set_rows_per_unit(rows)?;
+            peft_kernels::set_lanes_per_row(lanes)?;
+            let forward = time_forward::<B>(a, Impl::Fused, device);
+            let forward_backward = time_backward::<Autodiff<B>>(a, Impl::Fused, device);
+            timed.push(json!({"rows": rows, "lanes": lanes, "forward_ms": forward,
+                              "forward_backward_ms": forward_backward}));
+        }
+    }
+    Ok(timed)
 }
 
 type Qkv<B> = [Tensor<B, 4>; 5];
