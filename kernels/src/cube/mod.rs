@@ -438,16 +438,18 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> PrefixAtte
             unroll,
             [dtype.into(), p.lengths.dtype.into()],
         );
-        // Sum the partials over the group's heads (dim 0), and over the batch (dim 1) for a
-        // prefix shared by the batch (in f32); then drop the summed dimensions and go back to
-        // the inputs' dtype.
+        // Sum the partials (contiguous, in f32) over their leading `lead` dimensions: the
+        // group's heads, and the batch too for a prefix shared by it. The summed dimensions are
+        // merged into one first (a reshape of a contiguous buffer), so each gradient is one
+        // reduction launch; then the result takes `shape` and goes back to the inputs' dtype.
         let io_dtype = p.io_dtype;
-        let reduce = |t: CubeTensor<R>, dims: &[usize], shape: Shape| {
+        let reduce = |t: CubeTensor<R>, lead: usize, shape: Shape| {
+            let summed: usize = t.meta.shape()[..lead].iter().product();
             let mut t = t;
-            for &dim in dims {
-                if t.meta.shape()[dim] > 1 {
-                    t = <Self as FloatTensorOps<Self>>::float_sum_dim(t, dim);
-                }
+            if summed > 1 {
+                let rest = t.meta.shape().num_elements() / summed;
+                t = <Self as FloatTensorOps<Self>>::float_reshape(t, Shape::new([summed, rest]));
+                t = <Self as FloatTensorOps<Self>>::float_sum_dim(t, 0);
             }
             cast(
                 <Self as FloatTensorOps<Self>>::float_reshape(t, shape),
@@ -455,21 +457,21 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> PrefixAtte
             )
         };
         let kv_out = Shape::new([d.batch, d.kv_heads, d.keys, d.head_dim]);
-        let dk = reduce(dk, &[0], kv_out.clone());
-        let dv = reduce(dv, &[0], kv_out);
+        let dk = reduce(dk, 1, kv_out.clone());
+        let dv = reduce(dv, 1, kv_out);
         let (prefix_key, prefix_value) = if d.prefix == 0 {
             (None, None)
-        } else if d.prefix_batch == 1 {
-            let shape = Shape::new([1, d.kv_heads, d.prefix, d.head_dim]);
-            (
-                Some(reduce(dpk, &[0, 1], shape.clone())),
-                Some(reduce(dpv, &[0, 1], shape)),
-            )
         } else {
-            let shape = Shape::new([d.batch, d.kv_heads, d.prefix, d.head_dim]);
+            // A shared prefix sums over the batch as well.
+            let (batch, lead) = if d.prefix_batch == 1 {
+                (1, 2)
+            } else {
+                (d.batch, 1)
+            };
+            let shape = Shape::new([batch, d.kv_heads, d.prefix, d.head_dim]);
             (
-                Some(reduce(dpk, &[0], shape.clone())),
-                Some(reduce(dpv, &[0], shape)),
+                Some(reduce(dpk, lead, shape.clone())),
+                Some(reduce(dpv, lead, shape)),
             )
         };
         AttentionGrads {
