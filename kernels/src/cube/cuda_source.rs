@@ -16,7 +16,10 @@ use cubecl::{
     wgpu::{WgpuDevice, WgpuRuntime},
 };
 
-use super::{TILE, cube_dim, kernels, vector_size};
+use super::{CUBE_ROWS, RowLaunch, TILE, kernels, vector_size};
+
+/// Units per plane (warp) on NVIDIA GPUs, for the cube sizes the launches choose.
+const CUDA_PLANE: usize = 32;
 
 /// One kernel's generated CUDA C++.
 #[derive(Debug, Clone)]
@@ -89,14 +92,17 @@ pub fn cuda_sources(
         return Err(SourceError::Lanes { lanes, vectors: dl });
     }
     let client = WgpuRuntime::client(device);
-    let settings = |lanes| KernelSettings::default().cube_dim(cube_dim(lanes));
+    // The cubes the CUDA launches use (the cube size bounds the registers a kernel may take):
+    // the row-walking kernels' cube for this layout, 64 units for the delta pre-pass.
+    let row_cube = RowLaunch::new(0, rows, lanes, CUDA_PLANE).dim(lanes);
+    let settings = |dim: CubeDim| KernelSettings::default().cube_dim(dim);
     let t = || TensorCompilationArg { inplace: None };
     let f32_ty = f32::as_type_native_unchecked().storage_type();
     let u32_ty = u32::as_type_native_unchecked().storage_type();
     let dtypes = [f32_ty, u32_ty];
 
     let forward = kernels::forward_kernel::ForwardKernel::<WgpuRuntime>::new(
-        settings(lanes),
+        settings(row_cube),
         client.clone(),
         t(),
         t(),
@@ -119,7 +125,7 @@ pub fn cuda_sources(
         dtypes,
     );
     let delta = kernels::delta_kernel::DeltaKernel::<WgpuRuntime>::new(
-        settings(1),
+        settings(CubeDim::new_1d(CUBE_ROWS)),
         client.clone(),
         t(),
         t(),
@@ -131,7 +137,7 @@ pub fn cuda_sources(
         f32_ty,
     );
     let dq = kernels::dq_kernel::DqKernel::<WgpuRuntime>::new(
-        settings(lanes),
+        settings(row_cube),
         client.clone(),
         t(),
         t(),
@@ -155,7 +161,7 @@ pub fn cuda_sources(
         dtypes,
     );
     let dkdv = kernels::dkdv_kernel::DkdvKernel::<WgpuRuntime>::new(
-        settings(lanes),
+        settings(row_cube),
         client,
         t(),
         t(),

@@ -11,8 +11,9 @@
 //!   the shared prefix tensor (batch stride 0 when it is shared), column `c ≥ P` reads the
 //!   sequence keys. Row `i` sees prefix slot `p < prefix_len[b]` and sequence key
 //!   `j ≤ i + (S − L)`, `j < key_len[b]`.
-//! * Forward and dQ: each unit owns `R` query rows (`rows_per_unit`; row `start + 64·s + u` for
-//!   slot `s` of unit `u`), `64·R` rows per cube; key/value tiles of `BK` columns are staged in
+//! * Forward and dQ: each unit owns `R` query rows (`rows_per_unit`; row `start + U·s + u` for
+//!   slot `s` of unit `u` in a cube of `U` units), `U·R` rows per cube (`U` is chosen at
+//!   launch, 8 to 64, at least 64 rows a cube); key/value tiles of `BK` columns are staged in
 //!   shared memory, and every vector read from there serves the unit's `R` rows; sequence tiles
 //!   above the cube's causal diagonal are skipped, and so is a column none of a unit's rows
 //!   sees. The forward keeps an online softmax per row (running max and sum, rescaled only when

@@ -33,7 +33,8 @@ pub use kernels::NEG_LARGE;
 
 /// Largest head dimension the kernels take (the per-unit registers grow with it).
 pub const MAX_HEAD_DIM: usize = 128;
-/// Query rows (forward, dQ) or key columns (dK/dV) per cube.
+/// Query rows (forward, dQ) or key columns (dK/dV) a cube of the row-walking kernels walks at
+/// least (units × rows per unit; see `RowLaunch`), and the units of the delta pre-pass.
 pub const CUBE_ROWS: u32 = 64;
 /// Key/value columns (forward, dQ) or query rows (dK/dV) staged per tile.
 pub const TILE: usize = 32;
@@ -158,20 +159,53 @@ fn unroll_loops() -> bool {
     !matches!(std::env::var("PEFT_KERNEL_UNROLL").as_deref(), Ok("0"))
 }
 
-/// Cubes for `units` rows or columns (`per_unit` to a unit), `groups` batch·key/value heads and
-/// `heads` query heads.
-fn cube_count(units: usize, groups: usize, per_unit: usize, heads: usize) -> CubeCount {
-    CubeCount::Static(
-        units.div_ceil(CUBE_ROWS as usize * per_unit) as u32,
-        groups as u32,
-        heads as u32,
-    )
+/// Units (before lanes) a cube of the row-walking kernels may have, smallest first.
+const CUBE_UNITS: [usize; 4] = [8, 16, 32, 64];
+
+/// How a row-walking kernel (forward, dQ, dK/dV) is launched over `n` rows (or columns) per
+/// group: `units` units per cube, each owning `per_unit` rows shared with `lanes - 1` other
+/// units (`units·lanes` units in all), and `cubes` cubes per group along the rows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct RowLaunch {
+    cubes: usize,
+    units: usize,
 }
 
-/// Units of a cube whose rows (or columns) are shared by `lanes` units: the cube still walks
-/// `CUBE_ROWS` rows per slot.
-fn cube_dim(lanes: usize) -> CubeDim {
-    CubeDim::new_1d(CUBE_ROWS * lanes as u32)
+impl RowLaunch {
+    /// The smallest cube of at least [`CUBE_ROWS`] rows (`units·per_unit`) that, with lanes,
+    /// fills whole planes (`plane` units: the shuffles and votes must be reached by every unit
+    /// of a plane). A row slot past the last row still costs its share of the arithmetic (the
+    /// per-slot loops are unrolled), so the last cube of a group should be small: with eight
+    /// rows per unit (lavapipe) one 64-unit cube over the 192 columns of `P = 64, L = 128`
+    /// would do 512 columns' work, where three 8-unit cubes do 192. A cube of 64 rows still
+    /// reads each staged tile for as many rows as the 64-unit cubes of one row per unit (the
+    /// GPU layout, unchanged by this), and one cube size per layout keeps one compiled kernel
+    /// per layout (the cube size is part of a compiled kernel).
+    fn new(n: usize, per_unit: usize, lanes: usize, plane: usize) -> Self {
+        let units = CUBE_UNITS
+            .into_iter()
+            .find(|&u| u * per_unit >= CUBE_ROWS as usize && (lanes == 1 || u * lanes >= plane))
+            .unwrap_or(CUBE_ROWS as usize);
+        RowLaunch {
+            cubes: n.max(1).div_ceil(units * per_unit),
+            units,
+        }
+    }
+
+    /// The grid: these cubes along the rows, `groups` batch·key/value heads, `heads` query heads.
+    fn count(self, groups: usize, heads: usize) -> CubeCount {
+        CubeCount::Static(self.cubes as u32, groups as u32, heads as u32)
+    }
+
+    /// The cube: `units·lanes` units in one dimension.
+    fn dim(self, lanes: usize) -> CubeDim {
+        CubeDim::new_1d((self.units * lanes) as u32)
+    }
+}
+
+/// The largest plane (warp, subgroup) size of the device of `t`.
+fn plane_size<R: CubeRuntime>(t: &CubeTensor<R>) -> usize {
+    t.client.properties().hardware.plane_size_max.max(1) as usize
 }
 
 /// The value of environment variable `name` when it is one of `allowed` (else none).
@@ -299,10 +333,11 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> PrefixAtte
         let n = vector_size(d.head_dim);
         let rows = rows_per_unit(&p.q);
         let lanes = lanes_per_row(&p.q, d.head_dim, Walk::Forward);
+        let launch = RowLaunch::new(d.group() * d.queries, rows, lanes, plane_size(&p.q));
         kernels::forward_kernel::launch::<R>(
             &p.q.client,
-            cube_count(d.group() * d.queries, d.batch * d.kv_heads, rows, 1),
-            cube_dim(lanes),
+            launch.count(d.batch * d.kv_heads, 1),
+            launch.dim(lanes),
             n,
             p.q.clone().into_tensor_arg(),
             p.k.into_tensor_arg(),
@@ -375,10 +410,12 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> PrefixAtte
             dtype,
         );
         let lanes = lanes_per_row(&p.q, d.head_dim, Walk::Dq);
+        let plane = plane_size(&p.q);
+        let launch = RowLaunch::new(d.group() * d.queries, rows_per, lanes, plane);
         kernels::dq_kernel::launch::<R>(
             &client,
-            cube_count(d.group() * d.queries, d.batch * d.kv_heads, rows_per, 1),
-            cube_dim(lanes),
+            launch.count(d.batch * d.kv_heads, 1),
+            launch.dim(lanes),
             n,
             p.q.clone().into_tensor_arg(),
             p.k.clone().into_tensor_arg(),
@@ -410,10 +447,11 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> PrefixAtte
         let dpk = empty(&p.q, prefix_shape.clone(), dtype);
         let dpv = empty(&p.q, prefix_shape, dtype);
         let lanes = lanes_per_row(&p.q, d.head_dim, Walk::Dkdv);
+        let launch = RowLaunch::new(d.prefix + d.keys, rows_per, lanes, plane);
         kernels::dkdv_kernel::launch::<R>(
             &client,
-            cube_count(d.prefix + d.keys, d.batch * d.kv_heads, rows_per, g),
-            cube_dim(lanes),
+            launch.count(d.batch * d.kv_heads, g),
+            launch.dim(lanes),
             n,
             p.q.into_tensor_arg(),
             p.k.into_tensor_arg(),
@@ -501,5 +539,34 @@ mod tests {
         assert_eq!(default_lanes(128, Walk::Forward), 4);
         assert_eq!(default_lanes(128, Walk::Dq), 8);
         assert_eq!(default_lanes(128, Walk::Dkdv), 8);
+    }
+
+    #[test]
+    fn row_launches_are_the_smallest_cubes_of_64_rows() {
+        let launch = |n, per_unit, lanes, plane| {
+            let l = RowLaunch::new(n, per_unit, lanes, plane);
+            assert!(l.cubes * l.units * per_unit >= n.max(1), "{n} rows: {l:?}");
+            (l.cubes, l.units)
+        };
+        // Eight rows per unit (lavapipe): 8-unit cubes. The 576 columns of P = 64, L = 512
+        // take nine of them, exactly (two 64-unit cubes would walk 1024 columns); the 192 of
+        // P = 64, L = 128 three.
+        assert_eq!(launch(576, 8, 1, 8), (9, 8));
+        assert_eq!(launch(192, 8, 1, 8), (3, 8));
+        assert_eq!(launch(1536, 8, 1, 8), (24, 8));
+        assert_eq!(launch(1, 8, 1, 8), (1, 8));
+        assert_eq!(launch(0, 8, 1, 8), (1, 8));
+        // Sixteen rows per unit: still at least eight units.
+        assert_eq!(launch(100, 16, 1, 8), (1, 8));
+        // One row per unit (GPUs): 64 units, as before lanes and cube sizes were chosen.
+        assert_eq!(launch(148, 1, 4, 32), (3, 64));
+        assert_eq!(launch(1536, 1, 2, 32), (24, 64));
+        // Two rows per unit: 32 units.
+        assert_eq!(launch(148, 2, 4, 32), (3, 32));
+        assert_eq!(launch(148, 2, 1, 32), (3, 32));
+        // With lanes, whole planes: 8 units of two lanes would fill half a 32-wide plane.
+        assert_eq!(launch(40, 8, 2, 32), (1, 16));
+        assert_eq!(launch(40, 8, 4, 32), (1, 8));
+        assert_eq!(launch(40, 8, 2, 8), (1, 8));
     }
 }
