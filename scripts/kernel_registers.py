@@ -92,30 +92,23 @@ def main():
                     "cuda_source", "--", out_dir, str(a.head_dim), str(a.rows), "0" if a.no_unroll else "1", str(a.lanes)],
                    cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
     lib = ctypes.CDLL(nvrtc)
-    cube = row_cube_units(a.rows, a.lanes)
     print(f"head dim {a.head_dim}, {a.rows} row(s) per unit, {a.lanes} lane(s) per row, "
-          f"loops {'rolled' if a.no_unroll else 'unrolled'}, {a.arch}; cubes of {cube} units "
-          f"(delta: 64)")
-    print(f"{'kernel':<8} {'registers':>9} {'spill st':>9} {'spill ld':>9} {'stack':>6} {'warps/SM cap':>13}")
+          f"loops {'rolled' if a.no_unroll else 'unrolled'}, {a.arch}")
+    print(f"{'kernel':<8} {'cube':>5} {'registers':>9} {'spill st':>9} {'spill ld':>9} {'stack':>6} {'warps/SM cap':>13}")
     for name in ["forward", "delta", "dq", "dkdv"]:
         cu = os.path.join(out_dir, f"{name}.cu")
+        source = open(cu).read()
+        # The units per cube the launch uses, as the generated kernel declares them.
+        cube = int(re.search(r"__launch_bounds__\((\d+)\)", source).group(1))
         ptx_path = cu + ".ptx"
         with open(ptx_path, "wb") as f:
-            f.write(nvrtc_ptx(lib, open(cu).read(), a.arch, include))
+            f.write(nvrtc_ptx(lib, source, a.arch, include))
         r = ptxas_report(ptxas, ptx_path, a.arch)
         # Registers are allocated per warp in blocks of 256, and warps come in whole cubes.
         per_warp = -(-r["registers"] * 32 // 256) * 256
-        cube_warps = 2 if name == "delta" else -(-cube // 32)
+        cube_warps = -(-cube // 32)
         warps = min(MAX_WARPS, REGISTER_FILE // per_warp // cube_warps * cube_warps)
-        print(f"{name:<8} {r['registers']:>9} {r['spill_stores']:>8}B {r['spill_loads']:>8}B {r['stack']:>5}B {warps:>13}")
-
-
-def row_cube_units(rows, lanes, plane=32):
-    """Units of a cube of the row-walking kernels on CUDA, as `RowLaunch::new` in
-    kernels/src/cube/mod.rs chooses them: the smallest of 8, 16, 32, 64 units that walks at least
-    64 rows and, with lanes, fills whole 32-unit warps; times the lanes."""
-    units = next((u for u in (8, 16, 32, 64) if u * rows >= 64 and (lanes == 1 or u * lanes >= plane)), 64)
-    return units * lanes
+        print(f"{name:<8} {cube:>5} {r['registers']:>9} {r['spill_stores']:>8}B {r['spill_loads']:>8}B {r['stack']:>5}B {warps:>13}")
 
 
 if __name__ == "__main__":
