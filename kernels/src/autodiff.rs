@@ -25,6 +25,10 @@ impl<B: PrefixAttentionBackend, C: CheckpointStrategy> PrefixAttentionBackend fo
         B::has_fused_prefix_attention()
     }
 
+    fn runs_on_host_thread() -> bool {
+        B::runs_on_host_thread()
+    }
+
     fn prefix_attention_forward(
         args: PrefixAttentionArgs<Self>,
     ) -> (FloatTensor<Self>, FloatTensor<Self>) {

@@ -10,12 +10,20 @@ use std::{fmt, str::FromStr};
 use crate::PrefixAttentionBackend;
 
 #[cfg(feature = "flex")]
-impl PrefixAttentionBackend for burn::backend::Flex {}
+impl PrefixAttentionBackend for burn::backend::Flex {
+    fn runs_on_host_thread() -> bool {
+        true
+    }
+}
 
 /// NdArray with its default element types (f32 floats); other element types can implement the
-/// trait the same way, with an empty `impl`.
+/// trait the same way.
 #[cfg(feature = "ndarray")]
-impl PrefixAttentionBackend for burn::backend::NdArray {}
+impl PrefixAttentionBackend for burn::backend::NdArray {
+    fn runs_on_host_thread() -> bool {
+        true
+    }
+}
 
 /// A backend selectable at run time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

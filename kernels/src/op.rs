@@ -115,6 +115,16 @@ pub trait PrefixAttentionBackend: Backend {
         false
     }
 
+    /// Whether tensor ops run on the host CPU, synchronously on the calling thread (Burn's CPU
+    /// backends, Flex and NdArray), rather than being queued on a device.
+    ///
+    /// Models use it to split few-row matrix products over host threads themselves: these
+    /// backends run a one-row product (a matrix-vector product) on a single core, so batch-1
+    /// decoding would be bound by the memory bandwidth of one core.
+    fn runs_on_host_thread() -> bool {
+        false
+    }
+
     /// Attention output `[B, H, L, d]` and the f32 log-sum-exp of every query row
     /// `[B, H, L]` (natural log, of the scaled scores), which the backward reuses.
     fn prefix_attention_forward(

@@ -72,7 +72,7 @@ pub(crate) fn linear<B: PrefixAttentionBackend>(
     let [b, l, d_in] = x.dims();
     let w = layer.weight.val();
     let d_out = w.dims()[1];
-    let y = x.reshape([b * l, d_in]).matmul(w);
+    let y = super::matmul::matmul(x.reshape([b * l, d_in]), w);
     let y = match &layer.bias {
         Some(bias) => y + bias.val().unsqueeze::<2>(),
         None => y,

@@ -1,6 +1,7 @@
 //! A Llama-family decoder (Llama, SmolLM, Mistral, Qwen2), generic over the backend.
 
 mod layer;
+mod matmul;
 mod rope;
 
 use burn::{
@@ -80,7 +81,11 @@ impl<B: PrefixAttentionBackend> Loader<'_, B> {
         })
     }
 
-    /// A projection stored `[out, in]` (Hugging Face) as Burn's `[in, out]` linear.
+    /// A projection stored `[out, in]` (Hugging Face and GGUF order) as Burn's `[in, out]`
+    /// linear weight: a transposed view of the `[out, in]` tensor, as Burn's own
+    /// `LinearLayout::Col` keeps it. Each output's weights stay one contiguous row, which CPU
+    /// backends read as one stream in a one-row product (`matmul.rs`); the matrix products of
+    /// training take either order at the same speed.
     fn linear(
         &self,
         key: WeightKey,
@@ -89,21 +94,14 @@ impl<B: PrefixAttentionBackend> Loader<'_, B> {
         input: usize,
     ) -> Result<Linear<B>> {
         let t = self.read(key, &[rows, input])?;
-        let mut weight = vec![0.0f32; input * rows];
-        for r in 0..rows {
-            for (c, v) in t.values[r * input..(r + 1) * input].iter().enumerate() {
-                weight[c * rows + r] = *v;
-            }
-        }
         let bias = match bias {
             None => None,
             Some(key) => Some(Param::from_tensor(self.vector(key, rows)?)),
         };
+        let stored =
+            Tensor::<B, 2>::from_data(TensorData::new(t.values, [rows, input]), self.device);
         Ok(Linear {
-            weight: Param::from_tensor(Tensor::from_data(
-                TensorData::new(weight, [input, rows]),
-                self.device,
-            )),
+            weight: Param::from_tensor(stored.transpose()),
             bias,
         })
     }
@@ -300,10 +298,11 @@ impl<B: PrefixAttentionBackend> CausalLm<B> for Llama<B> {
             None => {
                 let [b, l, h] = hidden.dims();
                 let vocab = self.config.vocab_size;
-                hidden
-                    .reshape([b * l, h])
-                    .matmul(self.embed.weight.val().transpose())
-                    .reshape([b, l, vocab])
+                matmul::matmul(
+                    hidden.reshape([b * l, h]),
+                    self.embed.weight.val().transpose(),
+                )
+                .reshape([b, l, vocab])
             }
         }
     }
