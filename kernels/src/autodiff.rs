@@ -29,6 +29,10 @@ impl<B: PrefixAttentionBackend, C: CheckpointStrategy> PrefixAttentionBackend fo
         B::runs_on_host_thread()
     }
 
+    fn single_threaded_matvec() -> bool {
+        B::single_threaded_matvec()
+    }
+
     fn prefix_attention_forward(
         args: PrefixAttentionArgs<Self>,
     ) -> (FloatTensor<Self>, FloatTensor<Self>) {

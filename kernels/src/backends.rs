@@ -14,6 +14,10 @@ impl PrefixAttentionBackend for burn::backend::Flex {
     fn runs_on_host_thread() -> bool {
         true
     }
+
+    fn single_threaded_matvec() -> bool {
+        true
+    }
 }
 
 /// NdArray with its default element types (f32 floats); other element types can implement the

@@ -118,10 +118,18 @@ pub trait PrefixAttentionBackend: Backend {
     /// Whether tensor ops run on the host CPU, synchronously on the calling thread (Burn's CPU
     /// backends, Flex and NdArray), rather than being queued on a device.
     ///
-    /// Models use it to split few-row matrix products over host threads themselves: these
-    /// backends run a one-row product (a matrix-vector product) on a single core, so batch-1
-    /// decoding would be bound by the memory bandwidth of one core.
+    /// Models then take few-row products `x·Wᵀ` (decoding) as `(W·xᵀ)ᵀ`, which reads the
+    /// stored `W` in place: NdArray copies a transposed operand into standard layout first.
     fn runs_on_host_thread() -> bool {
+        false
+    }
+
+    /// Whether this backend runs a matrix-vector product (a product with one row or one
+    /// column) on a single host thread whatever its thread pool holds, so that callers gain by
+    /// splitting it over threads themselves. True for Flex, whose `gemm` kernel for such
+    /// products is single-threaded. False for NdArray: its slices are copies, so a split copies
+    /// the weights, and decoding measured slower split than whole.
+    fn single_threaded_matvec() -> bool {
         false
     }
 

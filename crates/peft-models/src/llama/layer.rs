@@ -70,9 +70,10 @@ pub(crate) fn linear<B: PrefixAttentionBackend>(
     x: Tensor<B, 3>,
 ) -> Tensor<B, 3> {
     let [b, l, d_in] = x.dims();
-    let w = layer.weight.val();
-    let d_out = w.dims()[1];
-    let y = super::matmul::matmul(x.reshape([b * l, d_in]), w);
+    // Burn's `[in, out]` weight is a transposed view of the stored `[out, in]` matrix.
+    let w = layer.weight.val().transpose();
+    let d_out = w.dims()[0];
+    let y = super::matmul::matmul_wt(x.reshape([b * l, d_in]), w);
     let y = match &layer.bias {
         Some(bias) => y + bias.val().unsqueeze::<2>(),
         None => y,

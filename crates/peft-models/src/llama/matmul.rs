@@ -1,131 +1,161 @@
-//! Few-row matrix products on host backends, split by output columns over threads.
+//! The model's matrix products `x·Wᵀ`, with `W` stored `[out, in]` as the weight files store it,
+//! and few-row products on CPU backends.
 //!
-//! Burn's CPU backends run a product `x·W` whose `x` has one row (a matrix-vector product) on a
-//! single core, whatever their thread pool holds. Decoding one sequence is such products
-//! only, and they stream every weight of the model once per token, so decoding would run at
-//! one core's memory bandwidth. Splitting `W` by columns and running the parts on the Rayon
-//! pool lets every core stream its share.
+//! Decoding one sequence is products with one row only, which stream every weight of the model
+//! once per token. On backends whose ops run on the host
+//! ([`runs_on_host_thread`](PrefixAttentionBackend::runs_on_host_thread)) such a product is
+//! taken as `(W·xᵀ)ᵀ`, which reads the stored `W` in place (NdArray would copy the transposed
+//! view `Wᵀ` into standard layout on every call). Flex runs it on a single core whatever its
+//! thread pool holds ([`single_threaded_matvec`](PrefixAttentionBackend::single_threaded_matvec)),
+//! so decoding would run at one core's memory bandwidth; there `W` is split by rows over the
+//! Rayon threads, each part a contiguous block of the stored matrix that one core streams.
 //!
-//! Each output column is the same dot product, summed in the same order, split or not: the
-//! parts stay wide enough (more than 16·16 outputs) that the `gemm` crate under Flex keeps its
-//! matrix-vector kernel for them instead of switching to its small-matrix kernel, which sums in
-//! another order. A test pins this bit for bit.
+//! Each output is the same dot product, summed in the same order, split or not: the parts stay
+//! larger than 16·16 outputs, so the `gemm` crate under Flex keeps its matrix-vector kernel for
+//! them instead of switching to its small-matrix kernel, which sums in another order. A test
+//! pins this bit for bit.
 
 use burn::tensor::Tensor;
 use peft_kernels::PrefixAttentionBackend;
 use rayon::prelude::*;
 
-/// Most rows of `x` for which a product is split (above this, the backend's own matrix product
-/// is parallel or the product is not bandwidth-bound).
+/// Most rows of `x` taken as a split `(W·xᵀ)ᵀ` (above this, the backend's own matrix product is
+/// parallel, or the product is not bound by reading `W`).
 const MAX_ROWS: usize = 8;
 
-/// Fewest output columns per part, before rounding the part boundaries to [`ALIGN`]: every
-/// part keeps more than 256 columns.
-const MIN_COLUMNS_PER_PART: usize = 272;
+/// Fewest rows of `W` per part, before rounding the part boundaries to [`ALIGN`]: every part
+/// keeps more than 256 rows.
+const MIN_ROWS_PER_PART: usize = 272;
 
 /// Part boundaries are multiples of this (whole AVX vectors of `f32`).
 const ALIGN: usize = 8;
 
-/// How many column parts `x·W` with `rows` rows and `columns` output columns is split into on
-/// backend `B` with `threads` host threads (1: not split).
-fn parts<B: PrefixAttentionBackend>(rows: usize, columns: usize, threads: usize) -> usize {
-    if !B::runs_on_host_thread() || rows > MAX_ROWS {
-        return 1;
-    }
-    threads.min(columns / MIN_COLUMNS_PER_PART).max(1)
+/// How many parts the rows of a `W` with `outputs` rows are split into on `threads` host threads
+/// (1: not split).
+fn parts(outputs: usize, threads: usize) -> usize {
+    threads.min(outputs / MIN_ROWS_PER_PART).max(1)
 }
 
-/// First column of part `i` of `parts` over `columns` columns.
-fn boundary(i: usize, parts: usize, columns: usize) -> usize {
+/// First row of part `i` of `parts` over `outputs` rows.
+fn boundary(i: usize, parts: usize, outputs: usize) -> usize {
     if i == parts {
-        columns
+        outputs
     } else {
-        (i * columns / parts).next_multiple_of(ALIGN).min(columns)
+        (i * outputs / parts).next_multiple_of(ALIGN).min(outputs)
     }
 }
 
-/// `x·w` for `x` `[M, K]` and `w` `[K, N]`, split over the Rayon threads when `B` runs on the
-/// host and `x` has few rows.
-pub(crate) fn matmul<B: PrefixAttentionBackend>(x: Tensor<B, 2>, w: Tensor<B, 2>) -> Tensor<B, 2> {
-    let rows = x.dims()[0];
-    let columns = w.dims()[1];
-    let parts = parts::<B>(rows, columns, rayon::current_num_threads());
+/// `x·wᵀ` for `x` `[M, K]` and `w` `[N, K]`.
+///
+/// On backends whose ops run on the host, a product with at most [`MAX_ROWS`] rows is taken as
+/// `(w·xᵀ)ᵀ`, split by rows of `w` over the Rayon threads where the backend's own product would
+/// run on one thread.
+pub(crate) fn matmul_wt<B: PrefixAttentionBackend>(
+    x: Tensor<B, 2>,
+    w: Tensor<B, 2>,
+) -> Tensor<B, 2> {
+    if !B::runs_on_host_thread() || x.dims()[0] > MAX_ROWS {
+        return x.matmul(w.transpose());
+    }
+    let outputs = w.dims()[0];
+    let parts = match B::single_threaded_matvec() {
+        true => parts(outputs, rayon::current_num_threads()),
+        false => 1,
+    };
+    let xt = x.transpose();
     if parts == 1 {
-        return x.matmul(w);
+        return w.matmul(xt).transpose();
     }
     let pieces: Vec<Tensor<B, 2>> = (0..parts)
         .into_par_iter()
         .map(|i| {
-            let start = boundary(i, parts, columns);
-            let end = boundary(i + 1, parts, columns);
-            x.clone().matmul(w.clone().narrow(1, start, end - start))
+            let start = boundary(i, parts, outputs);
+            let end = boundary(i + 1, parts, outputs);
+            w.clone().narrow(0, start, end - start).matmul(xt.clone())
         })
         .collect();
-    Tensor::cat(pieces, 1)
+    Tensor::cat(pieces, 0).transpose()
 }
 
 #[cfg(test)]
 mod tests {
     use burn::{
         backend::Flex,
-        tensor::{Distribution, Tensor},
+        tensor::{Distribution, Tensor, Tolerance},
     };
 
     use super::*;
 
     #[test]
-    fn only_few_row_products_on_host_backends_are_split() {
-        assert_eq!(parts::<Flex>(1, 49_152, 2), 2);
-        assert_eq!(parts::<Flex>(1, 49_152, 16), 16);
-        assert_eq!(parts::<Flex>(1, 576, 16), 2);
-        assert_eq!(parts::<Flex>(8, 1536, 2), 2);
-        assert_eq!(
-            parts::<Flex>(9, 1536, 2),
-            1,
-            "many rows: the backend's own product"
-        );
-        assert_eq!(parts::<Flex>(1, 543, 2), 1, "parts would be too narrow");
-        assert_eq!(parts::<Flex>(1, 49_152, 1), 1, "one thread");
-    }
-
-    #[test]
-    fn parts_cover_the_columns_in_aligned_pieces_wider_than_256() {
-        for columns in [544, 576, 1000, 1536, 4099, 49_152] {
+    fn parts_follow_threads_and_stay_above_256_rows() {
+        assert_eq!(parts(49_152, 2), 2);
+        assert_eq!(parts(49_152, 16), 16);
+        assert_eq!(parts(576, 16), 2);
+        assert_eq!(parts(543, 2), 1, "parts would be too small");
+        assert_eq!(parts(49_152, 1), 1, "one thread");
+        for outputs in [544, 576, 1000, 1536, 4099, 49_152] {
             for threads in 2..=16 {
-                let parts = parts::<Flex>(1, columns, threads);
-                let bounds: Vec<usize> = (0..=parts).map(|i| boundary(i, parts, columns)).collect();
-                assert_eq!((bounds[0], bounds[parts]), (0, columns));
+                let parts = parts(outputs, threads);
+                let bounds: Vec<usize> = (0..=parts).map(|i| boundary(i, parts, outputs)).collect();
+                assert_eq!((bounds[0], bounds[parts]), (0, outputs));
                 for w in bounds.windows(2) {
-                    assert!(w[1] - w[0] > 256, "{columns} on {threads}: {bounds:?}");
+                    assert!(w[1] - w[0] > 256, "{outputs} on {threads}: {bounds:?}");
                 }
                 assert!(bounds[..parts].iter().all(|b| b % ALIGN == 0));
             }
         }
     }
 
-    /// Every split, including uneven last parts, gives the unsplit product bit for bit: each
-    /// column is the same dot product either way.
+    fn on_threads<T: Send>(threads: usize, f: impl FnOnce() -> T + Send) -> T {
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap()
+            .install(f)
+    }
+
+    /// Split products equal the unsplit one bit for bit (each output is the same dot product
+    /// either way, uneven last parts included), and the few-row form equals `x·wᵀ`.
     #[test]
     fn split_products_equal_the_unsplit_product() {
         let device = Default::default();
-        for (rows, inner, columns) in [(1, 576, 3072), (1, 64, 576), (1, 77, 1000), (3, 64, 700)] {
+        for (rows, inner, outputs) in [(1, 576, 3072), (1, 64, 576), (1, 77, 1000), (3, 64, 700)] {
             let x = Tensor::<Flex, 2>::random([rows, inner], Distribution::Default, &device);
-            let w = Tensor::<Flex, 2>::random([inner, columns], Distribution::Default, &device);
-            let expected = x.clone().matmul(w.clone()).into_data();
-            // `w` as the transposed view of a `[N, K]` table, the layout of a tied output head.
-            let table = Tensor::<Flex, 2>::from_data(w.clone().transpose().into_data(), &device);
+            let w = Tensor::<Flex, 2>::random([outputs, inner], Distribution::Default, &device);
+            let unsplit = on_threads(1, || matmul_wt(x.clone(), w.clone())).into_data();
+            unsplit.assert_approx_eq::<f32>(
+                &x.clone().matmul(w.clone().transpose()).into_data(),
+                Tolerance::absolute(1e-4),
+            );
             for threads in [2, 3, 5] {
-                let parts = parts::<Flex>(rows, columns, threads);
-                assert!(parts > 1, "{rows}×{inner}×{columns} on {threads} threads");
-                let pool = rayon::ThreadPoolBuilder::new()
-                    .num_threads(threads)
-                    .build()
-                    .unwrap();
-                let got = pool.install(|| matmul(x.clone(), w.clone())).into_data();
-                assert_eq!(got, expected, "{rows}×{inner}×{columns}, {threads} threads");
-                let tied = pool.install(|| matmul(x.clone(), table.clone().transpose()));
-                let unsplit = x.clone().matmul(table.clone().transpose()).into_data();
-                assert_eq!(tied.into_data(), unsplit, "tied layout, {threads} threads");
+                assert!(
+                    parts(outputs, threads) > 1,
+                    "{outputs} rows on {threads} threads"
+                );
+                let got = on_threads(threads, || matmul_wt(x.clone(), w.clone())).into_data();
+                assert_eq!(got, unsplit, "{rows}×{inner}×{outputs}, {threads} threads");
+            }
+        }
+    }
+
+    /// Many rows take the backend's own product; gradients flow through both forms.
+    #[test]
+    fn both_forms_differentiate_like_the_plain_product() {
+        type A = burn::backend::Autodiff<Flex>;
+        let device = Default::default();
+        for rows in [2, 12] {
+            let x =
+                Tensor::<A, 2>::random([rows, 64], Distribution::Default, &device).require_grad();
+            let w =
+                Tensor::<A, 2>::random([600, 64], Distribution::Default, &device).require_grad();
+            let grads = on_threads(2, || matmul_wt(x.clone(), w.clone()).sum().backward());
+            let plain = x.clone().matmul(w.clone().transpose()).sum().backward();
+            for t in [&x, &w] {
+                // Sums of up to 600 products of magnitude ~1, in another order.
+                t.grad(&grads).unwrap().into_data().assert_approx_eq::<f32>(
+                    &t.grad(&plain).unwrap().into_data(),
+                    Tolerance::rel_abs(1e-5, 1e-5),
+                );
             }
         }
     }

@@ -84,8 +84,8 @@ impl<B: PrefixAttentionBackend> Loader<'_, B> {
     /// A projection stored `[out, in]` (Hugging Face and GGUF order) as Burn's `[in, out]`
     /// linear weight: a transposed view of the `[out, in]` tensor, as Burn's own
     /// `LinearLayout::Col` keeps it. Each output's weights stay one contiguous row, which CPU
-    /// backends read as one stream in a one-row product (`matmul.rs`); the matrix products of
-    /// training take either order at the same speed.
+    /// backends stream in a few-row product (`matmul.rs`); the matrix products of training take
+    /// either order at the same speed on Flex.
     fn linear(
         &self,
         key: WeightKey,
@@ -298,11 +298,8 @@ impl<B: PrefixAttentionBackend> CausalLm<B> for Llama<B> {
             None => {
                 let [b, l, h] = hidden.dims();
                 let vocab = self.config.vocab_size;
-                matmul::matmul(
-                    hidden.reshape([b * l, h]),
-                    self.embed.weight.val().transpose(),
-                )
-                .reshape([b, l, vocab])
+                matmul::matmul_wt(hidden.reshape([b * l, h]), self.embed.weight.val())
+                    .reshape([b, l, vocab])
             }
         }
     }
