@@ -69,16 +69,30 @@ pub(crate) fn linear<B: PrefixAttentionBackend>(
     layer: &Linear<B>,
     x: Tensor<B, 3>,
 ) -> Tensor<B, 3> {
+    let [y] = linears([layer], x);
+    y
+}
+
+/// [`linear`] of several layers on the same input, their products run together
+/// (`matmul::matmul_wt_many`).
+pub(crate) fn linears<B: PrefixAttentionBackend, const N: usize>(
+    layers: [&Linear<B>; N],
+    x: Tensor<B, 3>,
+) -> [Tensor<B, 3>; N] {
     let [b, l, d_in] = x.dims();
     // Burn's `[in, out]` weight is a transposed view of the stored `[out, in]` matrix.
-    let w = layer.weight.val().transpose();
-    let d_out = w.dims()[0];
-    let y = super::matmul::matmul_wt(x.reshape([b * l, d_in]), w);
-    let y = match &layer.bias {
-        Some(bias) => y + bias.val().unsqueeze::<2>(),
-        None => y,
-    };
-    y.reshape([b, l, d_out])
+    let ws = layers.map(|layer| layer.weight.val().transpose());
+    let ys = super::matmul::matmul_wt_many(x.reshape([b * l, d_in]), ws);
+    let mut layers = layers.into_iter();
+    ys.map(|y| {
+        let layer = layers.next().expect("one layer per product");
+        let d_out = y.dims()[1];
+        let y = match &layer.bias {
+            Some(bias) => y + bias.val().unsqueeze::<2>(),
+            None => y,
+        };
+        y.reshape([b, l, d_out])
+    })
 }
 
 /// What one layer attends to besides the new inputs.
@@ -100,9 +114,10 @@ impl<B: PrefixAttentionBackend> Attention<B> {
         let [b, l, _] = x.dims();
         let (h, kv, d) = (self.heads, self.kv_heads, self.head_dim);
         let heads = |t: Tensor<B, 3>, n: usize| t.reshape([b, l, n, d]).swap_dims(1, 2);
-        let q = heads(rope.apply(linear(&self.q, x.clone()), h), h);
-        let k = heads(rope.apply(linear(&self.k, x.clone()), kv), kv);
-        let v = heads(linear(&self.v, x), kv);
+        let [q, k, v] = linears([&self.q, &self.k, &self.v], x);
+        let q = heads(rope.apply(q, h), h);
+        let k = heads(rope.apply(k, kv), kv);
+        let v = heads(v, kv);
         (q, k, v)
     }
 
@@ -141,8 +156,7 @@ impl<B: PrefixAttentionBackend> Attention<B> {
 
 impl<B: PrefixAttentionBackend> Mlp<B> {
     fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
-        let gate = linear(&self.gate, x.clone());
-        let up = linear(&self.up, x);
+        let [gate, up] = linears([&self.gate, &self.up], x);
         linear(&self.down, silu(gate) * up)
     }
 }

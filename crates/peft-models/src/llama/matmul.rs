@@ -77,6 +77,42 @@ pub(crate) fn matmul_wt<B: PrefixAttentionBackend>(
     Tensor::cat(pieces, 0).transpose()
 }
 
+/// `x·wᵢᵀ` for every `wᵢ` `[Nᵢ, K]`, each equal bit for bit to [`matmul_wt`]'s. Where that
+/// splits, the parts of all the products run in one parallel region: one fork-join for the
+/// layer's query, key and value projections instead of one per projection, and the narrow key
+/// and value products, too small to split, run beside the query's parts.
+pub(crate) fn matmul_wt_many<B: PrefixAttentionBackend, const N: usize>(
+    x: Tensor<B, 2>,
+    ws: [Tensor<B, 2>; N],
+) -> [Tensor<B, 2>; N] {
+    if !(B::runs_on_host_thread() && B::single_threaded_matvec()) || x.dims()[0] > MAX_ROWS {
+        return ws.map(|w| matmul_wt(x.clone(), w));
+    }
+    let threads = rayon::current_num_threads();
+    let pieces: Vec<(usize, usize, usize)> = ws
+        .iter()
+        .enumerate()
+        .flat_map(|(j, w)| {
+            let outputs = w.dims()[0];
+            let parts = parts(outputs, threads);
+            (0..parts).map(move |i| {
+                let start = boundary(i, parts, outputs);
+                (j, start, boundary(i + 1, parts, outputs) - start)
+            })
+        })
+        .collect();
+    let xt = x.transpose();
+    let products: Vec<Tensor<B, 2>> = pieces
+        .par_iter()
+        .map(|&(j, start, len)| ws[j].clone().narrow(0, start, len).matmul(xt.clone()))
+        .collect();
+    let mut grouped: [Vec<Tensor<B, 2>>; N] = std::array::from_fn(|_| Vec::new());
+    for (&(j, ..), product) in pieces.iter().zip(products) {
+        grouped[j].push(product);
+    }
+    grouped.map(|parts| Tensor::cat(parts, 0).transpose())
+}
+
 #[cfg(test)]
 mod tests {
     use burn::{
@@ -134,6 +170,21 @@ mod tests {
                 );
                 let got = on_threads(threads, || matmul_wt(x.clone(), w.clone())).into_data();
                 assert_eq!(got, unsplit, "{rows}×{inner}×{outputs}, {threads} threads");
+            }
+        }
+    }
+
+    #[test]
+    fn grouped_products_equal_the_single_ones() {
+        let device = Default::default();
+        let x = Tensor::<Flex, 2>::random([1, 64], Distribution::Default, &device);
+        let ws = [576, 192, 192]
+            .map(|n| Tensor::<Flex, 2>::random([n, 64], Distribution::Default, &device));
+        for threads in [1, 2, 3] {
+            let grouped = on_threads(threads, || matmul_wt_many(x.clone(), ws.clone()));
+            for (got, w) in grouped.into_iter().zip(&ws) {
+                let single = on_threads(threads, || matmul_wt(x.clone(), w.clone()));
+                assert_eq!(got.into_data(), single.into_data(), "{threads} threads");
             }
         }
     }
