@@ -54,41 +54,28 @@ pub(crate) fn matmul_wt<B: PrefixAttentionBackend>(
     x: Tensor<B, 2>,
     w: Tensor<B, 2>,
 ) -> Tensor<B, 2> {
-    if !B::runs_on_host_thread() || x.dims()[0] > MAX_ROWS {
-        return x.matmul(w.transpose());
-    }
-    let outputs = w.dims()[0];
-    let parts = match B::single_threaded_matvec() {
-        true => parts(outputs, rayon::current_num_threads()),
-        false => 1,
-    };
-    let xt = x.transpose();
-    if parts == 1 {
-        return w.matmul(xt).transpose();
-    }
-    let pieces: Vec<Tensor<B, 2>> = (0..parts)
-        .into_par_iter()
-        .map(|i| {
-            let start = boundary(i, parts, outputs);
-            let end = boundary(i + 1, parts, outputs);
-            w.clone().narrow(0, start, end - start).matmul(xt.clone())
-        })
-        .collect();
-    Tensor::cat(pieces, 0).transpose()
+    let [y] = matmul_wt_many(x, [w]);
+    y
 }
 
-/// `x·wᵢᵀ` for every `wᵢ` `[Nᵢ, K]`, each equal bit for bit to [`matmul_wt`]'s. Where that
-/// splits, the parts of all the products run in one parallel region: one fork-join for the
-/// layer's query, key and value projections instead of one per projection, and the narrow key
-/// and value products, too small to split, run beside the query's parts.
+/// [`matmul_wt`] of every `wᵢ` `[Nᵢ, K]` with the same `x`. Where products are split, the parts
+/// of all of them run in one parallel region: one fork-join for the layer's query, key and value
+/// projections instead of one per projection, and the narrow key and value products, too small
+/// to split, run beside the query's parts.
 pub(crate) fn matmul_wt_many<B: PrefixAttentionBackend, const N: usize>(
     x: Tensor<B, 2>,
     ws: [Tensor<B, 2>; N],
 ) -> [Tensor<B, 2>; N] {
-    if !(B::runs_on_host_thread() && B::single_threaded_matvec()) || x.dims()[0] > MAX_ROWS {
-        return ws.map(|w| matmul_wt(x.clone(), w));
+    if !B::runs_on_host_thread() || x.dims()[0] > MAX_ROWS {
+        return ws.map(|w| x.clone().matmul(w.transpose()));
     }
-    let threads = rayon::current_num_threads();
+    let split = B::single_threaded_matvec();
+    let threads = if split {
+        rayon::current_num_threads()
+    } else {
+        1
+    };
+    // (which product, first row, rows) of every part.
     let pieces: Vec<(usize, usize, usize)> = ws
         .iter()
         .enumerate()
@@ -102,15 +89,27 @@ pub(crate) fn matmul_wt_many<B: PrefixAttentionBackend, const N: usize>(
         })
         .collect();
     let xt = x.transpose();
-    let products: Vec<Tensor<B, 2>> = pieces
-        .par_iter()
-        .map(|&(j, start, len)| ws[j].clone().narrow(0, start, len).matmul(xt.clone()))
-        .collect();
+    let product = |&(j, start, rows): &(usize, usize, usize)| {
+        let w = &ws[j];
+        // A whole matrix is used as it is: NdArray's slices are copies.
+        let part = match rows == w.dims()[0] {
+            true => w.clone(),
+            false => w.clone().narrow(0, start, rows),
+        };
+        part.matmul(xt.clone())
+    };
+    let products: Vec<Tensor<B, 2>> = match split {
+        true => pieces.par_iter().map(product).collect(),
+        false => pieces.iter().map(product).collect(),
+    };
     let mut grouped: [Vec<Tensor<B, 2>>; N] = std::array::from_fn(|_| Vec::new());
     for (&(j, ..), product) in pieces.iter().zip(products) {
         grouped[j].push(product);
     }
-    grouped.map(|parts| Tensor::cat(parts, 0).transpose())
+    grouped.map(|mut parts| match parts.len() {
+        1 => parts.pop().expect("one part").transpose(),
+        _ => Tensor::cat(parts, 0).transpose(),
+    })
 }
 
 #[cfg(test)]
