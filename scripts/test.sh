@@ -4,21 +4,37 @@
 # first on a fresh machine.
 #
 # Tests that need SmolLM2 skip loudly when models/ has no model; PEFT_REQUIRE_MODEL=1 (set by CI)
-# turns that into a failure.
+# turns that into a failure. PEFT_TEST_PRUNE=1 (set by CI) deletes the test executables and
+# examples of each test step once it has passed, for machines short of disk.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
-step() { printf '\n=== %s (%s)\n' "$1" "$(date +%T)"; }
+target="${CARGO_TARGET_DIR:-target}"
+
+step() {
+  printf '\n=== %s (%s; %s free on the target disk)\n' "$1" "$(date +%T)" \
+    "$(df -h --output=avail "$(dirname "$target")" 2>/dev/null | tail -n 1 | tr -d ' ')"
+}
+
+# The linked test executables and examples of the dev profile: files without an extension (the
+# libraries, build scripts and fingerprints stay, so later steps rebuild nothing they need).
+prune() {
+  [ "${PEFT_TEST_PRUNE:-0}" = 1 ] || return 0
+  find "$target/debug/deps" "$target/debug/examples" -maxdepth 1 -type f -perm -u+x \
+    ! -name '*.*' -delete 2>/dev/null || true
+}
 
 step "format"
 cargo fmt --all -- --check
 
 step "CPU tests (flex; reference attention path)"
 cargo test --workspace --quiet
+prune
 
 step "wgpu tests (fused kernels; lavapipe when no GPU)"
 cargo test --quiet -p peft-kernels -p peft-models -p burn-peft \
   --features peft-kernels/wgpu,peft-models/wgpu,burn-peft/wgpu --test '*wgpu*'
+prune
 
 step "fuzz smoke run (10 s per parser; scripts/fuzz.sh SECONDS for longer runs)"
 FUZZ_PROFILE=dev scripts/fuzz.sh 10
@@ -26,6 +42,7 @@ FUZZ_PROFILE=dev scripts/fuzz.sh 10
 step "CUDA compile check, the kernels' CUDA C++ generated through lavapipe, and the CubeCL launch-choice unit tests"
 cargo build --quiet -p peft-cli --features cuda
 cargo test --quiet -p peft-kernels --features wgpu,cuda --lib --test cuda_source
+prune
 
 step "clippy"
 cargo clippy --workspace --all-targets --quiet -- -D warnings
