@@ -9,6 +9,10 @@ pub const LANE_COUNTS: [usize; 4] = [1, 2, 4, 8];
 /// Query rows (forward, dQ) or key columns (dK/dV) one unit of the fused kernels may own.
 pub const ROW_COUNTS: [usize; 5] = [1, 2, 4, 8, 16];
 
+/// Staged columns (forward, dQ) or query rows (dK/dV) one unit of the fused kernels may take per
+/// step of its walk over a tile.
+pub const BLOCK_SIZES: [usize; 4] = [1, 2, 4, 8];
+
 /// A layout value the fused kernels do not take.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum LayoutError {
@@ -18,10 +22,14 @@ pub enum LayoutError {
     /// A rows-per-unit count outside [`ROW_COUNTS`].
     #[error("{0} rows per unit: the fused kernels take 1, 2, 4, 8 or 16")]
     Rows(usize),
+    /// A step block outside [`BLOCK_SIZES`].
+    #[error("a step block of {0}: the fused kernels take 1, 2, 4 or 8")]
+    Block(usize),
 }
 
 static LANES: AtomicUsize = AtomicUsize::new(0);
 static ROWS: AtomicUsize = AtomicUsize::new(0);
+static BLOCK: AtomicUsize = AtomicUsize::new(0);
 
 /// Stores `value` (0 for none) in `slot` when it is one of `allowed`.
 fn store(
@@ -76,11 +84,25 @@ pub fn rows_per_unit_override() -> Option<usize> {
     load(&ROWS)
 }
 
+/// Sets the staged columns (forward, dQ) or query rows (dK/dV) each unit takes per step in
+/// every fused kernel launched afterwards in this process, in place of the default (1) and of
+/// `PEFT_KERNEL_BLOCK`; `None` returns to those. A step's `rows ·
+/// block` dot products are independent (instruction-level parallelism), at the price of that
+/// many scores in registers. Only the CubeCL kernels read it.
+pub fn set_step_block(block: Option<usize>) -> Result<(), LayoutError> {
+    store(&BLOCK, block, &BLOCK_SIZES, LayoutError::Block)
+}
+
+/// The step block set with [`set_step_block`], if any.
+pub fn step_block_override() -> Option<usize> {
+    load(&BLOCK)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    // One test for both overrides: they are process-wide and tests run in parallel.
+    // One test for the three overrides: they are process-wide and tests run in parallel.
     #[test]
     fn only_the_kernels_counts_are_accepted_and_none_clears() {
         assert_eq!(set_lanes_per_row(Some(3)), Err(LayoutError::Lanes(3)));
@@ -100,6 +122,14 @@ mod tests {
         assert_eq!(lanes_per_row_override(), None);
         set_rows_per_unit(None).unwrap();
         assert_eq!(rows_per_unit_override(), None);
+
+        assert_eq!(set_step_block(Some(16)), Err(LayoutError::Block(16)));
+        assert_eq!(set_step_block(Some(3)), Err(LayoutError::Block(3)));
+        assert_eq!(step_block_override(), None);
+        set_step_block(Some(8)).unwrap();
+        assert_eq!(step_block_override(), Some(8));
+        set_step_block(None).unwrap();
+        assert_eq!(step_block_override(), None);
         assert_eq!(
             LayoutError::Rows(3).to_string(),
             "3 rows per unit: the fused kernels take 1, 2, 4, 8 or 16"

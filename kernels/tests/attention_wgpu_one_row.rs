@@ -1,5 +1,5 @@
 //! The kernels in their GPU configuration (one query row or key column per unit, as on CUDA and
-//! wgpu GPUs) on wgpu, so CI (lavapipe, where eight per unit is the default) checks that layout
+//! wgpu GPUs, one column a step) on wgpu, so CI (lavapipe, where eight per unit is the default) checks that layout
 //! against the f64 oracle too. Its own test binary: the setting is process-wide.
 #![cfg(feature = "wgpu")]
 

@@ -325,6 +325,13 @@ fn bad_input_is_a_clear_error() {
     );
     let err = layout("--rows", "2");
     assert!(err.contains("--rows: flex has no fused kernels"), "{err}");
+    let err = layout("--blocks", "8,16");
+    assert!(
+        err.contains("--blocks 16: the fused kernels take [1, 2, 4, 8]"),
+        "{err}"
+    );
+    let err = layout("--blocks", "8");
+    assert!(err.contains("--blocks: flex has no fused kernels"), "{err}");
     let empty = dir.join("empty.jsonl");
     std::fs::write(&empty, "\n").expect("write");
     let err = fail(&[

@@ -95,6 +95,7 @@ pub fn cuda_sources(
     // The cubes the CUDA launches use (the cube size bounds the registers a kernel may take):
     // the row-walking kernels' cube for this layout, 64 units for the delta pre-pass.
     let row_cube = RowLaunch::new(0, rows, lanes, CUDA_PLANE).dim(lanes);
+    let block = super::step_block();
     let settings = |dim: CubeDim| KernelSettings::default().cube_dim(dim);
     let t = || TensorCompilationArg { inplace: None };
     let f32_ty = f32::as_type_native_unchecked().storage_type();
@@ -121,6 +122,7 @@ pub fn cuda_sources(
         TILE,
         rows,
         lanes,
+        block,
         unroll,
         dtypes,
     );
@@ -157,6 +159,7 @@ pub fn cuda_sources(
         TILE,
         rows,
         lanes,
+        block,
         unroll,
         dtypes,
     );
@@ -184,6 +187,7 @@ pub fn cuda_sources(
         TILE,
         rows,
         lanes,
+        block,
         unroll,
         dtypes,
     );

@@ -340,6 +340,7 @@ pub fn forward_kernel<F: Float, I: Int, N: Size>(
     #[comptime] bk: usize,
     #[comptime] rows_per_unit: usize,
     #[comptime] lanes: usize,
+    #[comptime] cols: usize,
     #[comptime] unroll: bool,
     #[define(F, I)] _dtypes: [StorageType; 2],
 ) {
@@ -360,8 +361,8 @@ pub fn forward_kernel<F: Float, I: Int, N: Size>(
     let mut acc = Array::<Vector<F, N>>::new(rows_per_unit * dw);
     let mut m = Array::<F>::new(rows_per_unit);
     let mut den = Array::<F>::new(rows_per_unit);
-    let mut score = Array::<F>::new(rows_per_unit);
-    let mut pr = Array::<F>::new(rows_per_unit);
+    // A block's scores, then its probabilities: `[rows_per_unit, cols]`.
+    let mut score = Array::<F>::new(rows_per_unit * cols);
     // Each slot's query position, or `l` (never visible) past the last row.
     let mut pos = Array::<usize>::new(rows_per_unit);
     #[unroll]
@@ -390,52 +391,75 @@ pub fn forward_kernel<F: Float, I: Int, N: Size>(
             k, v, pk, pv, &mut ks, &mut vs, tile, end, b, kv, kv_heads, prefix, shared, seq, dl, bk,
         );
         sync_cube();
-        for j in 0..bk {
-            let c = tile + j;
-            // Skip the column unless one of the unit's rows (of the plane's, with lanes) sees it.
-            let any = plane_uniform(vis.any_sees(c, &pos, rows_per_unit), lanes);
-            if c < end && any {
+        // Columns in blocks of `cols`: the block's `rows_per_unit · cols` dot products are
+        // independent (instruction-level parallelism for one-row units), and a row's sums are
+        // rescaled at most once per block, to the block's largest visible score.
+        for jb in 0..bk / cols {
+            let j0 = jb * cols;
+            // Skip the block unless one of the unit's rows (of the plane's, with lanes) sees
+            // one of its columns.
+            let mut any = false;
+            #[unroll]
+            for cc in 0..cols {
+                let c = tile + j0 + cc;
+                any = any || (c < end && vis.any_sees(c, &pos, rows_per_unit));
+            }
+            if plane_uniform(any, lanes) {
                 #[unroll]
-                for s in 0..rows_per_unit {
-                    score[s] = F::new(0.0);
+                for x in 0..rows_per_unit * cols {
+                    score[x] = F::new(0.0);
                 }
                 #[unroll(unroll)]
                 for t in 0..dw {
-                    let kvec = ks[j * dl + ln.vector(t, lanes)];
                     #[unroll]
-                    for s in 0..rows_per_unit {
-                        score[s] += qr[s * dw + t].dot(kvec);
+                    for cc in 0..cols {
+                        let kvec = ks[(j0 + cc) * dl + ln.vector(t, lanes)];
+                        #[unroll]
+                        for s in 0..rows_per_unit {
+                            score[s * cols + cc] += qr[s * dw + t].dot(kvec);
+                        }
                     }
                 }
                 // Online softmax: a row's sums are rescaled only when its maximum grows;
                 // hidden pairs add nothing (p = 0).
                 #[unroll]
                 for s in 0..rows_per_unit {
-                    let sc = lane_sum::<F>(score[s], lanes);
-                    let seen = vis.sees(c, pos[s]);
-                    let mut p = F::new(0.0);
-                    if seen {
-                        if sc > m[s] {
-                            let correction = F::exp(m[s] - sc);
-                            den[s] *= correction;
-                            let cv = Vector::new(correction);
-                            #[unroll(unroll)]
-                            for t in 0..dw {
-                                acc[s * dw + t] *= cv;
-                            }
-                            m[s] = sc;
+                    let mut top = m[s];
+                    #[unroll]
+                    for cc in 0..cols {
+                        let sc = lane_sum::<F>(score[s * cols + cc], lanes);
+                        score[s * cols + cc] = sc;
+                        if vis.sees(tile + j0 + cc, pos[s]) && sc > top {
+                            top = sc;
                         }
-                        p = F::exp(sc - m[s]);
-                        den[s] += p;
                     }
-                    pr[s] = p;
+                    if top > m[s] {
+                        let correction = F::exp(m[s] - top);
+                        den[s] *= correction;
+                        let cv = Vector::new(correction);
+                        #[unroll(unroll)]
+                        for t in 0..dw {
+                            acc[s * dw + t] *= cv;
+                        }
+                        m[s] = top;
+                    }
+                    #[unroll]
+                    for cc in 0..cols {
+                        let seen = vis.sees(tile + j0 + cc, pos[s]);
+                        let p = select(seen, F::exp(score[s * cols + cc] - m[s]), F::new(0.0));
+                        den[s] += p;
+                        score[s * cols + cc] = p;
+                    }
                 }
                 #[unroll(unroll)]
                 for t in 0..dw {
-                    let vvec = vs[j * dl + ln.vector(t, lanes)];
                     #[unroll]
-                    for s in 0..rows_per_unit {
-                        acc[s * dw + t] += Vector::new(pr[s]) * vvec;
+                    for cc in 0..cols {
+                        let vvec = vs[(j0 + cc) * dl + ln.vector(t, lanes)];
+                        #[unroll]
+                        for s in 0..rows_per_unit {
+                            acc[s * dw + t] += Vector::new(score[s * cols + cc]) * vvec;
+                        }
                     }
                 }
             }
@@ -515,6 +539,7 @@ pub fn dq_kernel<F: Float, I: Int, N: Size>(
     #[comptime] bk: usize,
     #[comptime] rows_per_unit: usize,
     #[comptime] lanes: usize,
+    #[comptime] cols: usize,
     #[comptime] unroll: bool,
     #[define(F, I)] _dtypes: [StorageType; 2],
 ) {
@@ -538,8 +563,9 @@ pub fn dq_kernel<F: Float, I: Int, N: Size>(
     let mut pos = Array::<usize>::new(rows_per_unit);
     let mut row_lse = Array::<F>::new(rows_per_unit);
     let mut row_delta = Array::<F>::new(rows_per_unit);
-    let mut score = Array::<F>::new(rows_per_unit);
-    let mut dp = Array::<F>::new(rows_per_unit);
+    // A block's scores (then dS) and dP: `[rows_per_unit, cols]`.
+    let mut score = Array::<F>::new(rows_per_unit * cols);
+    let mut dp = Array::<F>::new(rows_per_unit * cols);
     #[unroll]
     for s in 0..rows_per_unit {
         let row = block.row(s);
@@ -572,42 +598,59 @@ pub fn dq_kernel<F: Float, I: Int, N: Size>(
             k, v, pk, pv, &mut ks, &mut vs, tile, end, b, kv, kv_heads, prefix, shared, seq, dl, bk,
         );
         sync_cube();
-        for j in 0..bk {
-            let c = tile + j;
-            // Skip the column unless one of the unit's rows (of the plane's, with lanes) sees it.
-            let any = plane_uniform(vis.any_sees(c, &pos, rows_per_unit), lanes);
-            if c < end && any {
+        // Columns in blocks of `cols`, as in the forward: independent dot products.
+        for jb in 0..bk / cols {
+            let j0 = jb * cols;
+            // Skip the block unless one of the unit's rows (of the plane's, with lanes) sees
+            // one of its columns.
+            let mut any = false;
+            #[unroll]
+            for cc in 0..cols {
+                let c = tile + j0 + cc;
+                any = any || (c < end && vis.any_sees(c, &pos, rows_per_unit));
+            }
+            if plane_uniform(any, lanes) {
                 #[unroll]
-                for s in 0..rows_per_unit {
-                    score[s] = F::new(0.0);
-                    dp[s] = F::new(0.0);
+                for x in 0..rows_per_unit * cols {
+                    score[x] = F::new(0.0);
+                    dp[x] = F::new(0.0);
                 }
                 #[unroll(unroll)]
                 for t in 0..dw {
-                    let at = j * dl + ln.vector(t, lanes);
-                    let kvec = ks[at];
-                    let vvec = vs[at];
                     #[unroll]
-                    for s in 0..rows_per_unit {
-                        score[s] += qr[s * dw + t].dot(kvec);
-                        dp[s] += dor[s * dw + t].dot(vvec);
+                    for cc in 0..cols {
+                        let at = (j0 + cc) * dl + ln.vector(t, lanes);
+                        let kvec = ks[at];
+                        let vvec = vs[at];
+                        #[unroll]
+                        for s in 0..rows_per_unit {
+                            score[s * cols + cc] += qr[s * dw + t].dot(kvec);
+                            dp[s * cols + cc] += dor[s * dw + t].dot(vvec);
+                        }
                     }
                 }
                 // dS = P ∘ (dP − D), zero for hidden pairs (reusing `score`).
                 #[unroll]
                 for s in 0..rows_per_unit {
-                    let sc = lane_sum::<F>(score[s], lanes);
-                    let dps = lane_sum::<F>(dp[s], lanes);
-                    let seen = vis.sees(c, pos[s]);
-                    let ds = F::exp(sc - row_lse[s]) * (dps - row_delta[s]);
-                    score[s] = select(seen, ds, F::new(0.0));
+                    #[unroll]
+                    for cc in 0..cols {
+                        let x = s * cols + cc;
+                        let sc = lane_sum::<F>(score[x], lanes);
+                        let dps = lane_sum::<F>(dp[x], lanes);
+                        let seen = vis.sees(tile + j0 + cc, pos[s]);
+                        let ds = F::exp(sc - row_lse[s]) * (dps - row_delta[s]);
+                        score[x] = select(seen, ds, F::new(0.0));
+                    }
                 }
                 #[unroll(unroll)]
                 for t in 0..dw {
-                    let kvec = ks[j * dl + ln.vector(t, lanes)];
                     #[unroll]
-                    for s in 0..rows_per_unit {
-                        acc[s * dw + t] += Vector::new(score[s]) * kvec;
+                    for cc in 0..cols {
+                        let kvec = ks[(j0 + cc) * dl + ln.vector(t, lanes)];
+                        #[unroll]
+                        for s in 0..rows_per_unit {
+                            acc[s * dw + t] += Vector::new(score[s * cols + cc]) * kvec;
+                        }
                     }
                 }
             }
@@ -656,6 +699,7 @@ pub fn dkdv_kernel<F: Float, I: Int, N: Size>(
     #[comptime] bq: usize,
     #[comptime] cols_per_unit: usize,
     #[comptime] lanes: usize,
+    #[comptime] qrows: usize,
     #[comptime] unroll: bool,
     #[define(F, I)] _dtypes: [StorageType; 2],
 ) {
@@ -685,9 +729,9 @@ pub fn dkdv_kernel<F: Float, I: Int, N: Size>(
     let mut vr = Array::<Vector<F, N>>::new(cols_per_unit * dw);
     let mut dk_acc = Array::<Vector<F, N>>::new(cols_per_unit * dw);
     let mut dv_acc = Array::<Vector<F, N>>::new(cols_per_unit * dw);
-    let mut score = Array::<F>::new(cols_per_unit);
-    let mut dp = Array::<F>::new(cols_per_unit);
-    let mut prob = Array::<F>::new(cols_per_unit);
+    // A block's scores (then P) and dP (then dS): `[cols_per_unit, qrows]`.
+    let mut score = Array::<F>::new(cols_per_unit * qrows);
+    let mut dp = Array::<F>::new(cols_per_unit * qrows);
     #[unroll]
     for s in 0..cols_per_unit {
         let c = first_col + ln.slot(s);
@@ -751,54 +795,70 @@ pub fn dkdv_kernel<F: Float, I: Int, N: Size>(
             idx += CUBE_DIM_X as usize;
         }
         sync_cube();
-        for j in 0..bq {
-            let i = tile + j;
-            // Skip the query row unless one of the unit's columns (of the plane's, with lanes)
-            // is seen by it.
+        // Query rows in blocks of `qrows`: independent dot products, as in the forward.
+        for jb in 0..bq / qrows {
+            let j0 = jb * qrows;
+            // Skip the block unless one of its query rows sees one of the unit's columns (of
+            // the plane's, with lanes).
             let mut any = false;
             #[unroll]
-            for s in 0..cols_per_unit {
-                let c = first_col + ln.slot(s);
-                any = any || (c < columns && vis.sees(c, i));
-            }
-            let any = plane_uniform(any, lanes);
-            if i < l && any {
+            for rr in 0..qrows {
+                let i = tile + j0 + rr;
                 #[unroll]
                 for s in 0..cols_per_unit {
-                    score[s] = F::new(0.0);
-                    dp[s] = F::new(0.0);
+                    let c = first_col + ln.slot(s);
+                    any = any || (c < columns && vis.sees(c, i));
+                }
+            }
+            if plane_uniform(any, lanes) {
+                #[unroll]
+                for x in 0..cols_per_unit * qrows {
+                    score[x] = F::new(0.0);
+                    dp[x] = F::new(0.0);
                 }
                 #[unroll(unroll)]
                 for t in 0..dw {
-                    let at = j * dl + ln.vector(t, lanes);
-                    let qvec = qs[at];
-                    let dovec = dos[at];
                     #[unroll]
-                    for s in 0..cols_per_unit {
-                        score[s] += qvec.dot(kr[s * dw + t]);
-                        dp[s] += dovec.dot(vr[s * dw + t]);
+                    for rr in 0..qrows {
+                        let at = (j0 + rr) * dl + ln.vector(t, lanes);
+                        let qvec = qs[at];
+                        let dovec = dos[at];
+                        #[unroll]
+                        for s in 0..cols_per_unit {
+                            score[s * qrows + rr] += qvec.dot(kr[s * dw + t]);
+                            dp[s * qrows + rr] += dovec.dot(vr[s * dw + t]);
+                        }
                     }
                 }
                 // P and dS = P ∘ (dP − D), zero for hidden pairs (dS reuses `dp`).
                 #[unroll]
                 for s in 0..cols_per_unit {
                     let c = first_col + ln.slot(s);
-                    let sc = lane_sum::<F>(score[s], lanes);
-                    let dps = lane_sum::<F>(dp[s], lanes);
-                    let seen = c < columns && vis.sees(c, i);
-                    let p = select(seen, F::exp(sc - lses[j]), F::new(0.0));
-                    prob[s] = p;
-                    dp[s] = p * (dps - deltas[j]);
+                    #[unroll]
+                    for rr in 0..qrows {
+                        let x = s * qrows + rr;
+                        let j = j0 + rr;
+                        let sc = lane_sum::<F>(score[x], lanes);
+                        let dps = lane_sum::<F>(dp[x], lanes);
+                        let seen = c < columns && vis.sees(c, tile + j);
+                        let p = select(seen, F::exp(sc - lses[j]), F::new(0.0));
+                        score[x] = p;
+                        dp[x] = p * (dps - deltas[j]);
+                    }
                 }
                 #[unroll(unroll)]
                 for t in 0..dw {
-                    let at = j * dl + ln.vector(t, lanes);
-                    let qvec = qs[at];
-                    let dovec = dos[at];
                     #[unroll]
-                    for s in 0..cols_per_unit {
-                        dv_acc[s * dw + t] += Vector::new(prob[s]) * dovec;
-                        dk_acc[s * dw + t] += Vector::new(dp[s]) * qvec;
+                    for rr in 0..qrows {
+                        let at = (j0 + rr) * dl + ln.vector(t, lanes);
+                        let qvec = qs[at];
+                        let dovec = dos[at];
+                        #[unroll]
+                        for s in 0..cols_per_unit {
+                            let x = s * qrows + rr;
+                            dv_acc[s * dw + t] += Vector::new(score[x]) * dovec;
+                            dk_acc[s * dw + t] += Vector::new(dp[x]) * qvec;
+                        }
                     }
                 }
             }
@@ -826,5 +886,35 @@ pub fn dkdv_kernel<F: Float, I: Int, N: Size>(
                 dv[at] = dv_acc[s * dw + t];
             }
         }
+    }
+}
+
+/// Sums the leading slices of two partial-gradient buffers: `a_sum[i] = Σ_s a[s·n + i]` and
+/// `b_sum[i] = Σ_s b[s·n + i]` for `n = a_sum.len()` and `s` below `a.len() / n` (the slices are
+/// the query heads of a group, and the batch rows for a shared prefix). `a` and `b` have one
+/// shape, and so do the sums. The slices are added in order, so the result is deterministic.
+/// A grid-stride loop: any number of cubes covers any length.
+#[cube(launch)]
+pub fn sum_partials_kernel<F: Float, N: Size>(
+    a: &Tensor<Vector<F, N>>,
+    b: &Tensor<Vector<F, N>>,
+    a_sum: &mut Tensor<Vector<F, N>>,
+    b_sum: &mut Tensor<Vector<F, N>>,
+    #[define(F)] _dtype: StorageType,
+) {
+    let n = a_sum.len();
+    let parts = a.len() / n;
+    let stride = CUBE_COUNT_X as usize * CUBE_DIM_X as usize;
+    let mut i = ABSOLUTE_POS_X as usize;
+    while i < n {
+        let mut sa = a[i];
+        let mut sb = b[i];
+        for s in 1..parts {
+            sa += a[s * n + i];
+            sb += b[s * n + i];
+        }
+        a_sum[i] = sa;
+        b_sum[i] = sb;
+        i += stride;
     }
 }

@@ -24,7 +24,7 @@ use burn_cubecl::{
 use cubecl::{CubeCount, CubeDim, features::Plane};
 
 use crate::{
-    LANE_COUNTS, ROW_COUNTS,
+    BLOCK_SIZES, LANE_COUNTS, ROW_COUNTS,
     op::{AttentionDims, AttentionGrads, PrefixAttentionArgs, PrefixAttentionBackend},
     reference,
 };
@@ -38,6 +38,11 @@ pub const MAX_HEAD_DIM: usize = 128;
 pub const CUBE_ROWS: u32 = 64;
 /// Key/value columns (forward, dQ) or query rows (dK/dV) staged per tile.
 pub const TILE: usize = 32;
+/// Units per cube of the partial-gradient sums.
+const SUM_UNITS: u32 = 256;
+/// Most cubes of the partial-gradient sums (a grid-stride loop covers the rest; wgpu allows
+/// 65 535 cubes along one dimension).
+const MAX_SUM_CUBES: usize = 65_535;
 
 type Cube<R, F, I, BT> = CubeBackend<R, F, I, BT>;
 
@@ -236,8 +241,24 @@ fn rows_per_unit<R: CubeRuntime>(t: &CubeTensor<R>) -> usize {
     if cpu_like { 8 } else { 1 }
 }
 
-/// Row floats per unit the default lanes aim for (see [`default_lanes`]).
-const ROW_FLOATS_PER_UNIT: usize = 64;
+/// Staged columns (forward, dQ) or query rows (dK/dV) a unit takes per step of its walk over a
+/// tile. A step's `rows · block` dot products are independent of each other — instruction-level
+/// parallelism that a one-row unit otherwise lacks, each of its dot products being one chain of
+/// `d / (4·lanes)` dependent vector multiply-adds — and the forward rescales a row's sums at most
+/// once per step. One by default, the kernels as measured on GPUs so far: blocks have not run on
+/// a GPU yet (`scripts/gpu-check.sh` times `--blocks 1,8` side by side for the next run to
+/// decide). [`crate::set_step_block`], else `PEFT_KERNEL_BLOCK=1|2|4|8`, overrides.
+pub(crate) fn step_block() -> usize {
+    crate::step_block_override()
+        .or_else(|| env_choice("PEFT_KERNEL_BLOCK", &BLOCK_SIZES))
+        .unwrap_or(1)
+}
+
+/// Row floats per unit the default lanes aim for (see [`default_lanes`]). Measured on an H200
+/// at `d = 64` (`docs/kernels.md`): the forward was as fast with one lane (128 floats) as with
+/// four, and the backward fastest with two lanes (96 and 128 floats), 1.6× faster than with the
+/// four that a bound of 64 floats gave.
+const ROW_FLOATS_PER_UNIT: usize = 128;
 
 /// The three kernels that walk rows or columns, for their lanes-per-row choice.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -355,6 +376,7 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> PrefixAtte
             TILE,
             rows,
             lanes,
+            step_block(),
             unroll,
             [dtype.into(), p.lengths.dtype.into()],
         );
@@ -434,6 +456,7 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> PrefixAtte
             TILE,
             rows_per,
             lanes,
+            step_block(),
             unroll,
             [dtype.into(), p.lengths.dtype.into()],
         );
@@ -473,44 +496,56 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> PrefixAtte
             TILE,
             rows_per,
             lanes,
+            step_block(),
             unroll,
             [dtype.into(), p.lengths.dtype.into()],
         );
-        // Sum the partials (contiguous, in f32) over their leading `lead` dimensions: the
-        // group's heads, and the batch too for a prefix shared by it. The summed dimensions are
-        // merged into one first (a reshape of a contiguous buffer), so each gradient is one
-        // reduction launch; then the result takes `shape` and goes back to the inputs' dtype.
+        // Sum each pair of partials (contiguous, in f32) over its `summed` leading slices — the
+        // group's heads, and the batch rows too for a prefix shared by the batch — into `shape`,
+        // then back to the inputs' dtype. One launch per pair (Burn's `sum_dim` over a leading
+        // dimension took 80 µs for each of dK and dV at the shape on an H200, where
+        // reading the 10.6 MB of partials takes a few).
         let io_dtype = p.io_dtype;
-        let reduce = |t: CubeTensor<R>, lead: usize, shape: Shape| {
-            let summed: usize = t.meta.shape()[..lead].iter().product();
-            let mut t = t;
-            if summed > 1 {
-                let rest = t.meta.shape().num_elements() / summed;
-                t = <Self as FloatTensorOps<Self>>::float_reshape(t, Shape::new([summed, rest]));
-                t = <Self as FloatTensorOps<Self>>::float_sum_dim(t, 0);
+        let sum_pair = |a: CubeTensor<R>, b: CubeTensor<R>, summed: usize, shape: Shape| {
+            let reshape = |t| <Self as FloatTensorOps<Self>>::float_reshape(t, shape.clone());
+            if summed == 1 {
+                return (cast(reshape(a), io_dtype), cast(reshape(b), io_dtype));
             }
-            cast(
-                <Self as FloatTensorOps<Self>>::float_reshape(t, shape),
-                io_dtype,
-            )
+            let a_sum = empty(&a, shape.clone(), dtype);
+            let b_sum = empty(&a, shape.clone(), dtype);
+            let vectors = shape.num_elements() / n;
+            let cubes = vectors.div_ceil(SUM_UNITS as usize).clamp(1, MAX_SUM_CUBES);
+            kernels::sum_partials_kernel::launch::<R>(
+                &client,
+                CubeCount::Static(cubes as u32, 1, 1),
+                CubeDim::new_1d(SUM_UNITS),
+                n,
+                a.into_tensor_arg(),
+                b.into_tensor_arg(),
+                a_sum.clone().into_tensor_arg(),
+                b_sum.clone().into_tensor_arg(),
+                dtype.into(),
+            );
+            (cast(a_sum, io_dtype), cast(b_sum, io_dtype))
         };
-        let kv_out = Shape::new([d.batch, d.kv_heads, d.keys, d.head_dim]);
-        let dk = reduce(dk, 1, kv_out.clone());
-        let dv = reduce(dv, 1, kv_out);
+        let (dk, dv) = sum_pair(
+            dk,
+            dv,
+            g,
+            Shape::new([d.batch, d.kv_heads, d.keys, d.head_dim]),
+        );
         let (prefix_key, prefix_value) = if d.prefix == 0 {
             (None, None)
         } else {
             // A shared prefix sums over the batch as well.
-            let (batch, lead) = if d.prefix_batch == 1 {
-                (1, 2)
+            let (batch, summed) = if d.prefix_batch == 1 {
+                (1, g * d.batch)
             } else {
-                (d.batch, 1)
+                (d.batch, g)
             };
             let shape = Shape::new([batch, d.kv_heads, d.prefix, d.head_dim]);
-            (
-                Some(reduce(dpk, lead, shape.clone())),
-                Some(reduce(dpv, lead, shape)),
-            )
+            let (dpk, dpv) = sum_pair(dpk, dpv, summed, shape);
+            (Some(dpk), Some(dpv))
         };
         AttentionGrads {
             query: cast(dq, io_dtype),
@@ -527,18 +562,19 @@ mod tests {
     use super::*;
 
     #[test]
-    fn default_lanes_bring_whole_rows_to_64_floats_per_unit() {
+    fn default_lanes_bring_whole_rows_to_128_floats_per_unit() {
         // d = 64, the SmolLM2 head: the forward holds 128 floats of rows, dQ 192, dK/dV 256.
-        assert_eq!(default_lanes(64, Walk::Forward), 2);
-        assert_eq!(default_lanes(64, Walk::Dq), 4);
-        assert_eq!(default_lanes(64, Walk::Dkdv), 4);
+        assert_eq!(default_lanes(64, Walk::Forward), 1);
+        assert_eq!(default_lanes(64, Walk::Dq), 2);
+        assert_eq!(default_lanes(64, Walk::Dkdv), 2);
+        // d = 32: 64, 96 and 128 floats.
         assert_eq!(default_lanes(32, Walk::Forward), 1);
-        assert_eq!(default_lanes(32, Walk::Dq), 2);
-        assert_eq!(default_lanes(32, Walk::Dkdv), 2);
+        assert_eq!(default_lanes(32, Walk::Dq), 1);
+        assert_eq!(default_lanes(32, Walk::Dkdv), 1);
         // d = 128: 256, 384 and 512 floats.
-        assert_eq!(default_lanes(128, Walk::Forward), 4);
-        assert_eq!(default_lanes(128, Walk::Dq), 8);
-        assert_eq!(default_lanes(128, Walk::Dkdv), 8);
+        assert_eq!(default_lanes(128, Walk::Forward), 2);
+        assert_eq!(default_lanes(128, Walk::Dq), 4);
+        assert_eq!(default_lanes(128, Walk::Dkdv), 4);
     }
 
     #[test]

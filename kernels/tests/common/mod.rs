@@ -538,7 +538,8 @@ pub fn check_at<B: PrefixAttentionBackend>(
 /// Runs the fused path on a backend whose floats are f16 or bf16 (`precision`) over a part of
 /// the sweep plus padded cases, and asserts that the kernels ran (they computed in f32 between
 /// casts), that the output and the gradients come back in the backend's dtype, and that they
-/// match the oracle within the precision's tolerances.
+/// match the oracle within the precision's tolerances. One precision per process (see the
+/// first assertion).
 #[cfg(feature = "cube")]
 pub fn assert_half_precision_matches_the_oracle<B: PrefixAttentionBackend>(precision: Precision) {
     use burn::tensor::DType;
@@ -549,6 +550,13 @@ pub fn assert_half_precision_matches_the_oracle<B: PrefixAttentionBackend>(preci
         Precision::Bf16 => DType::BF16,
         Precision::F32 => DType::F32,
     };
+    // Burn fixes a device's default float dtype at its first tensor, for the whole process:
+    // a second precision in the same process would silently run in the first one's.
+    let probe = burn::tensor::Tensor::<B, 1>::zeros([1], &dev).dtype();
+    assert_eq!(
+        probe, dtype,
+        "{precision:?}: the device's float dtype is {probe:?}; run one precision per test binary"
+    );
     let cases = sweep_sample(0, 4);
     reset_largest_allocation();
     let (mut worst_out, mut worst_grad) = (0.0f64, 0.0f64);

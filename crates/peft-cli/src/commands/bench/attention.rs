@@ -60,6 +60,12 @@ pub struct AttentionBench {
     /// timed. CubeCL backends only.
     #[arg(long, value_delimiter = ',')]
     pub rows: Vec<usize>,
+    /// Also time the fused kernels with each of these step blocks (comma-separated, from 1, 2,
+    /// 4, 8: staged columns, or query rows in dK/dV, a unit takes per step), side by side with
+    /// the default in the same process; combined with `--rows` and `--lanes` like them.
+    /// CubeCL backends only.
+    #[arg(long, value_delimiter = ',')]
+    pub blocks: Vec<usize>,
 }
 
 pub(super) struct Attn(pub(super) AttentionBench);
@@ -79,6 +85,7 @@ impl BackendVisitor for Attn {
         for (flag, list, allowed) in [
             ("--lanes", &a.lanes, &peft_kernels::LANE_COUNTS[..]),
             ("--rows", &a.rows, &peft_kernels::ROW_COUNTS[..]),
+            ("--blocks", &a.blocks, &peft_kernels::BLOCK_SIZES[..]),
         ] {
             if let Some(n) = list.iter().find(|n| !allowed.contains(n)) {
                 bail!("{flag} {n}: the fused kernels take {allowed:?}");
@@ -106,6 +113,7 @@ impl BackendVisitor for Attn {
         let by_layout = time_layouts::<B>(&a, &device);
         peft_kernels::set_lanes_per_row(None)?;
         peft_kernels::set_rows_per_unit(None)?;
+        peft_kernels::set_step_block(None)?;
         let by_layout = by_layout?;
         let fused_available = B::has_fused_prefix_attention();
         if a.json {
@@ -141,9 +149,10 @@ impl BackendVisitor for Attn {
                     n => n.to_string(),
                 };
                 println!(
-                    "fused, rows per unit {}, lanes per row {}: forward {:.2} ms, forward_backward {:.2} ms",
+                    "fused, rows per unit {}, lanes per row {}, step block {}: forward {:.2} ms, forward_backward {:.2} ms",
                     count("rows"),
                     count("lanes"),
+                    count("block"),
                     ms("forward_ms"),
                     ms("forward_backward_ms"),
                 );
@@ -153,9 +162,9 @@ impl BackendVisitor for Attn {
     }
 }
 
-/// Fused forward and forward + backward times at every (rows per unit, lanes per row) pair of
-/// `--rows` × `--lanes` (a list left empty stays at the default, `null` in the JSON). Leaves the
-/// last layout set.
+/// Fused forward and forward + backward times at every (rows per unit, lanes per row, step
+/// block) triple of `--rows` × `--lanes` × `--blocks` (a list left empty stays at the default,
+/// `null` in the JSON). Leaves the last layout set.
 fn time_layouts<B: PrefixAttentionBackend>(
     a: &AttentionBench,
     device: &B::Device,
@@ -168,17 +177,20 @@ fn time_layouts<B: PrefixAttentionBackend>(
         }
     };
     let mut timed = Vec::new();
-    if a.rows.is_empty() && a.lanes.is_empty() {
+    if a.rows.is_empty() && a.lanes.is_empty() && a.blocks.is_empty() {
         return Ok(timed);
     }
     for rows in or_default(&a.rows) {
         for lanes in or_default(&a.lanes) {
-            peft_kernels::set_rows_per_unit(rows)?;
-            peft_kernels::set_lanes_per_row(lanes)?;
-            let forward = time_forward::<B>(a, Impl::Fused, device);
-            let forward_backward = time_backward::<Autodiff<B>>(a, Impl::Fused, device);
-            timed.push(json!({"rows": rows, "lanes": lanes, "forward_ms": forward,
-                              "forward_backward_ms": forward_backward}));
+            for block in or_default(&a.blocks) {
+                peft_kernels::set_rows_per_unit(rows)?;
+                peft_kernels::set_lanes_per_row(lanes)?;
+                peft_kernels::set_step_block(block)?;
+                let forward = time_forward::<B>(a, Impl::Fused, device);
+                let forward_backward = time_backward::<Autodiff<B>>(a, Impl::Fused, device);
+                timed.push(json!({"rows": rows, "lanes": lanes, "block": block,
+                                  "forward_ms": forward, "forward_backward_ms": forward_backward}));
+            }
         }
     }
     Ok(timed)
