@@ -504,11 +504,12 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> PrefixAtte
         // group's heads, and the batch rows too for a prefix shared by the batch — into `shape`,
         // then back to the inputs' dtype. One launch per pair (Burn's `sum_dim` over a leading
         // dimension took 80 µs for each of dK and dV at the shape on an H200, where
-        // reading the 10.6 MB of partials takes a few).
+        // reading their 10.6 MB of partials takes a few microseconds). Nothing to sum is a
+        // reshape: one slice, or no elements (the kernel divides by the sum's length).
         let io_dtype = p.io_dtype;
         let sum_pair = |a: CubeTensor<R>, b: CubeTensor<R>, summed: usize, shape: Shape| {
             let reshape = |t| <Self as FloatTensorOps<Self>>::float_reshape(t, shape.clone());
-            if summed == 1 {
+            if summed == 1 || shape.num_elements() == 0 {
                 return (cast(reshape(a), io_dtype), cast(reshape(b), io_dtype));
             }
             let a_sum = empty(&a, shape.clone(), dtype);
