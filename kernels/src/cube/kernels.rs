@@ -128,6 +128,24 @@ impl Visibility {
         }
         any
     }
+
+    /// Whether any of a unit's rows sees any of the `cols` columns from `c0` below `end`.
+    fn any_sees_block(
+        &self,
+        c0: usize,
+        end: usize,
+        pos: &Array<usize>,
+        #[comptime] cols: usize,
+        #[comptime] rows_per_unit: usize,
+    ) -> bool {
+        let mut any = false;
+        #[unroll]
+        for cc in 0..cols {
+            let c = c0 + cc;
+            any = any || (c < end && self.any_sees(c, pos, rows_per_unit));
+        }
+        any
+    }
 }
 
 /// How a unit's rows (or columns) are split over lanes. With `lanes = W > 1`, `W` consecutive
@@ -398,12 +416,7 @@ pub fn forward_kernel<F: Float, I: Int, N: Size>(
             let j0 = jb * cols;
             // Skip the block unless one of the unit's rows (of the plane's, with lanes) sees
             // one of its columns.
-            let mut any = false;
-            #[unroll]
-            for cc in 0..cols {
-                let c = tile + j0 + cc;
-                any = any || (c < end && vis.any_sees(c, &pos, rows_per_unit));
-            }
+            let any = vis.any_sees_block(tile + j0, end, &pos, cols, rows_per_unit);
             if plane_uniform(any, lanes) {
                 #[unroll]
                 for x in 0..rows_per_unit * cols {
@@ -603,12 +616,7 @@ pub fn dq_kernel<F: Float, I: Int, N: Size>(
             let j0 = jb * cols;
             // Skip the block unless one of the unit's rows (of the plane's, with lanes) sees
             // one of its columns.
-            let mut any = false;
-            #[unroll]
-            for cc in 0..cols {
-                let c = tile + j0 + cc;
-                any = any || (c < end && vis.any_sees(c, &pos, rows_per_unit));
-            }
+            let any = vis.any_sees_block(tile + j0, end, &pos, cols, rows_per_unit);
             if plane_uniform(any, lanes) {
                 #[unroll]
                 for x in 0..rows_per_unit * cols {
