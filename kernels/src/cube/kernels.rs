@@ -214,6 +214,49 @@ fn plane_uniform(any: bool, #[comptime] lanes: usize) -> bool {
     out
 }
 
+/// The two dot products of a backward step, this lane's share reduced later with [`lane_sum`]:
+/// for each of the unit's `slots` rows (dQ) or columns (dK/dV) `s`, held in registers `ra`,
+/// `rb` (`[slots, d / (N·lanes)]`), and each of the `block` entries `e` staged in `sa`, `sb` from
+/// entry `j0`, `a[s·block + e] = ra[s]·sa[e]` and `b[s·block + e] = rb[s]·sb[e]`.
+#[cube]
+#[allow(clippy::too_many_arguments)]
+fn two_dots<F: Float, N: Size>(
+    a: &mut Array<F>,
+    b: &mut Array<F>,
+    ra: &Array<Vector<F, N>>,
+    rb: &Array<Vector<F, N>>,
+    sa: &SharedMemory<Vector<F, N>>,
+    sb: &SharedMemory<Vector<F, N>>,
+    j0: usize,
+    ln: &Lanes,
+    #[comptime] dl: usize,
+    #[comptime] slots: usize,
+    #[comptime] block: usize,
+    #[comptime] lanes: usize,
+    #[comptime] unroll: bool,
+) {
+    let dw = comptime!(dl / lanes);
+    #[unroll]
+    for x in 0..slots * block {
+        a[x] = F::new(0.0);
+        b[x] = F::new(0.0);
+    }
+    #[unroll(unroll)]
+    for t in 0..dw {
+        #[unroll]
+        for e in 0..block {
+            let at = (j0 + e) * dl + ln.vector(t, lanes);
+            let va = sa[at];
+            let vb = sb[at];
+            #[unroll]
+            for s in 0..slots {
+                a[s * block + e] += ra[s * dw + t].dot(va);
+                b[s * block + e] += rb[s * dw + t].dot(vb);
+            }
+        }
+    }
+}
+
 /// The query rows of one cube of the forward and dQ kernels. Queries are viewed per key/value
 /// head: the `g·L` rows of head `kv` of batch row `b` (row `r` is query head `kv·g + r / L`,
 /// position `r % L`); the cube owns rows `[start, start + cube_rows)`. A row is shared by
@@ -618,25 +661,22 @@ pub fn dq_kernel<F: Float, I: Int, N: Size>(
             // one of its columns.
             let any = vis.any_sees_block(tile + j0, end, &pos, cols, rows_per_unit);
             if plane_uniform(any, lanes) {
-                #[unroll]
-                for x in 0..rows_per_unit * cols {
-                    score[x] = F::new(0.0);
-                    dp[x] = F::new(0.0);
-                }
-                #[unroll(unroll)]
-                for t in 0..dw {
-                    #[unroll]
-                    for cc in 0..cols {
-                        let at = (j0 + cc) * dl + ln.vector(t, lanes);
-                        let kvec = ks[at];
-                        let vvec = vs[at];
-                        #[unroll]
-                        for s in 0..rows_per_unit {
-                            score[s * cols + cc] += qr[s * dw + t].dot(kvec);
-                            dp[s * cols + cc] += dor[s * dw + t].dot(vvec);
-                        }
-                    }
-                }
+                // score = q·k, dP = dO·v.
+                two_dots::<F, N>(
+                    &mut score,
+                    &mut dp,
+                    &qr,
+                    &dor,
+                    &ks,
+                    &vs,
+                    j0,
+                    &ln,
+                    dl,
+                    rows_per_unit,
+                    cols,
+                    lanes,
+                    unroll,
+                );
                 // dS = P ∘ (dP − D), zero for hidden pairs (reusing `score`).
                 #[unroll]
                 for s in 0..rows_per_unit {
@@ -819,25 +859,22 @@ pub fn dkdv_kernel<F: Float, I: Int, N: Size>(
                 }
             }
             if plane_uniform(any, lanes) {
-                #[unroll]
-                for x in 0..cols_per_unit * qrows {
-                    score[x] = F::new(0.0);
-                    dp[x] = F::new(0.0);
-                }
-                #[unroll(unroll)]
-                for t in 0..dw {
-                    #[unroll]
-                    for rr in 0..qrows {
-                        let at = (j0 + rr) * dl + ln.vector(t, lanes);
-                        let qvec = qs[at];
-                        let dovec = dos[at];
-                        #[unroll]
-                        for s in 0..cols_per_unit {
-                            score[s * qrows + rr] += qvec.dot(kr[s * dw + t]);
-                            dp[s * qrows + rr] += dovec.dot(vr[s * dw + t]);
-                        }
-                    }
-                }
+                // score = k·q, dP = v·dO.
+                two_dots::<F, N>(
+                    &mut score,
+                    &mut dp,
+                    &kr,
+                    &vr,
+                    &qs,
+                    &dos,
+                    j0,
+                    &ln,
+                    dl,
+                    cols_per_unit,
+                    qrows,
+                    lanes,
+                    unroll,
+                );
                 // P and dS = P ∘ (dP − D), zero for hidden pairs (dS reuses `dp`).
                 #[unroll]
                 for s in 0..cols_per_unit {
