@@ -78,17 +78,23 @@ date -u +%T
 bench --batch 2 --seq 128 --prefix 64   # the lavapipe shape
 date -u +%T
 bench --batch 8 --seq 512 --prefix 0
+# A tiny shape, where the device work is negligible: what is left is each pass's host and launch
+# cost, for the fused path and for Burn's attention.
+bench --batch 1 --seq 16 --prefix 4
 date -u +%T
 python3 - "$out/bench.jsonl" <<'EOF' || true
 import json, sys
-print(f"{'B':>3} {'L':>5} {'P':>3} | {'fwd fused':>10} {'fwd burn':>10} {'x':>6} | {'f+b fused':>10} {'f+b burn':>10} {'x':>6}")
+# Times in ms; "returned" is when the pass's calls returned, before waiting for the device.
+print(f"{'B':>3} {'L':>5} {'P':>3} | {'fwd fused':>10} {'fwd burn':>10} {'x':>6} | {'f+b fused':>10} {'f+b burn':>10} {'x':>6}"
+      f" | returned: fwd fused, burn; f+b fused, burn")
 for line in open(sys.argv[1]):
     r = json.loads(line); s = r["shape"]; f = r["forward"]; b = r["forward_backward"]
     print(f"{s['batch']:>3} {s['seq']:>5} {s['prefix']:>3} | {f['fused_ms']:>10.3f} {f['unfused_ms']:>10.3f} {f['speedup']:>6.2f} | "
-          f"{b['fused_ms']:>10.3f} {b['unfused_ms']:>10.3f} {b['speedup']:>6.2f}")
+          f"{b['fused_ms']:>10.3f} {b['unfused_ms']:>10.3f} {b['speedup']:>6.2f} | "
+          f"{f['fused_enqueue_ms']:.3f} {f['unfused_enqueue_ms']:.3f}; {b['fused_enqueue_ms']:.3f} {b['unfused_enqueue_ms']:.3f}")
     for w in r.get("fused_by_layout", []):
         print(f"    rows {w['rows'] or 'default'}, lanes {w['lanes'] or 'default'}, block {w.get('block') or 'default'}: fused forward {w['forward_ms']:.3f} ms "
               f"({f['unfused_ms'] / w['forward_ms']:.2f}x), forward + backward {w['forward_backward_ms']:.3f} ms "
-              f"({b['unfused_ms'] / w['forward_backward_ms']:.2f}x)")
+              f"({b['unfused_ms'] / w['forward_backward_ms']:.2f}x); returned after {w['forward_enqueue_ms']:.3f} and {w['forward_backward_enqueue_ms']:.3f} ms")
 EOF
 exit $status

@@ -292,6 +292,15 @@ fn benchmarks_print_well_formed_json() {
                 "{pass}.{key}"
             );
         }
+        // Each run's calls return before it ends, so the medians keep that order.
+        for imp in ["fused", "unfused", "reference"] {
+            let enqueue = a[pass][format!("{imp}_enqueue_ms")].as_f64();
+            let total = a[pass][format!("{imp}_ms")].as_f64().unwrap_or(0.0);
+            assert!(
+                enqueue.is_some_and(|e| e > 0.0 && e <= total),
+                "{pass}.{imp}_enqueue_ms {enqueue:?} against {total}"
+            );
+        }
     }
 }
 

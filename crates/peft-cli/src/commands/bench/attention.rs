@@ -106,8 +106,11 @@ impl BackendVisitor for Attn {
             let [fused, unfused, reference] = ms;
             report.insert(
                 pass.into(),
-                json!({"fused_ms": fused, "unfused_ms": unfused, "speedup": unfused / fused,
-                       "reference_ms": reference}),
+                json!({"fused_ms": fused.ms, "unfused_ms": unfused.ms,
+                       "speedup": unfused.ms / fused.ms, "reference_ms": reference.ms,
+                       "fused_enqueue_ms": fused.enqueue_ms,
+                       "unfused_enqueue_ms": unfused.enqueue_ms,
+                       "reference_enqueue_ms": reference.enqueue_ms}),
             );
         }
         let by_layout = time_layouts::<B>(&a, &device);
@@ -135,11 +138,15 @@ impl BackendVisitor for Attn {
             for (pass, v) in report {
                 let ms = |key: &str| v[key].as_f64().unwrap_or(f64::NAN);
                 println!(
-                    "{pass}: fused {:.2} ms, Burn attention {:.2} ms (speedup {:.2}×), our unfused reference {:.2} ms",
+                    "{pass}: fused {:.2} ms, Burn attention {:.2} ms (speedup {:.2}×), our unfused reference {:.2} ms; \
+                     the calls returned after {:.2}, {:.2} and {:.2} ms",
                     ms("fused_ms"),
                     ms("unfused_ms"),
                     ms("speedup"),
                     ms("reference_ms"),
+                    ms("fused_enqueue_ms"),
+                    ms("unfused_enqueue_ms"),
+                    ms("reference_enqueue_ms"),
                 );
             }
             for r in by_layout {
@@ -189,7 +196,10 @@ fn time_layouts<B: PrefixAttentionBackend>(
                 let forward = time_forward::<B>(a, Impl::Fused, device);
                 let forward_backward = time_backward::<Autodiff<B>>(a, Impl::Fused, device);
                 timed.push(json!({"rows": rows, "lanes": lanes, "block": block,
-                                  "forward_ms": forward, "forward_backward_ms": forward_backward}));
+                                  "forward_ms": forward.ms,
+                                  "forward_backward_ms": forward_backward.ms,
+                                  "forward_enqueue_ms": forward.enqueue_ms,
+                                  "forward_backward_enqueue_ms": forward_backward.enqueue_ms}));
             }
         }
     }
@@ -209,23 +219,42 @@ fn attention_inputs<B: PrefixAttentionBackend>(a: &AttentionBench, device: &B::D
     ]
 }
 
-/// Median milliseconds of `run` over the repetitions (after one untimed run).
-fn timed<B: PrefixAttentionBackend>(
+/// Medians over the repetitions (after one untimed run) of the milliseconds from the start of
+/// `enqueue` to the end of `finish` (which waits for the device), and of those to the return of
+/// `enqueue` alone: how long the calls took to return before anything was waited for. On an
+/// asynchronous device, an enqueue time close to the total says the pass is bound by host work
+/// (op registration, launches), not by the device. With Burn's fusion backends some of the host
+/// work can happen in `finish` instead, when the queued operations are flushed.
+fn timed<B: PrefixAttentionBackend, T>(
     repeats: usize,
     device: &B::Device,
-    mut run: impl FnMut(),
-) -> f64 {
-    let mut times = Vec::new();
+    mut enqueue: impl FnMut() -> T,
+    mut finish: impl FnMut(T),
+) -> Timing {
+    let (mut total, mut host) = (Vec::new(), Vec::new());
     for rep in 0..repeats + 1 {
         let _ = B::sync(device);
         let start = Instant::now();
-        run();
+        let pending = enqueue();
+        let enqueued = start.elapsed();
+        finish(pending);
         let _ = B::sync(device);
         if rep > 0 {
-            times.push(start.elapsed().as_secs_f64() * 1e3);
+            total.push(start.elapsed().as_secs_f64() * 1e3);
+            host.push(enqueued.as_secs_f64() * 1e3);
         }
     }
-    median(times)
+    Timing {
+        ms: median(total),
+        enqueue_ms: median(host),
+    }
+}
+
+/// One timed pass: the median time and the median time for its calls to return.
+#[derive(Debug, Clone, Copy)]
+struct Timing {
+    ms: f64,
+    enqueue_ms: f64,
 }
 
 /// The implementations compared.
@@ -271,24 +300,33 @@ fn time_forward<B: PrefixAttentionBackend>(
     a: &AttentionBench,
     imp: Impl,
     device: &B::Device,
-) -> f64 {
+) -> Timing {
     let inputs = attention_inputs::<B>(a, device);
     let mask = causal_prefix_mask::<B>(a, device);
-    timed::<B>(a.repeats, device, || {
-        let out = imp.run(inputs.clone(), &mask);
-        let _ = out.sum().into_data();
-    })
+    timed::<B, _>(
+        a.repeats,
+        device,
+        || imp.run(inputs.clone(), &mask).sum(),
+        |sum| {
+            let _ = sum.into_data();
+        },
+    )
 }
 
 fn time_backward<B: PrefixAttentionAutodiffBackend>(
     a: &AttentionBench,
     imp: Impl,
     device: &B::Device,
-) -> f64 {
+) -> Timing {
     let inputs = attention_inputs::<B>(a, device);
     let mask = causal_prefix_mask::<B>(a, device);
-    timed::<B>(a.repeats, device, || {
-        let out = imp.run(inputs.clone().map(|t| t.require_grad()), &mask);
-        let _ = out.sum().backward();
-    })
+    timed::<B, _>(
+        a.repeats,
+        device,
+        || {
+            let out = imp.run(inputs.clone().map(|t| t.require_grad()), &mask);
+            out.sum().backward()
+        },
+        drop,
+    )
 }
