@@ -145,6 +145,8 @@ fn run<B: PrefixAttentionAutodiffBackend>(a: Args, device: &B::Device) -> Result
 }
 
 fn main() -> Result<()> {
+    // Reuse freed activation buffers instead of faulting in fresh pages every step.
+    burn_peft::core::train::allocator::tune_allocator_for_training();
     let args = Args::parse();
     dispatch(args.common.backend, Run(args))?
 }

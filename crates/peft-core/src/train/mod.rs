@@ -6,6 +6,7 @@
 //! Burn's `Learner` is not used: it sums accumulated gradients, steps the learning rate per
 //! micro-batch and checkpoints the whole (frozen) model.
 
+pub mod allocator;
 pub mod batching;
 pub mod checkpoint;
 pub mod clip;
