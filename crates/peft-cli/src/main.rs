@@ -31,10 +31,35 @@ enum Command {
     Bench(commands::bench::BenchCommand),
 }
 
+impl Command {
+    /// The backend named on the command line, if the command takes one and it was given.
+    fn backend(&self) -> Option<peft_kernels::backends::BackendKind> {
+        use commands::bench::BenchCommand as B;
+        match self {
+            Command::Train(a) => a.backend,
+            Command::Eval(a) => Some(a.backend),
+            Command::Generate(a) => Some(a.backend),
+            Command::Inspect(_) => None,
+            Command::Bench(B::Train(a)) => Some(a.backend),
+            Command::Bench(B::Generate(a)) => Some(a.backend),
+            Command::Bench(B::Attention(a)) => Some(a.backend),
+        }
+    }
+}
+
 fn main() -> ExitCode {
-    // Before any thread exists (docs/benchmarks.md: 15–25% off a CPU training step).
-    peft_core::train::allocator::tune_allocator_for_training();
     let cli = Cli::parse();
+    // Before any thread exists (parsing starts none). On the CPU backends it took 15–25% off a
+    // training step; on wgpu over lavapipe it made Burn's unfused attention about 15% slower
+    // and left the fused kernels unchanged, so it is not applied where a GPU backend is named
+    // on the command line (docs/benchmarks.md).
+    use peft_kernels::backends::BackendKind;
+    if !matches!(
+        cli.command.backend(),
+        Some(BackendKind::Wgpu | BackendKind::Cuda)
+    ) {
+        peft_core::train::allocator::tune_allocator_for_training();
+    }
     let result = match cli.command {
         Command::Train(args) => commands::train::run(*args),
         Command::Eval(args) => commands::eval::run(args),
