@@ -63,7 +63,7 @@ bench() {
 # The issue's shape, with the fused kernels also timed at 1, 2 and 4 lanes per row, each with
 # step blocks of 1 column (one dot product in flight per row, the default) and 8, side by side
 # in the same process. The default layout is one row per unit, one lane forward and two for dQ
-# and dK/dV at d = 64, one column a step. If blocks of 8 win, change `step_block`'s default.
+# and dK/dV at d = 64, one column a step (blocks of 8 were slower on an H200, docs/kernels.md).
 bench --batch 8 --seq 512 --prefix 64 --lanes 1,2,4 --blocks 1,8
 date -u +%T
 # The profile next (before the other shapes), in case the device time runs out.
