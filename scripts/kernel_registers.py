@@ -95,7 +95,7 @@ def main():
     print(f"head dim {a.head_dim}, {a.rows} row(s) per unit, {a.lanes} lane(s) per row, "
           f"loops {'rolled' if a.no_unroll else 'unrolled'}, {a.arch}")
     print(f"{'kernel':<8} {'cube':>5} {'registers':>9} {'spill st':>9} {'spill ld':>9} {'stack':>6} {'warps/SM cap':>13}")
-    for name in ["forward", "delta", "dq", "dkdv"]:
+    for name in ["forward", "dq", "dkdv"]:
         cu = os.path.join(out_dir, f"{name}.cu")
         source = open(cu).read()
         # The units per cube the launch uses, as the generated kernel declares them.

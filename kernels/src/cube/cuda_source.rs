@@ -16,7 +16,7 @@ use cubecl::{
     wgpu::{WgpuDevice, WgpuRuntime},
 };
 
-use super::{CUBE_ROWS, RowLaunch, TILE, kernels, vector_size};
+use super::{RowLaunch, TILE, kernels, vector_size};
 
 /// Units per plane (warp) on NVIDIA GPUs, for the cube sizes the launches choose.
 const CUDA_PLANE: usize = 32;
@@ -24,7 +24,7 @@ const CUDA_PLANE: usize = 32;
 /// One kernel's generated CUDA C++.
 #[derive(Debug, Clone)]
 pub struct KernelSource {
-    /// Kernel name (`forward`, `delta`, `dq`, `dkdv`).
+    /// Kernel name (`forward`, `dq`, `dkdv`).
     pub name: &'static str,
     /// The C++ source, as the CUDA runtime would pass it to NVRTC.
     pub source: String,
@@ -73,7 +73,7 @@ pub enum SourceError {
     },
 }
 
-/// The CUDA C++ of the forward, delta, dQ and dK/dV kernels for `config` (f32 data, u32
+/// The CUDA C++ of the forward, dQ and dK/dV kernels for `config` (f32 data, u32
 /// lengths), expanded with a wgpu client on `device` (`WgpuDevice::Cpu` for lavapipe).
 pub fn cuda_sources(
     device: &WgpuDevice,
@@ -93,7 +93,7 @@ pub fn cuda_sources(
     }
     let client = WgpuRuntime::client(device);
     // The cubes the CUDA launches use (the cube size bounds the registers a kernel may take):
-    // the row-walking kernels' cube for this layout, 64 units for the delta pre-pass.
+    // the row-walking kernels' cube for this layout.
     let row_cube = RowLaunch::new(0, rows, lanes, CUDA_PLANE).dim(lanes);
     let block = super::step_block();
     let settings = |dim: CubeDim| KernelSettings::default().cube_dim(dim);
@@ -126,21 +126,11 @@ pub fn cuda_sources(
         unroll,
         dtypes,
     );
-    let delta = kernels::delta_kernel::DeltaKernel::<WgpuRuntime>::new(
-        settings(CubeDim::new_1d(CUBE_ROWS)),
-        client.clone(),
-        t(),
-        t(),
-        t(),
-        t(),
-        n,
-        dl,
-        unroll,
-        f32_ty,
-    );
     let dq = kernels::dq_kernel::DqKernel::<WgpuRuntime>::new(
         settings(row_cube),
         client.clone(),
+        t(),
+        t(),
         t(),
         t(),
         t(),
@@ -193,7 +183,6 @@ pub fn cuda_sources(
     );
     Ok(vec![
         compile("forward", forward)?,
-        compile("delta", delta)?,
         compile("dq", dq)?,
         compile("dkdv", dkdv)?,
     ])

@@ -546,35 +546,13 @@ pub fn forward_kernel<F: Float, I: Int, N: Size>(
     }
 }
 
-/// The backward's per-row statistics `stats` `[2, B·H·L]`: the forward's log-sum-exp copied to
-/// the first half, `D[r] = Σ_t dO[r, t] · O[r, t]` written to the second; one unit per row.
-#[cube(launch)]
-pub fn delta_kernel<F: Float, N: Size>(
-    out: &Tensor<Vector<F, N>>,
-    grad_out: &Tensor<Vector<F, N>>,
-    lse: &Tensor<F>,
-    stats: &mut Tensor<F>,
-    #[comptime] dl: usize,
-    #[comptime] unroll: bool,
-    #[define(F)] _dtype: StorageType,
-) {
-    let row = ABSOLUTE_POS;
-    let rows = lse.len();
-    if row >= rows {
-        terminate!();
-    }
-    let mut sum = F::new(0.0);
-    #[unroll(unroll)]
-    for t in 0..dl {
-        sum += out[row * dl + t].dot(grad_out[row * dl + t]);
-    }
-    stats[row] = lse[row];
-    stats[rows + row] = sum;
-}
-
-/// Query gradient `dq` `[B, H, L, d]`, recomputing probabilities from the log-sum-exp.
-/// `stats` is `[2, B, H, L]`: the log-sum-exp then `delta`. Rows are split over units as in the
-/// forward (`rows_per_unit` to a unit, each shared by `lanes` units).
+/// Query gradient `dq` `[B, H, L, d]`, recomputing probabilities from the forward's output `out`
+/// and log-sum-exp `lse` `[B, H, L]`. Rows are split over units as in the forward
+/// (`rows_per_unit` to a unit, each shared by `lanes` units). Each row's
+/// `D = Σ_t dO[r, t] · O[r, t]` is computed here, from the output-gradient row the unit holds
+/// anyway, and written with a copy of the log-sum-exp to `stats` `[2, B·H·L]` for the dK/dV
+/// kernel (one buffer, so that kernel stays within 12 storage bindings): no separate pre-pass,
+/// one launch fewer.
 #[cube(launch)]
 #[allow(clippy::too_many_arguments)]
 pub fn dq_kernel<F: Float, I: Int, N: Size>(
@@ -585,7 +563,9 @@ pub fn dq_kernel<F: Float, I: Int, N: Size>(
     pv: &Tensor<Vector<F, N>>,
     lengths: &Tensor<I>,
     grad_out: &Tensor<Vector<F, N>>,
-    stats: &Tensor<F>,
+    out: &Tensor<Vector<F, N>>,
+    lse: &Tensor<F>,
+    stats: &mut Tensor<F>,
     dq: &mut Tensor<Vector<F, N>>,
     scale: f32,
     prefix: u32,
@@ -628,11 +608,11 @@ pub fn dq_kernel<F: Float, I: Int, N: Size>(
         let r = block.index(row);
         pos[s] = block.position(row);
         row_lse[s] = F::new(0.0);
-        row_delta[s] = F::new(0.0);
         if row < rows {
-            row_lse[s] = stats[r];
-            row_delta[s] = stats[n_rows + r];
+            row_lse[s] = lse[r];
         }
+        // This lane's share of `D = dO · O`, summed over the row's lanes below.
+        let mut part = F::new(0.0);
         #[unroll(unroll)]
         for t in 0..dw {
             acc[s * dw + t] = zero;
@@ -641,8 +621,17 @@ pub fn dq_kernel<F: Float, I: Int, N: Size>(
             if row < rows {
                 let at = r * dl + ln.vector(t, lanes);
                 qr[s * dw + t] = q[at] * scale_v;
-                dor[s * dw + t] = grad_out[at];
+                let dov = grad_out[at];
+                dor[s * dw + t] = dov;
+                part += dov.dot(out[at]);
             }
+        }
+        // Outside the row test: the shuffles must be reached by the whole plane.
+        let delta = lane_sum::<F>(part, lanes);
+        row_delta[s] = delta;
+        if row < rows && ln.lane == 0 {
+            stats[r] = row_lse[s];
+            stats[n_rows + r] = delta;
         }
     }
     let mut ks = SharedMemory::<Vector<F, N>>::new(bk * dl);

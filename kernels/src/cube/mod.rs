@@ -34,7 +34,7 @@ pub use kernels::NEG_LARGE;
 /// Largest head dimension the kernels take (the per-unit registers grow with it).
 pub const MAX_HEAD_DIM: usize = 128;
 /// Query rows (forward, dQ) or key columns (dK/dV) a cube of the row-walking kernels walks at
-/// least (units × rows per unit; see `RowLaunch`), and the units of the delta pre-pass.
+/// least (units × rows per unit; see `RowLaunch`).
 pub const CUBE_ROWS: u32 = 64;
 /// Key/value columns (forward, dQ) or query rows (dK/dV) staged per tile.
 pub const TILE: usize = 32;
@@ -412,21 +412,9 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> PrefixAtte
         let rows = d.batch * d.heads * d.queries;
         let n = vector_size(d.head_dim);
         let rows_per = rows_per_unit(&p.q);
-        // stats = [lse ; D] in one buffer, so the backward kernels stay within 12 bindings.
+        // stats = [lse ; D] in one buffer, written by the dQ kernel for the dK/dV kernel, which
+        // would otherwise need 13 storage bindings.
         let stats = empty(&p.q, Shape::new([2 * rows]), dtype);
-        kernels::delta_kernel::launch::<R>(
-            &client,
-            CubeCount::Static(rows.div_ceil(CUBE_ROWS as usize) as u32, 1, 1),
-            CubeDim::new_1d(CUBE_ROWS),
-            n,
-            out.into_tensor_arg(),
-            grad_out.clone().into_tensor_arg(),
-            lse.into_tensor_arg(),
-            stats.clone().into_tensor_arg(),
-            d.head_dim / n,
-            unroll,
-            dtype.into(),
-        );
         let dq = empty(
             &p.q,
             Shape::new([d.batch, d.heads, d.queries, d.head_dim]),
@@ -447,6 +435,8 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> PrefixAtte
             p.pv.clone().into_tensor_arg(),
             p.lengths.clone().into_tensor_arg(),
             grad_out.clone().into_tensor_arg(),
+            out.into_tensor_arg(),
+            lse.into_tensor_arg(),
             stats.clone().into_tensor_arg(),
             dq.clone().into_tensor_arg(),
             p.scale,
