@@ -37,10 +37,7 @@ if [[ -z "${PEFT_GPU_BIN:-}" ]]; then
 fi
 bin="$PEFT_GPU_BIN"
 
-export CUDA_PATH="${CUDA_PATH:-/usr/local/cuda}"
-for dir in "$CUDA_PATH/lib64" /usr/local/nvidia/lib64 /usr/lib/x86_64-linux-gnu; do
-    [[ -d "$dir" ]] && export LD_LIBRARY_PATH="$dir:${LD_LIBRARY_PATH:-}"
-done
+source "$(dirname "${BASH_SOURCE[0]}")/cuda-env.sh"
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv | tee "$out/gpu.txt"
 "$CUDA_PATH/bin/nvcc" --version | tail -2 | tee -a "$out/gpu.txt"
 ldconfig -p | grep -E 'libcuda\.so|libnvrtc' | tee -a "$out/gpu.txt"
@@ -73,7 +70,7 @@ CUBECL_DEBUG_LOG="$out/cubecl-profile.log" "$bin/peft" bench attention --backend
 # The timing lines alone; the full log (with the CUDA sources it compiled) compressed.
 grep -E '^\|' "$out/cubecl-profile.log" >"$out/cubecl-profile.txt" || true
 xz -f "$out/cubecl-profile.log" || true
-grep -E '^\| (Forward|Delta|Dq|Dkdv|SumPartials)Kernel|^\| Total' "$out/cubecl-profile.txt" | tail -12 || true
+grep -E '^\| (Forward|Dq|Dkdv|SumPartials)Kernel|^\| Total' "$out/cubecl-profile.txt" | tail -12 || true
 date -u +%T
 bench --batch 2 --seq 128 --prefix 64   # the lavapipe shape
 date -u +%T

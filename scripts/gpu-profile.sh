@@ -4,8 +4,8 @@
 #  1. Nsight Compute, where `ncu` is installed and the driver lets it read the counters: every
 #     launch of the forward, dQ and dK/dV kernels in one `peft bench attention` at the issue's
 #     shape (B=8, L=512, P=64, H=9, Hkv=3, d=64), default layout then one, two and four lanes
-#     per row — device time without any host cost, registers, occupancy, and why warps stalled —
-#     and a one-line summary per launch.
+#     per row — device time without any host cost, registers, occupancy, warp scheduling
+#     (eligible warps, cycles per issued instruction) — and a one-line summary per launch.
 #  2. CubeCL's profiler at a tiny shape (B=1, L=16, P=4), where the kernels have next to nothing
 #     to do: how much of a call's fixed cost is device time.
 #
@@ -17,10 +17,7 @@ out="${1:-gpu-profile-out}"
 mkdir -p "$out"
 bin="${PEFT_GPU_BIN:?set PEFT_GPU_BIN to a folder holding a release peft built with --features cuda}"
 
-export CUDA_PATH="${CUDA_PATH:-/usr/local/cuda}"
-for dir in "$CUDA_PATH/lib64" /usr/local/nvidia/lib64 /usr/lib/x86_64-linux-gnu; do
-    [[ -d "$dir" ]] && export LD_LIBRARY_PATH="$dir:${LD_LIBRARY_PATH:-}"
-done
+source "$(dirname "${BASH_SOURCE[0]}")/cuda-env.sh"
 issue=(--heads 9 --kv-heads 3 --head-dim 64 --batch 8 --seq 512 --prefix 64)
 status=0
 
@@ -59,7 +56,7 @@ CUBECL_DEBUG_LOG="$out/tiny-profile.log" timeout 80 "$bin/peft" bench attention 
     | tee "$out/tiny-bench.json" || status=1
 grep -E '^\|' "$out/tiny-profile.log" >"$out/tiny-profile.txt" || true
 xz -f "$out/tiny-profile.log" || true
-grep -E '^\| [0-9.]+(µs|ms) +\| (Forward|Delta|Dq|Dkdv|SumPartials|Full|SharedSum|KernelBinop)' \
+grep -E '^\| [0-9.]+(µs|ms) +\| (Forward|Dq|Dkdv|SumPartials|Full|SharedSum|KernelBinop)' \
     "$out/tiny-profile.txt" | tail -24 || true
 
 date -u +%T
