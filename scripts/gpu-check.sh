@@ -9,11 +9,12 @@
 #
 # With cargo on the machine it builds the binaries itself. Without (a bare GPU machine), build
 # them elsewhere and point PEFT_GPU_BIN at a folder holding `attention_cuda`,
-# `attention_cuda_f16`, `attention_cuda_bf16`, `fused_memory_cuda` and `peft`:
+# `attention_cuda_f16`, `attention_cuda_bf16`, `attention_cuda_tiles`, `fused_memory_cuda` and
+# `peft`:
 #
 #   CUDARC_CUDA_VERSION=13000 cargo test --release -p peft-kernels --features cuda --no-run \
 #       --test attention_cuda --test attention_cuda_f16 --test attention_cuda_bf16 \
-#       --test fused_memory_cuda
+#       --test attention_cuda_tiles --test fused_memory_cuda
 #   CUDARC_CUDA_VERSION=13000 cargo build --release -p peft-cli --features cuda
 #
 # Release builds: Burn's host-side code (fusion, autodiff, launch) is generic and compiled in
@@ -27,10 +28,12 @@ mkdir -p "$out"
 if [[ -z "${PEFT_GPU_BIN:-}" ]]; then
     command -v cargo >/dev/null || { echo "no cargo here: set PEFT_GPU_BIN" >&2; exit 2; }
     cargo test --release -p peft-kernels --features cuda --no-run --test attention_cuda \
-        --test attention_cuda_f16 --test attention_cuda_bf16 --test fused_memory_cuda || exit 1
+        --test attention_cuda_f16 --test attention_cuda_bf16 --test attention_cuda_tiles \
+        --test fused_memory_cuda || exit 1
     cargo build --release -p peft-cli --features cuda || exit 1
     PEFT_GPU_BIN="$(mktemp -d)"
-    for t in attention_cuda attention_cuda_f16 attention_cuda_bf16 fused_memory_cuda; do
+    for t in attention_cuda attention_cuda_f16 attention_cuda_bf16 attention_cuda_tiles \
+        fused_memory_cuda; do
         cp "$(ls -t target/release/deps/$t-* | grep -v '\.d$' | head -1)" "$PEFT_GPU_BIN/$t"
     done
     cp target/release/peft "$PEFT_GPU_BIN/peft"
@@ -49,6 +52,7 @@ echo "== CUDA tests"
 "$bin/fused_memory_cuda" 2>&1 | tee -a "$out/tests.log" || status=1
 "$bin/attention_cuda_f16" --nocapture 2>&1 | tee -a "$out/tests.log" || status=1
 "$bin/attention_cuda_bf16" --nocapture 2>&1 | tee -a "$out/tests.log" || status=1
+"$bin/attention_cuda_tiles" 2>&1 | tee -a "$out/tests.log" || status=1
 
 date -u +%T
 echo "== peft bench attention --backend cuda"
@@ -57,11 +61,11 @@ bench() {
     "$bin/peft" bench attention --backend cuda --heads 9 --kv-heads 3 --head-dim 64 \
         --repeats 20 --json "$@" | tee -a "$out/bench.jsonl" || status=1
 }
-# The shape, with the fused kernels also timed at 1, 2 and 4 lanes per row, each with
-# step blocks of 1 column (one dot product in flight per row, the default) and 8, side by side
-# in the same process. The default layout is one row per unit, one lane forward and two for dQ
-# and dK/dV at d = 64, one column a step (blocks of 8 were slower on an H200, docs/kernels.md).
-bench --batch 8 --seq 512 --prefix 64 --lanes 1,2,4 --blocks 1,8
+# The shape, with the fused kernels also timed with each forward kernel — the row
+# kernel (the default) and the register-tiled one — side by side in the same process, the
+# backward at its default layout (two lanes for dQ and dK/dV at d = 64). The lanes and step
+# blocks were swept on an H200 before (docs/kernels.md); `--lanes 1,2,4 --blocks 1,8` repeats it.
+bench --batch 8 --seq 512 --prefix 64 --forward rows,tiles
 date -u +%T
 # The profile next (before the other shapes), in case the device time runs out.
 echo "== profiled run (every launch timed on the device; per-kernel summary at each sync)"
@@ -70,7 +74,7 @@ CUBECL_DEBUG_LOG="$out/cubecl-profile.log" "$bin/peft" bench attention --backend
 # The timing lines alone; the full log (with the CUDA sources it compiled) compressed.
 grep -E '^\|' "$out/cubecl-profile.log" >"$out/cubecl-profile.txt" || true
 xz -f "$out/cubecl-profile.log" || true
-grep -E '^\| (Forward|Dq|Dkdv|SumPartials)Kernel|^\| Total' "$out/cubecl-profile.txt" | tail -12 || true
+grep -E '^\| (Forward|ForwardTiled|Dq|Dkdv|SumPartials)Kernel|^\| Total' "$out/cubecl-profile.txt" | tail -12 || true
 date -u +%T
 bench --batch 2 --seq 128 --prefix 64   # the lavapipe shape
 date -u +%T
@@ -90,7 +94,7 @@ for line in open(sys.argv[1]):
           f"{b['fused_ms']:>10.3f} {b['unfused_ms']:>10.3f} {b['speedup']:>6.2f} | "
           f"{f['fused_enqueue_ms']:.3f} {f['unfused_enqueue_ms']:.3f}; {b['fused_enqueue_ms']:.3f} {b['unfused_enqueue_ms']:.3f}")
     for w in r.get("fused_by_layout", []):
-        print(f"    rows {w['rows'] or 'default'}, lanes {w['lanes'] or 'default'}, block {w.get('block') or 'default'}: fused forward {w['forward_ms']:.3f} ms "
+        print(f"    forward {w.get('forward') or 'default'}, rows {w['rows'] or 'default'}, lanes {w['lanes'] or 'default'}, block {w.get('block') or 'default'}: fused forward {w['forward_ms']:.3f} ms "
               f"({f['unfused_ms'] / w['forward_ms']:.2f}x), forward + backward {w['forward_backward_ms']:.3f} ms "
               f"({b['unfused_ms'] / w['forward_backward_ms']:.2f}x); returned after {w['forward_enqueue_ms']:.3f} and {w['forward_backward_enqueue_ms']:.3f} ms")
 EOF

@@ -1,6 +1,7 @@
 //! Writes the CUDA C++ of the fused kernels to a folder, without a GPU (a wgpu client expands
-//! them; lavapipe is enough). `scripts/kernel_registers.py` compiles the files with NVRTC and
-//! `ptxas -v` to report registers and spills.
+//! them; lavapipe is enough), and the tiled forward's where the head dimension is a multiple of
+//! 32. `scripts/kernel_registers.py` compiles the files with NVRTC and `ptxas -v` to report
+//! registers and spills.
 //!
 //! ```sh
 //! cargo run -p peft-kernels --features wgpu,cuda --example cuda_source -- OUT_DIR [HEAD_DIM ROWS_PER_UNIT UNROLL LANES]
@@ -9,7 +10,7 @@
 use std::{path::PathBuf, process::ExitCode};
 
 use cubecl::wgpu::WgpuDevice;
-use peft_kernels::cube::cuda_source::{SourceConfig, cuda_sources};
+use peft_kernels::cube::cuda_source::{SourceConfig, cuda_sources, tiled_forward_source};
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -37,6 +38,15 @@ fn main() -> ExitCode {
         }
     };
     let result = cuda_sources(&WgpuDevice::Cpu, config)
+        .map(|mut sources| {
+            // The tiled forward, where the head dimension fits it.
+            if let Ok(tiled) =
+                tiled_forward_source(&WgpuDevice::Cpu, config.head_dim, config.unroll)
+            {
+                sources.push(tiled);
+            }
+            sources
+        })
         .map_err(|e| e.to_string())
         .and_then(|sources| {
             std::fs::create_dir_all(&out).map_err(|e| format!("{}: {e}", out.display()))?;

@@ -25,11 +25,49 @@ pub enum LayoutError {
     /// A step block outside [`BLOCK_SIZES`].
     #[error("a step block of {0}: the fused kernels take 1, 2, 4 or 8")]
     Block(usize),
+    /// A forward kernel name other than `rows` or `tiles`.
+    #[error("forward kernel `{0}`: the fused forward is `rows` or `tiles`")]
+    Forward(String),
+}
+
+/// The two fused forward kernels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ForwardKernel {
+    /// Each unit owns whole query rows (or a lane's share of them) and walks the staged
+    /// key/value columns one (or a step block) at a time.
+    Rows,
+    /// Each unit computes 4 × 4 blocks of scores and a 4-row block of the output from the
+    /// cube's queries and a key/value tile in shared memory (head dimensions that are multiples
+    /// of 32; others take the row kernel).
+    Tiles,
+}
+
+impl std::str::FromStr for ForwardKernel {
+    type Err = LayoutError;
+
+    fn from_str(s: &str) -> Result<Self, LayoutError> {
+        match s {
+            "rows" => Ok(ForwardKernel::Rows),
+            "tiles" => Ok(ForwardKernel::Tiles),
+            other => Err(LayoutError::Forward(other.to_string())),
+        }
+    }
+}
+
+impl std::fmt::Display for ForwardKernel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            ForwardKernel::Rows => "rows",
+            ForwardKernel::Tiles => "tiles",
+        })
+    }
 }
 
 static LANES: AtomicUsize = AtomicUsize::new(0);
 static ROWS: AtomicUsize = AtomicUsize::new(0);
 static BLOCK: AtomicUsize = AtomicUsize::new(0);
+/// 0: none set, 1: rows, 2: tiles.
+static FORWARD: AtomicUsize = AtomicUsize::new(0);
 
 /// Stores `value` (0 for none) in `slot` when it is one of `allowed`.
 fn store(
@@ -98,6 +136,27 @@ pub fn step_block_override() -> Option<usize> {
     load(&BLOCK)
 }
 
+/// Sets the fused forward kernel for every forward launched afterwards in this process, in place
+/// of the device's default and of `PEFT_KERNEL_FORWARD=rows|tiles`; `None` returns to those.
+/// Only the CubeCL backends read it.
+pub fn set_forward_kernel(kernel: Option<ForwardKernel>) {
+    let code = match kernel {
+        None => 0,
+        Some(ForwardKernel::Rows) => 1,
+        Some(ForwardKernel::Tiles) => 2,
+    };
+    FORWARD.store(code, Ordering::Relaxed);
+}
+
+/// The forward kernel set with [`set_forward_kernel`], if any.
+pub fn forward_kernel_override() -> Option<ForwardKernel> {
+    match FORWARD.load(Ordering::Relaxed) {
+        1 => Some(ForwardKernel::Rows),
+        2 => Some(ForwardKernel::Tiles),
+        _ => None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -130,6 +189,18 @@ mod tests {
         assert_eq!(step_block_override(), Some(8));
         set_step_block(None).unwrap();
         assert_eq!(step_block_override(), None);
+        assert_eq!(forward_kernel_override(), None);
+        set_forward_kernel(Some("tiles".parse().unwrap()));
+        assert_eq!(forward_kernel_override(), Some(ForwardKernel::Tiles));
+        set_forward_kernel(Some(ForwardKernel::Rows));
+        assert_eq!(forward_kernel_override(), Some(ForwardKernel::Rows));
+        set_forward_kernel(None);
+        assert_eq!(forward_kernel_override(), None);
+        assert_eq!(
+            "tile".parse::<ForwardKernel>(),
+            Err(LayoutError::Forward("tile".into()))
+        );
+        assert_eq!(ForwardKernel::Tiles.to_string(), "tiles");
         assert_eq!(
             LayoutError::Rows(3).to_string(),
             "3 rows per unit: the fused kernels take 1, 2, 4, 8 or 16"

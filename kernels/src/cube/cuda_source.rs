@@ -24,7 +24,7 @@ const CUDA_PLANE: usize = 32;
 /// One kernel's generated CUDA C++.
 #[derive(Debug, Clone)]
 pub struct KernelSource {
-    /// Kernel name (`forward`, `dq`, `dkdv`).
+    /// Kernel name (`forward`, `dq`, `dkdv`, `forward_tiled`).
     pub name: &'static str,
     /// The C++ source, as the CUDA runtime would pass it to NVRTC.
     pub source: String,
@@ -58,6 +58,9 @@ pub enum SourceError {
     /// The configuration is outside what the kernels take.
     #[error("head dimension {0} is outside 1..={max}", max = super::MAX_HEAD_DIM)]
     HeadDim(usize),
+    /// A head dimension the tiled forward does not take (it needs a multiple of 32).
+    #[error("head dimension {0}: the tiled forward takes multiples of 32 up to {max}", max = super::MAX_HEAD_DIM)]
+    TiledHeadDim(usize),
     /// Rows per unit other than 1, 2, 4, 8 or 16.
     #[error("{0} rows per unit: the kernels take 1, 2, 4, 8 or 16")]
     RowsPerUnit(usize),
@@ -186,6 +189,45 @@ pub fn cuda_sources(
         compile("dq", dq)?,
         compile("dkdv", dkdv)?,
     ])
+}
+
+/// The CUDA C++ of the register-tiled forward ([`super::tiled`]) at head dimension `head_dim`
+/// (a multiple of 32, the kernel's requirement) with its launch's cube of 128 units.
+pub fn tiled_forward_source(
+    device: &WgpuDevice,
+    head_dim: usize,
+    unroll: bool,
+) -> Result<KernelSource, SourceError> {
+    if head_dim == 0 || head_dim > super::MAX_HEAD_DIM || !head_dim.is_multiple_of(32) {
+        return Err(SourceError::TiledHeadDim(head_dim));
+    }
+    let client = WgpuRuntime::client(device);
+    let t = || TensorCompilationArg { inplace: None };
+    let f32_ty = f32::as_type_native_unchecked().storage_type();
+    let u32_ty = u32::as_type_native_unchecked().storage_type();
+    let units = (super::tiled::TILED_GROUPS * super::tiled::TILED_LANES) as u32;
+    let kernel = super::tiled::forward_tiled_kernel::ForwardTiledKernel::<WgpuRuntime>::new(
+        KernelSettings::default().cube_dim(CubeDim::new_1d(units)),
+        client,
+        t(),
+        t(),
+        t(),
+        t(),
+        t(),
+        t(),
+        t(),
+        t(),
+        (),
+        (),
+        (),
+        (),
+        4,
+        head_dim / 4,
+        super::TILED_COLUMNS,
+        unroll,
+        [f32_ty, u32_ty],
+    );
+    compile("forward_tiled", kernel)
 }
 
 fn compile<K: CubeKernel>(name: &'static str, kernel: K) -> Result<KernelSource, SourceError> {

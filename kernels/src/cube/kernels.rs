@@ -42,7 +42,7 @@ pub const NEG_LARGE: f32 = -1.0e30;
 /// Where a column's key or value row starts (in vectors of the row layout).
 #[cube]
 #[allow(clippy::too_many_arguments)]
-fn column_offset(
+pub(super) fn column_offset(
     c: usize,
     b: usize,
     kv: usize,
@@ -64,7 +64,7 @@ fn column_offset(
 /// `j ≤ i + causal_offset` and `j < key_len`. Query positions run below `l`; `l` marks an unused
 /// slot.
 #[derive(CubeType, Clone, Copy)]
-struct Visibility {
+pub(super) struct Visibility {
     l: usize,
     prefix: usize,
     prefix_len: usize,
@@ -78,7 +78,7 @@ impl Visibility {
     /// bit 0 the prefix lengths (`[B]`, first), bit 1 the key lengths (`[B]`, after the prefix
     /// lengths when both are given). Lengths not given are the full `prefix` and `seq`, and
     /// `lengths` is then not read (without either it may be any buffer).
-    fn of_row<I: Int>(
+    pub(super) fn of_row<I: Int>(
         lengths: &Tensor<I>,
         given: u32,
         b: usize,
@@ -108,7 +108,7 @@ impl Visibility {
     }
 
     /// Whether query position `i` (below `l`) sees column `c` of `[prefix ; sequence]`.
-    fn sees(&self, c: usize, i: usize) -> bool {
+    pub(super) fn sees(&self, c: usize, i: usize) -> bool {
         // Sequence index of the column (0 for prefix columns, whose branch is not selected).
         let j = c - select(c < self.prefix, c, self.prefix);
         i < self.l
@@ -155,13 +155,13 @@ impl Visibility {
 /// are spread over `W` units) for `W` times the units and the reductions; the GPU layout for the
 /// backward kernels, whose whole rows exceed the register file at `d = 64` (docs/kernels.md).
 #[derive(CubeType, Clone, Copy)]
-struct Lanes {
+pub(super) struct Lanes {
     /// This unit's lane within its row, `UNIT_POS % lanes`.
-    lane: usize,
+    pub(super) lane: usize,
     /// Rows between a unit's consecutive slots: `CUBE_DIM / lanes`.
     step: usize,
     /// This unit's row within a slot, `UNIT_POS / lanes`.
-    first: usize,
+    pub(super) first: usize,
 }
 
 #[cube]
@@ -189,7 +189,7 @@ impl Lanes {
 /// Sum of `x` over the `lanes` consecutive units that share a row (butterfly of plane shuffles;
 /// every lane gets the same bits). Must be reached by the whole plane (uniform control flow).
 #[cube]
-fn lane_sum<F: Float>(x: F, #[comptime] lanes: usize) -> F {
+pub(super) fn lane_sum<F: Float>(x: F, #[comptime] lanes: usize) -> F {
     let mut sum = x;
     if comptime!(lanes >= 2) {
         sum += plane_shuffle_xor(sum, 1u32);
@@ -201,6 +201,26 @@ fn lane_sum<F: Float>(x: F, #[comptime] lanes: usize) -> F {
         sum += plane_shuffle_xor(sum, 4u32);
     }
     sum
+}
+
+/// Maximum of `x` over the `lanes` consecutive units that share a row (the butterfly of
+/// [`lane_sum`] with `max`). Must be reached by the whole plane.
+#[cube]
+pub(super) fn lane_max<F: Float>(x: F, #[comptime] lanes: usize) -> F {
+    let mut top = x;
+    if comptime!(lanes >= 2) {
+        let other = plane_shuffle_xor(top, 1u32);
+        top = select(other > top, other, top);
+    }
+    if comptime!(lanes >= 4) {
+        let other = plane_shuffle_xor(top, 2u32);
+        top = select(other > top, other, top);
+    }
+    if comptime!(lanes >= 8) {
+        let other = plane_shuffle_xor(top, 4u32);
+        top = select(other > top, other, top);
+    }
+    top
 }
 
 /// `any` of this unit, or of the plane when rows are split over lanes (the shuffles that follow
@@ -263,23 +283,23 @@ fn two_dots<F: Float, N: Size>(
 /// `lanes` consecutive units ([`Lanes`]); slot `s` of unit `u` is row
 /// `start + s·(CUBE_DIM / lanes) + u / lanes`.
 #[derive(CubeType, Clone, Copy)]
-struct QueryBlock {
-    b: usize,
-    kv: usize,
+pub(super) struct QueryBlock {
+    pub(super) b: usize,
+    pub(super) kv: usize,
     heads: usize,
     g: usize,
-    l: usize,
-    rows: usize,
+    pub(super) l: usize,
+    pub(super) rows: usize,
     start: usize,
     cube_rows: usize,
-    lanes: Lanes,
+    pub(super) lanes: Lanes,
 }
 
 #[cube]
 impl QueryBlock {
     /// The block of this cube (`CUBE_POS_X` over the rows, `CUBE_POS_Y` over batch·kv heads),
     /// for queries `q` `[B, H, L, ·]` and `kv_heads` key/value heads.
-    fn of_cube<F: Float, N: Size>(
+    pub(super) fn of_cube<F: Float, N: Size>(
         q: &Tensor<Vector<F, N>>,
         kv_heads: usize,
         #[comptime] rows_per_unit: usize,
@@ -305,23 +325,23 @@ impl QueryBlock {
     }
 
     /// The row of this unit's slot `s` (at or past `rows` for an unused slot).
-    fn row(&self, s: usize) -> usize {
+    pub(super) fn row(&self, s: usize) -> usize {
         self.start + self.lanes.slot(s)
     }
 
     /// Where row `row` is in `[B, H, L]` order (valid for `row < rows`).
-    fn index(&self, row: usize) -> usize {
+    pub(super) fn index(&self, row: usize) -> usize {
         (self.b * self.heads + self.kv * self.g + row / self.l) * self.l + row % self.l
     }
 
     /// The query position of `row`, or `l` (never visible) past the last row.
-    fn position(&self, row: usize) -> usize {
+    pub(super) fn position(&self, row: usize) -> usize {
         select(row < self.rows, row % self.l, self.l)
     }
 
     /// Highest sequence key any row of this cube can see, plus one (the end of the useful
     /// columns of `[prefix ; sequence]`).
-    fn column_end(&self, prefix: usize, seq: usize) -> usize {
+    pub(super) fn column_end(&self, prefix: usize, seq: usize) -> usize {
         let l = self.l;
         let cube_end = self.start + self.cube_rows;
         let last = select(cube_end < self.rows, cube_end, self.rows) - 1;

@@ -10,6 +10,7 @@
 pub mod cuda_source;
 mod fusion;
 mod kernels;
+mod tiled;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -24,7 +25,7 @@ use burn_cubecl::{
 use cubecl::{CubeCount, CubeDim, features::Plane};
 
 use crate::{
-    BLOCK_SIZES, LANE_COUNTS, ROW_COUNTS,
+    BLOCK_SIZES, ForwardKernel, LANE_COUNTS, ROW_COUNTS,
     op::{AttentionDims, AttentionGrads, PrefixAttentionArgs, PrefixAttentionBackend},
     reference,
 };
@@ -327,6 +328,29 @@ fn vector_size(head_dim: usize) -> usize {
         .unwrap_or(1)
 }
 
+/// Key/value columns per tile of the register-tiled forward.
+const TILED_COLUMNS: usize = 32;
+
+/// Whether the forward takes the register-tiled kernel ([`tiled`]): when it is chosen
+/// ([`crate::set_forward_kernel`], else `PEFT_KERNEL_FORWARD=rows|tiles`; the row kernel by
+/// default) and the call fits it — rows of 4-float vectors, a head dimension that is a
+/// multiple of 32 (each of the 8 lanes of a row group owns whole output vectors), planes of
+/// at least 8 units (its row maxima and sums are reduced over 8 lanes with plane shuffles), and
+/// its shared memory within the device's (32 KiB on lavapipe: head dimensions up to 64).
+fn tiled_forward<R: CubeRuntime>(t: &CubeTensor<R>, head_dim: usize) -> bool {
+    let chosen = crate::forward_kernel_override().or_else(|| {
+        std::env::var("PEFT_KERNEL_FORWARD")
+            .ok()
+            .and_then(|v| v.parse::<ForwardKernel>().ok())
+    });
+    let hardware = &t.client.properties().hardware;
+    chosen == Some(ForwardKernel::Tiles)
+        && vector_size(head_dim) == 4
+        && head_dim.is_multiple_of(4 * tiled::TILED_LANES)
+        && hardware.plane_size_min as usize >= tiled::TILED_LANES
+        && tiled::shared_bytes(head_dim, TILED_COLUMNS) <= hardware.max_shared_memory_size
+}
+
 impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> PrefixAttentionBackend
     for Cube<R, F, I, BT>
 {
@@ -353,6 +377,32 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> PrefixAtte
         );
         let lse = empty(&p.q, Shape::new([d.batch, d.heads, d.queries]), dtype);
         let n = vector_size(d.head_dim);
+        if tiled_forward(&p.q, d.head_dim) {
+            let cubes = (d.group() * d.queries).max(1).div_ceil(tiled::TILED_ROWS);
+            tiled::forward_tiled_kernel::launch::<R>(
+                &p.q.client,
+                CubeCount::Static(cubes as u32, (d.batch * d.kv_heads) as u32, 1),
+                CubeDim::new_1d((tiled::TILED_GROUPS * tiled::TILED_LANES) as u32),
+                n,
+                p.q.clone().into_tensor_arg(),
+                p.k.into_tensor_arg(),
+                p.v.into_tensor_arg(),
+                p.pk.into_tensor_arg(),
+                p.pv.into_tensor_arg(),
+                p.lengths.clone().into_tensor_arg(),
+                out.clone().into_tensor_arg(),
+                lse.clone().into_tensor_arg(),
+                p.scale,
+                d.prefix as u32,
+                u32::from(d.prefix_batch == 1),
+                p.lengths_given,
+                d.head_dim / n,
+                TILED_COLUMNS,
+                unroll,
+                [dtype.into(), p.lengths.dtype.into()],
+            );
+            return (cast(out, p.io_dtype), lse);
+        }
         let rows = rows_per_unit(&p.q);
         let lanes = lanes_per_row(&p.q, d.head_dim, Walk::Forward);
         let launch = RowLaunch::new(d.group() * d.queries, rows, lanes, plane_size(&p.q));

@@ -664,3 +664,51 @@ pub fn assert_fused_path_allocates_no_score_matrix<B: PrefixAttentionBackend>() 
         "largest kernel buffer {largest} bytes; the score matrix would be {scores}"
     );
 }
+
+/// The register-tiled forward (`set_forward_kernel(Some(ForwardKernel::Tiles))`) on backend `B`
+/// against the f64 oracle, forward and gradients (the backward reads the tiled forward's output
+/// and log-sum-exp), on the whole sweep; and that the switch takes effect: the tiled kernel sums
+/// in another order than the row kernel, so on a case it takes the outputs differ in their last
+/// bits while both match the oracle. The device's planes must be at least 8 wide (narrower
+/// ones take the row kernel). Call it from a test binary of its own: the setting is
+/// process-wide.
+pub fn check_tiled_forward<B: PrefixAttentionBackend>() {
+    use peft_kernels::{ForwardKernel, set_forward_kernel};
+    let dev = Default::default();
+    // d = 64, prefix, GQA, a second head in the last cube of 64 rows.
+    let c = Case::new(2, 6, 2, 113, 64, 20);
+    let x = Inputs::random(&c, 21);
+    set_forward_kernel(Some(ForwardKernel::Rows));
+    let rows = run_forward::<B>(&c, &x, &dev, AttentionPath::Fused);
+    set_forward_kernel(Some(ForwardKernel::Tiles));
+    let tiles = run_forward::<B>(&c, &x, &dev, AttentionPath::Fused);
+    let (oracle, _) = forward(&c, &x);
+    assert!(max_abs_diff(&oracle, &rows) < OUT_TOL);
+    assert!(max_abs_diff(&oracle, &tiles) < OUT_TOL);
+    assert!(
+        rows.iter()
+            .zip(&tiles)
+            .any(|(a, b)| a.to_bits() != b.to_bits()),
+        "the tiled forward gave the row kernel's bits: it was not taken"
+    );
+    // Two runs are bitwise identical.
+    let again = run_forward::<B>(&c, &x, &dev, AttentionPath::Fused);
+    assert!(
+        tiles
+            .iter()
+            .zip(&again)
+            .all(|(a, b)| a.to_bits() == b.to_bits())
+    );
+    // P ∈ {0, 1, 7, 20, 64}, L ∈ {1, 17, 113}, GQA 1 and 3, Hkv = 1, d ∈ {32, 64}, padded and
+    // fully padded rows, per-row prefixes, more keys than queries (head dimensions that are not
+    // multiples of 32 take the row kernel).
+    for c in sweep() {
+        let r = check::<B>(&c, 3, &dev, AttentionPath::Fused);
+        assert!(r.passes(), "tiled forward, {c:?}: {r:?}");
+    }
+    // Rows of several heads in one cube and a partial last cube: g·L = 3·50 rows in cubes of 64.
+    let c = Case::new(2, 3, 1, 50, 32, 9).key_lengths(vec![50, 23]);
+    let r = check::<B>(&c, 8, &dev, AttentionPath::Fused);
+    assert!(r.passes(), "tiled forward, {c:?}: {r:?}");
+    set_forward_kernel(None);
+}

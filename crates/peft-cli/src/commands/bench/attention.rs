@@ -9,7 +9,8 @@ use burn::{
 };
 use clap::Args;
 use peft_kernels::{
-    AttentionPath, PrefixAttention, PrefixAttentionAutodiffBackend, PrefixAttentionBackend,
+    AttentionPath, ForwardKernel, PrefixAttention, PrefixAttentionAutodiffBackend,
+    PrefixAttentionBackend,
     backends::{BackendKind, BackendVisitor},
     baseline,
 };
@@ -66,6 +67,13 @@ pub struct AttentionBench {
     /// CubeCL backends only.
     #[arg(long, value_delimiter = ',')]
     pub blocks: Vec<usize>,
+    /// Also time the fused forward kernels named here (comma-separated: `rows`, one unit per
+    /// query row or lane share of one; `tiles`, 4 × 4 register tiles of scores), side by side
+    /// with the default in the same process; combined with the other layout lists. `tiles`
+    /// needs a head dimension that is a multiple of 32 (others time the row kernel). CubeCL
+    /// backends only.
+    #[arg(long, value_delimiter = ',')]
+    pub forward: Vec<ForwardKernel>,
 }
 
 pub(super) struct Attn(pub(super) AttentionBench);
@@ -94,6 +102,9 @@ impl BackendVisitor for Attn {
                 bail!("{flag}: {} has no fused kernels", a.backend);
             }
         }
+        if !a.forward.is_empty() && !B::has_fused_prefix_attention() {
+            bail!("--forward: {} has no fused kernels", a.backend);
+        }
         let mut report = serde_json::Map::new();
         for (pass, backward) in [("forward", false), ("forward_backward", true)] {
             let ms = Impl::ALL.map(|imp| {
@@ -117,6 +128,7 @@ impl BackendVisitor for Attn {
         peft_kernels::set_lanes_per_row(None)?;
         peft_kernels::set_rows_per_unit(None)?;
         peft_kernels::set_step_block(None)?;
+        peft_kernels::set_forward_kernel(None);
         let by_layout = by_layout?;
         let fused_available = B::has_fused_prefix_attention();
         if a.json {
@@ -155,8 +167,12 @@ impl BackendVisitor for Attn {
                     serde_json::Value::Null => "default".to_string(),
                     n => n.to_string(),
                 };
+                let forward = match &r["forward"] {
+                    serde_json::Value::String(name) => name.clone(),
+                    _ => "default".to_string(),
+                };
                 println!(
-                    "fused, rows per unit {}, lanes per row {}, step block {}: forward {:.2} ms, forward_backward {:.2} ms",
+                    "fused, forward kernel {forward}, rows per unit {}, lanes per row {}, step block {}: forward {:.2} ms, forward_backward {:.2} ms",
                     count("rows"),
                     count("lanes"),
                     count("block"),
@@ -169,9 +185,9 @@ impl BackendVisitor for Attn {
     }
 }
 
-/// Fused forward and forward + backward times at every (rows per unit, lanes per row, step
-/// block) triple of `--rows` × `--lanes` × `--blocks` (a list left empty stays at the default,
-/// `null` in the JSON). Leaves the last layout set.
+/// Fused forward and forward + backward times at every (forward kernel, rows per unit, lanes per
+/// row, step block) of `--forward` × `--rows` × `--lanes` × `--blocks` (a list left empty stays
+/// at the default, `null` in the JSON). Leaves the last layout set.
 fn time_layouts<B: PrefixAttentionBackend>(
     a: &AttentionBench,
     device: &B::Device,
@@ -184,22 +200,31 @@ fn time_layouts<B: PrefixAttentionBackend>(
         }
     };
     let mut timed = Vec::new();
-    if a.rows.is_empty() && a.lanes.is_empty() && a.blocks.is_empty() {
+    if a.rows.is_empty() && a.lanes.is_empty() && a.blocks.is_empty() && a.forward.is_empty() {
         return Ok(timed);
     }
-    for rows in or_default(&a.rows) {
-        for lanes in or_default(&a.lanes) {
-            for block in or_default(&a.blocks) {
-                peft_kernels::set_rows_per_unit(rows)?;
-                peft_kernels::set_lanes_per_row(lanes)?;
-                peft_kernels::set_step_block(block)?;
-                let forward = time_forward::<B>(a, Impl::Fused, device);
-                let forward_backward = time_backward::<Autodiff<B>>(a, Impl::Fused, device);
-                timed.push(json!({"rows": rows, "lanes": lanes, "block": block,
-                                  "forward_ms": forward.ms,
-                                  "forward_backward_ms": forward_backward.ms,
-                                  "forward_enqueue_ms": forward.enqueue_ms,
-                                  "forward_backward_enqueue_ms": forward_backward.enqueue_ms}));
+    let kernels: Vec<Option<ForwardKernel>> = if a.forward.is_empty() {
+        vec![None]
+    } else {
+        a.forward.iter().copied().map(Some).collect()
+    };
+    for kernel in kernels {
+        for rows in or_default(&a.rows) {
+            for lanes in or_default(&a.lanes) {
+                for block in or_default(&a.blocks) {
+                    peft_kernels::set_forward_kernel(kernel);
+                    peft_kernels::set_rows_per_unit(rows)?;
+                    peft_kernels::set_lanes_per_row(lanes)?;
+                    peft_kernels::set_step_block(block)?;
+                    let forward = time_forward::<B>(a, Impl::Fused, device);
+                    let forward_backward = time_backward::<Autodiff<B>>(a, Impl::Fused, device);
+                    timed.push(json!({"forward": kernel.map(|k| k.to_string()),
+                                      "rows": rows, "lanes": lanes, "block": block,
+                                      "forward_ms": forward.ms,
+                                      "forward_backward_ms": forward_backward.ms,
+                                      "forward_enqueue_ms": forward.enqueue_ms,
+                                      "forward_backward_enqueue_ms": forward_backward.enqueue_ms}));
+                }
             }
         }
     }
