@@ -40,9 +40,7 @@ fn main() -> ExitCode {
     let result = cuda_sources(&WgpuDevice::Cpu, config)
         .map(|mut sources| {
             // The tiled forward, where the head dimension fits it.
-            if let Ok(tiled) =
-                tiled_forward_source(&WgpuDevice::Cpu, config.head_dim, config.unroll)
-            {
+            if let Ok(tiled) = tiled_forward_source(&WgpuDevice::Cpu, config.head_dim) {
                 sources.push(tiled);
             }
             sources

@@ -153,7 +153,7 @@ fn configurations_the_kernels_do_not_take_are_errors() {
 #[test]
 fn the_tiled_forward_reduces_rows_over_eight_lanes_and_holds_row_blocks() {
     for head_dim in [32, 64, 128] {
-        let tiled = tiled_forward_source(&WgpuDevice::Cpu, head_dim, true)
+        let tiled = tiled_forward_source(&WgpuDevice::Cpu, head_dim)
             .expect("the tiled forward compiles to CUDA C++");
         assert_eq!(tiled.name, "forward_tiled");
         assert!(tiled.source.contains("forward_tiled_kernel_f_f32"));
@@ -175,7 +175,7 @@ fn the_tiled_forward_reduces_rows_over_eight_lanes_and_holds_row_blocks() {
     }
     for head_dim in [0, 48, 160] {
         assert!(matches!(
-            tiled_forward_source(&WgpuDevice::Cpu, head_dim, true),
+            tiled_forward_source(&WgpuDevice::Cpu, head_dim),
             Err(SourceError::TiledHeadDim(d)) if d == head_dim
         ));
     }

@@ -192,11 +192,11 @@ pub fn cuda_sources(
 }
 
 /// The CUDA C++ of the register-tiled forward ([`super::tiled`]) at head dimension `head_dim`
-/// (a multiple of 32, the kernel's requirement) with its launch's cube of 128 units.
+/// (a multiple of 32, the kernel's requirement) with its launch's cube of 128 units. Its loops
+/// are unrolled by four steps whatever `PEFT_KERNEL_UNROLL` says.
 pub fn tiled_forward_source(
     device: &WgpuDevice,
     head_dim: usize,
-    unroll: bool,
 ) -> Result<KernelSource, SourceError> {
     if head_dim == 0 || head_dim > super::MAX_HEAD_DIM || !head_dim.is_multiple_of(32) {
         return Err(SourceError::TiledHeadDim(head_dim));
@@ -224,7 +224,6 @@ pub fn tiled_forward_source(
         4,
         head_dim / 4,
         super::TILED_COLUMNS,
-        unroll,
         [f32_ty, u32_ty],
     );
     compile("forward_tiled", kernel)

@@ -398,7 +398,6 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> PrefixAtte
                 p.lengths_given,
                 d.head_dim / n,
                 TILED_COLUMNS,
-                unroll,
                 [dtype.into(), p.lengths.dtype.into()],
             );
             return (cast(out, p.io_dtype), lse);

@@ -45,6 +45,8 @@ pub const TILED_LANES: usize = 8;
 pub const TILED_GROUPS: usize = 16;
 /// Query rows of a cube.
 pub const TILED_ROWS: usize = 4 * TILED_GROUPS;
+/// Steps of the head-dimension and column walks per (unrolled) iteration.
+const STEP: usize = 4;
 
 /// Register-tiled forward pass (module documentation). Outputs `out` `[B, H, L, d]` and `lse`
 /// `[B, H, L]`, as the row kernel. `dl` is `d / 4`, a multiple of 8; `bc` the tile's columns, a
@@ -66,7 +68,6 @@ pub fn forward_tiled_kernel<F: Float, I: Int, N: Size>(
     lengths_given: u32,
     #[comptime] dl: usize,
     #[comptime] bc: usize,
-    #[comptime] unroll: bool,
     #[define(F, I)] _dtypes: [StorageType; 2],
 ) {
     let batch = q.shape(0);
@@ -187,17 +188,22 @@ pub fn forward_tiled_kernel<F: Float, I: Int, N: Size>(
         for x in 0..16 * cv {
             score[x] = F::new(0.0);
         }
-        #[unroll(unroll)]
-        for kk in 0..d {
-            let qv = qs[kk * TILED_GROUPS + ty];
+        // Four entries of `k` per iteration (unrolled), the iterations rolled: the registers of
+        // full unrolling (`ptxas`: 168 and a spill at d = 64) are occupancy lost.
+        for k0 in 0..comptime!(d / STEP) {
             #[unroll]
-            for u in 0..cv {
-                let kvec = kps[kk * bc4 + tx + TILED_LANES * u];
+            for kf in 0..STEP {
+                let kk = k0 * STEP + kf;
+                let qv = qs[kk * TILED_GROUPS + ty];
                 #[unroll]
-                for s in 0..4usize {
+                for u in 0..cv {
+                    let kvec = kps[kk * bc4 + tx + TILED_LANES * u];
                     #[unroll]
-                    for e in 0..4usize {
-                        score[s * 4 * cv + u * 4 + e] += qv[s] * kvec[e];
+                    for s in 0..4usize {
+                        #[unroll]
+                        for e in 0..4usize {
+                            score[s * 4 * cv + u * 4 + e] += qv[s] * kvec[e];
+                        }
                     }
                 }
             }
@@ -260,15 +266,18 @@ pub fn forward_tiled_kernel<F: Float, I: Int, N: Size>(
         sync_cube();
 
         // Output: outer products over the tile's columns.
-        #[unroll(unroll)]
-        for c in 0..bc {
-            let pvec = kps[c * TILED_GROUPS + ty];
+        for c0 in 0..comptime!(bc / STEP) {
             #[unroll]
-            for w in 0..dv {
-                let vvec = vs[c * dl + tx + TILED_LANES * w];
+            for cf in 0..STEP {
+                let c = c0 * STEP + cf;
+                let pvec = kps[c * TILED_GROUPS + ty];
                 #[unroll]
-                for s in 0..4usize {
-                    acc[s * dv + w] += Vector::new(pvec[s]) * vvec;
+                for w in 0..dv {
+                    let vvec = vs[c * dl + tx + TILED_LANES * w];
+                    #[unroll]
+                    for s in 0..4usize {
+                        acc[s * dv + w] += Vector::new(pvec[s]) * vvec;
+                    }
                 }
             }
         }
