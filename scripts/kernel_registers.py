@@ -11,6 +11,11 @@
 3. `ptxas -v` (the `nvidia-cuda-nvcc-cu12` wheel) assembles the PTX for the architecture and
    reports registers per thread, spill stores/loads and the stack frame.
 
+With --sass, also the SASS of each kernel (ptxas to a cubin, then `cuobjdump -sass` from the
+`nvidia-cuda-cuobjdump` and `nvidia-cuda-nvdisasm` wheels), written next to the sources as
+KERNEL.sass, and a count of the instructions that matter for these kernels (f32 multiply-adds,
+shared-memory loads and stores, global loads, local-memory spills, shuffles, barriers).
+
 The wheels come from PyPI with `pip download` into target/cuda-tools (about 150 MB, once).
 The NVRTC here (12.9) may differ from a GPU machine's, so counts can differ by a few registers.
 """
@@ -26,6 +31,9 @@ import zipfile
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOOLS = os.path.join(ROOT, "target", "cuda-tools")
 WHEELS = ["nvidia-cuda-nvrtc-cu12==12.9.86", "nvidia-cuda-nvcc-cu12==12.9.86", "nvidia-cuda-runtime-cu12==12.9.79"]
+SASS_WHEELS = ["nvidia-cuda-cuobjdump==13.5.37", "nvidia-cuda-nvdisasm==13.5.37"]
+# The opcodes --sass counts (a mnemonic's modifiers, as in LDS.128, count with it).
+SASS_OPS = ["FFMA", "FMUL", "FADD", "LDS", "STS", "LDG", "STG", "LDL", "STL", "SHFL", "BAR", "MUFU"]
 # Registers in one SM's register file, and the most resident warps per SM (Hopper and Ampere).
 REGISTER_FILE, MAX_WARPS = 65536, 64
 
@@ -44,6 +52,35 @@ def tools():
                 z.extractall(TOOLS)
         os.chmod(ptxas, 0o755)
     return nvrtc, ptxas, include
+
+
+def sass_tools():
+    """cuobjdump and the nvdisasm it runs, from PyPI into target/cuda-tools (once)."""
+    bin_dir = os.path.join(TOOLS, "nvidia", "cu13", "bin")
+    cuobjdump = os.path.join(bin_dir, "cuobjdump")
+    if not all(os.path.exists(os.path.join(bin_dir, t)) for t in ("cuobjdump", "nvdisasm")):
+        print(f"fetching cuobjdump and nvdisasm from PyPI into {os.path.relpath(TOOLS, ROOT)}", file=sys.stderr)
+        subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "-d", TOOLS, *SASS_WHEELS],
+                       check=True)
+        for wheel in glob.glob(os.path.join(TOOLS, "nvidia_cuda_cuobjdump-*.whl")) + \
+                glob.glob(os.path.join(TOOLS, "nvidia_cuda_nvdisasm-*.whl")):
+            with zipfile.ZipFile(wheel) as z:
+                z.extractall(TOOLS)
+        for t in ("cuobjdump", "nvdisasm"):
+            os.chmod(os.path.join(bin_dir, t), 0o755)
+    return cuobjdump, bin_dir
+
+
+def sass_counts(ptxas, cuobjdump, bin_dir, ptx_path, arch):
+    """The kernel's SASS (written to KERNEL.sass) and how many of each SASS_OPS opcode it has."""
+    cubin = ptx_path.replace(".cu.ptx", ".cubin")
+    subprocess.run([ptxas, f"-arch={arch}", ptx_path, "-o", cubin], check=True)
+    env = dict(os.environ, PATH=bin_dir + os.pathsep + os.environ.get("PATH", ""))
+    sass = subprocess.run([cuobjdump, "-sass", cubin], capture_output=True, text=True, check=True, env=env).stdout
+    with open(ptx_path.replace(".cu.ptx", ".sass"), "w") as f:
+        f.write(sass)
+    ops = re.findall(r"^\s*/\*[0-9a-f]{4,}\*/\s+(?:@!?U?P[T0-9]\s+)?([A-Z0-9]+)", sass, re.M)
+    return {op: sum(1 for o in ops if o == op) for op in SASS_OPS}
 
 
 def nvrtc_ptx(lib, source, arch, include):
@@ -85,6 +122,8 @@ def main():
                    help="units sharing one row or column (1, 2, 4 or 8), as PEFT_KERNEL_LANES")
     p.add_argument("--no-unroll", action="store_true", help="roll the head-dimension loops (PEFT_KERNEL_UNROLL=0)")
     p.add_argument("--arch", default="sm_90a", help="ptxas architecture (sm_90a: H100/H200, sm_80: A100)")
+    p.add_argument("--sass", action="store_true",
+                   help="also disassemble each kernel and count its instructions by opcode")
     a = p.parse_args()
 
     nvrtc, ptxas, include = tools()
@@ -96,6 +135,7 @@ def main():
     print(f"head dim {a.head_dim}, {a.rows} row(s) per unit, {a.lanes} lane(s) per row, "
           f"loops {'rolled' if a.no_unroll else 'unrolled'}, {a.arch}")
     print(f"{'kernel':<13} {'cube':>5} {'registers':>9} {'spill st':>9} {'spill ld':>9} {'stack':>6} {'warps/SM cap':>13}")
+    counts = {}
     for name in ["forward", "dq", "dkdv", "forward_tiled"]:
         cu = os.path.join(out_dir, f"{name}.cu")
         if name == "forward_tiled" and not os.path.exists(cu):
@@ -112,6 +152,13 @@ def main():
         cube_warps = -(-cube // 32)
         warps = min(MAX_WARPS, REGISTER_FILE // per_warp // cube_warps * cube_warps)
         print(f"{name:<13} {cube:>5} {r['registers']:>9} {r['spill_stores']:>8}B {r['spill_loads']:>8}B {r['stack']:>5}B {warps:>13}")
+        if a.sass:
+            counts[name] = sass_counts(ptxas, *sass_tools(), ptx_path, a.arch)
+    if a.sass:
+        print(f"\nSASS instructions (static counts; in {os.path.relpath(out_dir, ROOT)}/KERNEL.sass)")
+        print(f"{'kernel':<13} " + " ".join(f"{op:>5}" for op in SASS_OPS))
+        for name, c in counts.items():
+            print(f"{name:<13} " + " ".join(f"{c[op]:>5}" for op in SASS_OPS))
 
 
 if __name__ == "__main__":
