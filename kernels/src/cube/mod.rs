@@ -47,12 +47,39 @@ const MAX_SUM_CUBES: usize = 65_535;
 
 type Cube<R, F, I, BT> = CubeBackend<R, F, I, BT>;
 
-/// Whether the kernels take the call: head dimensions up to [`MAX_HEAD_DIM`], and f32 inputs
-/// directly, f16 and bf16 through f32 casts.
-fn supported(dtype: DType, dims: &AttentionDims) -> bool {
-    matches!(dtype, DType::F32 | DType::F16 | DType::BF16)
+/// Whether the kernels take the call: head dimensions up to [`MAX_HEAD_DIM`], f32 inputs
+/// directly, f16 and bf16 through f32 casts, and the row kernels' shared memory within the
+/// device's (a launch over the limit is refused without an error reaching the caller, and the
+/// output buffer keeps whatever it held: the reference path is taken instead).
+fn supported<R: CubeRuntime>(t: &CubeTensor<R>, dims: &AttentionDims) -> bool {
+    let max_shared = t.client.properties().hardware.max_shared_memory_size;
+    matches!(t.dtype, DType::F32 | DType::F16 | DType::BF16)
         && dims.head_dim <= MAX_HEAD_DIM
         && dims.head_dim > 0
+        && row_shared_bytes(dims.head_dim) <= max_shared
+        && dkdv_shared_bytes(dims.head_dim, query_tile(dims.head_dim, max_shared)) <= max_shared
+}
+
+/// Shared memory of the forward and dQ kernels at head dimension `head_dim`: a key and a value
+/// tile of [`TILE`] columns (f32).
+fn row_shared_bytes(head_dim: usize) -> usize {
+    2 * TILE * head_dim * 4
+}
+
+/// Shared memory of the dK/dV kernel with query tiles of `rows` rows: queries, output
+/// gradients, and their rows' log-sum-exp and `D` (f32).
+fn dkdv_shared_bytes(head_dim: usize, rows: usize) -> usize {
+    (2 * rows * head_dim + 2 * rows) * 4
+}
+
+/// Query rows per tile of the dK/dV kernel: [`TILE`], or half of it where that would exceed the
+/// device's shared memory (`d = 128` on lavapipe's 32 KiB: 32.25 KiB with 32 rows).
+fn query_tile(head_dim: usize, max_shared: usize) -> usize {
+    if dkdv_shared_bytes(head_dim, TILE) <= max_shared {
+        TILE
+    } else {
+        TILE / 2
+    }
 }
 
 /// `t` in `dtype` (the same tensor when it already is).
@@ -361,7 +388,7 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> PrefixAtte
     /// The output in the inputs' dtype and the log-sum-exp in f32 (for every input dtype, also
     /// on the reference path).
     fn prefix_attention_forward(args: PrefixAttentionArgs<Self>) -> (CubeTensor<R>, CubeTensor<R>) {
-        if !supported(args.query.dtype, &args.dims()) {
+        if !supported(&args.query, &args.dims()) {
             let (out, lse) = reference::forward_with_lse::<Self>(&args.into_tensors());
             let lse = cast(lse.into_primitive().tensor(), DType::F32);
             return (out.into_primitive().tensor(), lse);
@@ -439,7 +466,7 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> PrefixAtte
         lse: CubeTensor<R>,
         grad_out: CubeTensor<R>,
     ) -> AttentionGrads<Self> {
-        if !supported(args.query.dtype, &args.dims()) {
+        if !supported(&args.query, &args.dims()) {
             use burn::tensor::{Tensor, TensorPrimitive};
             let dtype = args.query.dtype;
             let lse = Tensor::from_primitive(TensorPrimitive::Float(cast(lse, dtype)));
@@ -533,7 +560,10 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> PrefixAtte
             u32::from(d.prefix_batch == 1),
             p.lengths_given,
             d.head_dim / n,
-            TILE,
+            query_tile(
+                d.head_dim,
+                client.properties().hardware.max_shared_memory_size,
+            ),
             rows_per,
             lanes,
             step_block(),
@@ -616,6 +646,20 @@ mod tests {
         assert_eq!(default_lanes(128, Walk::Forward), 2);
         assert_eq!(default_lanes(128, Walk::Dq), 4);
         assert_eq!(default_lanes(128, Walk::Dkdv), 4);
+    }
+
+    #[test]
+    fn shared_memory_fits_lavapipes_32_kib_up_to_d_128() {
+        let lavapipe = 32 * 1024;
+        // Forward and dQ: two tiles of 32 columns, exactly 32 KiB at d = 128.
+        assert_eq!(row_shared_bytes(128), lavapipe);
+        // dK/dV: 32 query rows up to d = 64, 16 at d = 128 (32 would be 32.25 KiB).
+        assert_eq!(query_tile(64, lavapipe), 32);
+        assert_eq!(dkdv_shared_bytes(128, 32), 33_024);
+        assert_eq!(query_tile(128, lavapipe), 16);
+        assert!(dkdv_shared_bytes(128, 16) <= lavapipe);
+        // A GPU's 48 KiB keeps 32 rows.
+        assert_eq!(query_tile(128, 48 * 1024), 32);
     }
 
     #[test]

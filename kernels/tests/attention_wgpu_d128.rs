@@ -1,0 +1,22 @@
+//! The kernels at the largest head dimension they take (`d = 128`) on wgpu (CI: lavapipe),
+//! against the f64 oracle. There the dK/dV kernel's query tile of 32 rows would need 32.25 KiB of
+//! shared memory, over lavapipe's 32 KiB: the launch was refused without an error and the
+//! gradients were whatever the reused buffers held (worst gradient error 5.4, found 2026-12-02);
+//! it now stages 16 rows where 32 do not fit. Its own test binary: compiling the `d = 128`
+//! kernels takes lavapipe minutes.
+#![cfg(feature = "wgpu")]
+
+mod common;
+
+use burn::backend::Wgpu;
+use common::*;
+use peft_kernels::AttentionPath;
+
+#[test]
+fn head_dim_128_matches_the_oracle() {
+    let dev = Default::default();
+    // GQA 3, a prefix, a padded row: every gradient, prefix ones included.
+    let c = Case::new(2, 6, 2, 17, 128, 7).key_lengths(vec![17, 9]);
+    let r = check::<Wgpu>(&c, 3, &dev, AttentionPath::Fused);
+    assert!(r.passes(), "{c:?}: {r:?}");
+}
