@@ -192,23 +192,11 @@ fn time_layouts<B: PrefixAttentionBackend>(
     a: &AttentionBench,
     device: &B::Device,
 ) -> Result<Vec<serde_json::Value>> {
-    let or_default = |list: &[usize]| -> Vec<Option<usize>> {
-        if list.is_empty() {
-            vec![None]
-        } else {
-            list.iter().copied().map(Some).collect()
-        }
-    };
     let mut timed = Vec::new();
     if a.rows.is_empty() && a.lanes.is_empty() && a.blocks.is_empty() && a.forward.is_empty() {
         return Ok(timed);
     }
-    let kernels: Vec<Option<ForwardKernel>> = if a.forward.is_empty() {
-        vec![None]
-    } else {
-        a.forward.iter().copied().map(Some).collect()
-    };
-    for kernel in kernels {
+    for kernel in or_default(&a.forward) {
         for rows in or_default(&a.rows) {
             for lanes in or_default(&a.lanes) {
                 for block in or_default(&a.blocks) {
@@ -229,6 +217,15 @@ fn time_layouts<B: PrefixAttentionBackend>(
         }
     }
     Ok(timed)
+}
+
+/// Each value of a layout list, or only the default (`None`) when the list is empty.
+fn or_default<T: Copy>(list: &[T]) -> Vec<Option<T>> {
+    if list.is_empty() {
+        vec![None]
+    } else {
+        list.iter().copied().map(Some).collect()
+    }
 }
 
 type Qkv<B> = [Tensor<B, 4>; 5];
