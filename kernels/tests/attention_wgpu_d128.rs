@@ -1,7 +1,8 @@
 //! The kernels at the largest head dimension they take (`d = 128`) on wgpu (CI: lavapipe),
 //! against the f64 oracle. There the dK/dV kernel's query tile of 32 rows would need 32.25 KiB of
 //! shared memory, over lavapipe's 32 KiB: the launch was refused without an error and the
-//! gradients were whatever the reused buffers held (worst gradient error 5.4, found 2026-12-02);
+//! gradients were whatever the reused buffers held (worst gradient error 5.4 on
+//! `Case::new(1, 2, 2, 17, 128, 7)`, found 2026-12-02);
 //! it now stages 16 rows where 32 do not fit. Its own test binary: compiling the `d = 128`
 //! kernels takes lavapipe minutes.
 #![cfg(feature = "wgpu")]
