@@ -60,6 +60,36 @@ pub(super) fn column_offset(
     )
 }
 
+/// Vector `x` of column `c`'s key or value row: from `prefix_t` below `prefix`, from `seq_t`
+/// above, zero from `end` on (the tiled forward stages its tiles with it).
+#[cube]
+#[allow(clippy::too_many_arguments)]
+pub(super) fn column_vector<F: Float, N: Size>(
+    seq_t: &Tensor<Vector<F, N>>,
+    prefix_t: &Tensor<Vector<F, N>>,
+    c: usize,
+    x: usize,
+    end: usize,
+    b: usize,
+    kv: usize,
+    kv_heads: usize,
+    prefix: usize,
+    prefix_shared: bool,
+    seq: usize,
+    #[comptime] dl: usize,
+) -> Vector<F, N> {
+    let mut val = Vector::new(F::new(0.0));
+    if c < end {
+        let off = column_offset(c, b, kv, kv_heads, prefix, prefix_shared, seq, dl) + x;
+        if c < prefix {
+            val = prefix_t[off];
+        } else {
+            val = seq_t[off];
+        }
+    }
+    val
+}
+
 /// What one batch row's queries see: prefix slots below `prefix_len`, and sequence key `j` when
 /// `j ≤ i + causal_offset` and `j < key_len`. Query positions run below `l`; `l` marks an unused
 /// slot.

@@ -37,7 +37,7 @@
 
 use cubecl::{cube, prelude::*};
 
-use super::kernels::{NEG_LARGE, QueryBlock, Visibility, column_offset, lane_max, lane_sum};
+use super::kernels::{NEG_LARGE, QueryBlock, Visibility, column_vector, lane_max, lane_sum};
 
 /// Units sharing a row group: they split the tile's columns and the output's head dimension.
 pub const TILED_LANES: usize = 8;
@@ -153,15 +153,9 @@ pub fn forward_tiled_kernel<F: Float, I: Int, N: Size>(
             #[unroll]
             for e in 0..4usize {
                 let c = tile + 4usize * c4 + e;
-                cols4[e] = zero;
-                if c < end {
-                    let off = column_offset(c, b, kv, kv_heads, prefix, shared, seq, dl) + kvec;
-                    if c < prefix {
-                        cols4[e] = pk[off];
-                    } else {
-                        cols4[e] = k[off];
-                    }
-                }
+                cols4[e] = column_vector::<F, N>(
+                    k, pk, c, kvec, end, b, kv, kv_heads, prefix, shared, seq, dl,
+                );
             }
             transpose_store::<F, N>(&cols4, &mut kps, kvec * 4usize * bc4 + c4, bc4, one);
             idx += CUBE_DIM_X as usize;
@@ -169,16 +163,20 @@ pub fn forward_tiled_kernel<F: Float, I: Int, N: Size>(
         let mut idx = UNIT_POS_X as usize;
         while idx < bc * dl {
             let c = tile + idx / dl;
-            let mut val = zero;
-            if c < end {
-                let off = column_offset(c, b, kv, kv_heads, prefix, shared, seq, dl) + idx % dl;
-                if c < prefix {
-                    val = pv[off];
-                } else {
-                    val = v[off];
-                }
-            }
-            vs[idx] = val;
+            vs[idx] = column_vector::<F, N>(
+                v,
+                pv,
+                c,
+                idx % dl,
+                end,
+                b,
+                kv,
+                kv_heads,
+                prefix,
+                shared,
+                seq,
+                dl,
+            );
             idx += CUBE_DIM_X as usize;
         }
         sync_cube();

@@ -586,18 +586,21 @@ pub fn assert_half_precision_matches_the_oracle<B: PrefixAttentionBackend>(preci
 }
 
 /// The fused-kernel test suite, instantiated once per CubeCL runtime: `$fused` is the
-/// fusion-wrapped alias (`Wgpu`, `Cuda`), `$bare` the plain `CubeBackend`.
+/// fusion-wrapped alias (`Wgpu`, `Cuda`), `$bare` the plain `CubeBackend`. Each test holds
+/// [`shared`], so a binary may hold tests that change the settings as well.
 #[macro_export]
 macro_rules! fused_kernel_suite {
     ($fused:ty, $bare:ty) => {
         #[test]
         fn fused_kernels_are_used() {
+            let _settings = shared();
             assert!(<$fused as PrefixAttentionBackend>::has_fused_prefix_attention());
             assert!(<$bare as PrefixAttentionBackend>::has_fused_prefix_attention());
         }
 
         #[test]
         fn fused_kernels_match_the_oracle_on_the_sweep() {
+            let _settings = shared();
             let dev = Default::default();
             for c in sweep() {
                 let r = check::<$fused>(&c, 3, &dev, AttentionPath::Fused);
@@ -607,6 +610,7 @@ macro_rules! fused_kernel_suite {
 
         #[test]
         fn bare_cube_backend_matches_the_oracle() {
+            let _settings = shared();
             let dev = Default::default();
             for c in [
                 Case::new(2, 6, 2, 17, 32, 7).key_lengths(vec![17, 0]),
@@ -619,6 +623,7 @@ macro_rules! fused_kernel_suite {
 
         #[test]
         fn fused_runs_are_bitwise_identical_and_p0_is_plain_causal() {
+            let _settings = shared();
             let dev = Default::default();
             let c = Case::new(2, 6, 2, 17, 32, 7).key_lengths(vec![17, 9]);
             let x = Inputs::random(&c, 5);
@@ -643,7 +648,8 @@ macro_rules! fused_kernel_suite {
 
 /// Runs a fused forward and backward on backend `B` and asserts that the largest buffer the
 /// kernels allocated is the `[B, H, L, d]` output size, far below the `[B, H, L, P + L]` score
-/// matrix. Call it from a test binary of its own: the allocation record is process-wide.
+/// matrix. Hold [`exclusive`] (or run it in a test binary of its own): the allocation record is
+/// process-wide.
 #[cfg(feature = "cube")]
 pub fn assert_fused_path_allocates_no_score_matrix<B: PrefixAttentionBackend>() {
     use peft_kernels::cube::{largest_allocation, reset_largest_allocation};
@@ -670,8 +676,8 @@ pub fn assert_fused_path_allocates_no_score_matrix<B: PrefixAttentionBackend>() 
 /// and log-sum-exp), on the whole sweep; and that the switch takes effect: the tiled kernel sums
 /// in another order than the row kernel, so on a case it takes the outputs differ in their last
 /// bits while both match the oracle. The device's planes must be at least 8 wide (narrower
-/// ones take the row kernel). Call it from a test binary of its own: the setting is
-/// process-wide.
+/// ones take the row kernel). Hold [`exclusive`] (or run it in a test binary of its own): the
+/// setting is process-wide.
 pub fn check_tiled_forward<B: PrefixAttentionBackend>() {
     use peft_kernels::{ForwardKernel, set_forward_kernel};
     let dev = Default::default();
@@ -711,4 +717,71 @@ pub fn check_tiled_forward<B: PrefixAttentionBackend>() {
     let r = check::<B>(&c, 8, &dev, AttentionPath::Fused);
     assert!(r.passes(), "tiled forward, {c:?}: {r:?}");
     set_forward_kernel(None);
+}
+
+/// The lock behind [`exclusive`] and [`shared`].
+static SETTINGS: std::sync::RwLock<()> = std::sync::RwLock::new(());
+
+/// Held by a test that changes the kernels' process-wide settings (lanes, rows, step block,
+/// forward kernel) or reads the process-wide allocation record: no other test of the binary
+/// runs while it is held, and every setting is back at its default when it is dropped (a
+/// panic included).
+pub struct Exclusive(std::sync::RwLockWriteGuard<'static, ()>);
+
+impl Drop for Exclusive {
+    fn drop(&mut self) {
+        // The guard (the field) is released after this body: nobody sees the settings half
+        // reset.
+        peft_kernels::set_lanes_per_row(None).expect("None is accepted");
+        peft_kernels::set_rows_per_unit(None).expect("None is accepted");
+        peft_kernels::set_step_block(None).expect("None is accepted");
+        peft_kernels::set_forward_kernel(None);
+    }
+}
+
+/// Waits until no other test holds the settings, then holds them (see [`Exclusive`]).
+pub fn exclusive() -> Exclusive {
+    Exclusive(
+        SETTINGS
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner),
+    )
+}
+
+/// Held by a test that runs the kernels with the default settings: such tests run side by side,
+/// never beside an [`exclusive`] one.
+pub fn shared() -> std::sync::RwLockReadGuard<'static, ()> {
+    SETTINGS
+        .read()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Whether this process is test `name`'s own. When it is not, runs the test in a child process
+/// of this test binary, with `envs` set and `PEFT_TEST_CHILD=name`, asserts that it ran and
+/// passed, and returns false; in that child it returns true and the caller runs the test's body.
+/// For tests that need a process to themselves: the kernels' environment variables, which a
+/// process cannot safely set once other threads (Mesa's included) may read its environment, and
+/// a device's float dtype, which Burn fixes for the whole process at its first tensor.
+pub fn in_own_process(name: &str, envs: &[(&str, &str)]) -> bool {
+    if std::env::var("PEFT_TEST_CHILD").as_deref() == Ok(name) {
+        return true;
+    }
+    let exe = std::env::current_exe().expect("the test binary's path");
+    let out = std::process::Command::new(&exe)
+        .args(["--exact", name, "--nocapture", "--test-threads=1"])
+        .env("PEFT_TEST_CHILD", name)
+        .envs(envs.iter().copied())
+        .output()
+        .unwrap_or_else(|e| panic!("could not run {} for {name}: {e}", exe.display()));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success() && text.contains("test result: ok. 1 passed"),
+        "{name} in a child process ({}):\n{text}",
+        out.status
+    );
+    false
 }
