@@ -758,7 +758,8 @@ pub fn shared() -> std::sync::RwLockReadGuard<'static, ()> {
 
 /// Whether this process is test `name`'s own. When it is not, runs the test in a child process
 /// of this test binary, with `envs` set and `PEFT_TEST_CHILD=name`, asserts that it ran and
-/// passed, prints its output, and returns false; in that child it returns true and the caller runs the test's body.
+/// passed, prints its output, and returns false; in that child it returns true and the caller
+/// runs the test's body.
 /// For tests that need a process to themselves: the kernels' environment variables, which a
 /// process cannot safely set once other threads (Mesa's included) may read its environment, and
 /// a device's float dtype, which Burn fixes for the whole process at its first tensor.
