@@ -39,55 +39,74 @@ use cubecl::{cube, prelude::*};
 /// Stand-in for `-inf` (finite, so it compiles to WGSL).
 pub const NEG_LARGE: f32 = -1.0e30;
 
-/// Where a column's key or value row starts (in vectors of the row layout).
-#[cube]
-#[allow(clippy::too_many_arguments)]
-pub(super) fn column_offset(
-    c: usize,
+/// Where the columns of `[prefix ; sequence]` of one (batch row, key/value head) live: column
+/// `c < prefix` is prefix slot `c` of batch row `pb` of the prefix tensors (row 0 when the
+/// prefix is shared by the batch), column `c ≥ prefix` sequence position `c - prefix` of batch
+/// row `b` of the sequence tensors. Offsets are in vectors of the row layout.
+#[derive(CubeType, Clone, Copy)]
+pub(super) struct ColumnLayout {
     b: usize,
+    pb: usize,
     kv: usize,
     kv_heads: usize,
     prefix: usize,
-    prefix_shared: bool,
     seq: usize,
-    #[comptime] dl: usize,
-) -> usize {
-    let pb = select(prefix_shared, 0, b);
-    select(
-        c < prefix,
-        ((pb * kv_heads + kv) * prefix + c) * dl,
-        ((b * kv_heads + kv) * seq + (c - prefix)) * dl,
-    )
 }
 
-/// Vector `x` of column `c`'s key or value row: from `prefix_t` below `prefix`, from `seq_t`
-/// above, zero from `end` on (the tiled forward stages its tiles with it).
 #[cube]
-#[allow(clippy::too_many_arguments)]
-pub(super) fn column_vector<F: Float, N: Size>(
-    seq_t: &Tensor<Vector<F, N>>,
-    prefix_t: &Tensor<Vector<F, N>>,
-    c: usize,
-    x: usize,
-    end: usize,
-    b: usize,
-    kv: usize,
-    kv_heads: usize,
-    prefix: usize,
-    prefix_shared: bool,
-    seq: usize,
-    #[comptime] dl: usize,
-) -> Vector<F, N> {
-    let mut val = Vector::new(F::new(0.0));
-    if c < end {
-        let off = column_offset(c, b, kv, kv_heads, prefix, prefix_shared, seq, dl) + x;
-        if c < prefix {
-            val = prefix_t[off];
-        } else {
-            val = seq_t[off];
+impl ColumnLayout {
+    /// The columns of key/value head `kv` of batch row `b`, for `kv_heads` heads, `prefix`
+    /// prefix slots (`shared`: one prefix for every batch row) and `seq` sequence positions.
+    pub(super) fn of_head(
+        b: usize,
+        kv: usize,
+        kv_heads: usize,
+        prefix: usize,
+        shared: bool,
+        seq: usize,
+    ) -> ColumnLayout {
+        ColumnLayout {
+            b,
+            pb: select(shared, 0, b),
+            kv,
+            kv_heads,
+            prefix,
+            seq,
         }
     }
-    val
+
+    /// Where column `c`'s key or value row starts, in the prefix tensor when `c < prefix`, in
+    /// the sequence tensor otherwise.
+    pub(super) fn offset(&self, c: usize, #[comptime] dl: usize) -> usize {
+        select(
+            c < self.prefix,
+            ((self.pb * self.kv_heads + self.kv) * self.prefix + c) * dl,
+            ((self.b * self.kv_heads + self.kv) * self.seq + (c - self.prefix)) * dl,
+        )
+    }
+
+    /// Vector `x` of column `c`'s key or value row: from `prefix_t` below `prefix`, from
+    /// `seq_t` above, zero from `end` on.
+    pub(super) fn vector<F: Float, N: Size>(
+        &self,
+        seq_t: &Tensor<Vector<F, N>>,
+        prefix_t: &Tensor<Vector<F, N>>,
+        c: usize,
+        x: usize,
+        end: usize,
+        #[comptime] dl: usize,
+    ) -> Vector<F, N> {
+        let mut val = Vector::new(F::new(0.0));
+        if c < end {
+            let off = self.offset(c, dl) + x;
+            if c < self.prefix {
+                val = prefix_t[off];
+            } else {
+                val = seq_t[off];
+            }
+        }
+        val
+    }
 }
 
 /// What one batch row's queries see: prefix slots below `prefix_len`, and sequence key `j` when
@@ -399,12 +418,7 @@ fn stage_columns<F: Float, N: Size>(
     vs: &mut SharedMemory<Vector<F, N>>,
     tile: usize,
     end: usize,
-    b: usize,
-    kv: usize,
-    kv_heads: usize,
-    prefix: usize,
-    shared: bool,
-    seq: usize,
+    columns: &ColumnLayout,
     #[comptime] dl: usize,
     #[comptime] bk: usize,
 ) {
@@ -414,8 +428,8 @@ fn stage_columns<F: Float, N: Size>(
         let mut kval = Vector::new(F::new(0.0));
         let mut vval = Vector::new(F::new(0.0));
         if c < end {
-            let off = column_offset(c, b, kv, kv_heads, prefix, shared, seq, dl) + idx % dl;
-            if c < prefix {
+            let off = columns.offset(c, dl) + idx % dl;
+            if c < columns.prefix {
                 kval = pk[off];
                 vval = pv[off];
             } else {
@@ -459,10 +473,10 @@ pub fn forward_kernel<F: Float, I: Int, N: Size>(
     let kv_heads = k.shape(1);
     let seq = k.shape(2);
     let prefix = prefix as usize;
-    let shared = prefix_shared != 0;
     let block = QueryBlock::of_cube(q, kv_heads, rows_per_unit, lanes);
     let (b, kv, rows, ln) = (block.b, block.kv, block.rows, block.lanes);
     let vis = Visibility::of_row(lengths, lengths_given, b, batch, block.l, prefix, seq);
+    let layout = ColumnLayout::of_head(b, kv, kv_heads, prefix, prefix_shared != 0, seq);
     // Vectors of a row held by this unit.
     let dw = comptime!(dl / lanes);
 
@@ -498,9 +512,7 @@ pub fn forward_kernel<F: Float, I: Int, N: Size>(
     let end = block.column_end(prefix, seq);
     let mut tile = 0;
     while tile < end {
-        stage_columns::<F, N>(
-            k, v, pk, pv, &mut ks, &mut vs, tile, end, b, kv, kv_heads, prefix, shared, seq, dl, bk,
-        );
+        stage_columns::<F, N>(k, v, pk, pv, &mut ks, &mut vs, tile, end, &layout, dl, bk);
         sync_cube();
         // Columns in blocks of `cols`: the block's `rows_per_unit · cols` dot products are
         // independent (instruction-level parallelism for one-row units), and a row's sums are
@@ -633,10 +645,10 @@ pub fn dq_kernel<F: Float, I: Int, N: Size>(
     let kv_heads = k.shape(1);
     let seq = k.shape(2);
     let prefix = prefix as usize;
-    let shared = prefix_shared != 0;
     let block = QueryBlock::of_cube(q, kv_heads, rows_per_unit, lanes);
     let (b, kv, rows, ln) = (block.b, block.kv, block.rows, block.lanes);
     let vis = Visibility::of_row(lengths, lengths_given, b, batch, block.l, prefix, seq);
+    let layout = ColumnLayout::of_head(b, kv, kv_heads, prefix, prefix_shared != 0, seq);
     let n_rows = batch * q.shape(1) * block.l;
     // Vectors of a row held by this unit.
     let dw = comptime!(dl / lanes);
@@ -689,9 +701,7 @@ pub fn dq_kernel<F: Float, I: Int, N: Size>(
     let end = block.column_end(prefix, seq);
     let mut tile = 0;
     while tile < end {
-        stage_columns::<F, N>(
-            k, v, pk, pv, &mut ks, &mut vs, tile, end, b, kv, kv_heads, prefix, shared, seq, dl, bk,
-        );
+        stage_columns::<F, N>(k, v, pk, pv, &mut ks, &mut vs, tile, end, &layout, dl, bk);
         sync_cube();
         // Columns in blocks of `cols`, as in the forward: independent dot products.
         for jb in 0..bk / cols {
@@ -797,7 +807,6 @@ pub fn dkdv_kernel<F: Float, I: Int, N: Size>(
     let seq = k.shape(2);
     let g = heads / kv_heads;
     let prefix = prefix as usize;
-    let shared = prefix_shared != 0;
     let bkv = CUBE_POS_Y as usize;
     let b = bkv / kv_heads;
     let kv = bkv % kv_heads;
@@ -806,6 +815,7 @@ pub fn dkdv_kernel<F: Float, I: Int, N: Size>(
     let first_col = CUBE_POS_X as usize * ln.step * cols_per_unit;
     let columns = prefix + seq;
     let vis = Visibility::of_row(lengths, lengths_given, b, batch, l, prefix, seq);
+    let layout = ColumnLayout::of_head(b, kv, kv_heads, prefix, prefix_shared != 0, seq);
     let n_rows = batch * heads * l;
     let scale_v = Vector::new(F::cast_from(scale));
     // Vectors of a column held by this unit.
@@ -822,7 +832,7 @@ pub fn dkdv_kernel<F: Float, I: Int, N: Size>(
     #[unroll]
     for s in 0..cols_per_unit {
         let c = first_col + ln.slot(s);
-        let off = column_offset(c, b, kv, kv_heads, prefix, shared, seq, dl);
+        let off = layout.offset(c, dl);
         #[unroll(unroll)]
         for t in 0..dw {
             let at = off + ln.vector(t, lanes);

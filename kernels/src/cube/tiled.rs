@@ -37,7 +37,7 @@
 
 use cubecl::{cube, prelude::*};
 
-use super::kernels::{NEG_LARGE, QueryBlock, Visibility, column_vector, lane_max, lane_sum};
+use super::kernels::{ColumnLayout, NEG_LARGE, QueryBlock, Visibility, lane_max, lane_sum};
 
 /// Units sharing a row group: they split the tile's columns and the output's head dimension.
 pub const TILED_LANES: usize = 8;
@@ -74,13 +74,13 @@ pub fn forward_tiled_kernel<F: Float, I: Int, N: Size>(
     let kv_heads = k.shape(1);
     let seq = k.shape(2);
     let prefix = prefix as usize;
-    let shared = prefix_shared != 0;
     // 16 row groups of 8 lanes; slot `s` of unit (ty, tx) is row `16·s + ty` of the block.
     let block = QueryBlock::of_cube::<F, N>(q, kv_heads, 4usize, TILED_LANES);
     let (b, kv, rows) = (block.b, block.kv, block.rows);
     let tx = block.lanes.lane;
     let ty = block.lanes.first;
     let vis = Visibility::of_row(lengths, lengths_given, b, batch, block.l, prefix, seq);
+    let layout = ColumnLayout::of_head(b, kv, kv_heads, prefix, prefix_shared != 0, seq);
     let d = comptime!(dl * 4);
     // Column vectors of a tile, those a lane owns, and output vectors a lane owns per row.
     let bc4 = comptime!(bc / 4);
@@ -153,9 +153,7 @@ pub fn forward_tiled_kernel<F: Float, I: Int, N: Size>(
             #[unroll]
             for e in 0..4usize {
                 let c = tile + 4usize * c4 + e;
-                cols4[e] = column_vector::<F, N>(
-                    k, pk, c, kvec, end, b, kv, kv_heads, prefix, shared, seq, dl,
-                );
+                cols4[e] = layout.vector::<F, N>(k, pk, c, kvec, end, dl);
             }
             transpose_store::<F, N>(&cols4, &mut kps, kvec * 4usize * bc4 + c4, bc4, one);
             idx += CUBE_DIM_X as usize;
@@ -163,20 +161,7 @@ pub fn forward_tiled_kernel<F: Float, I: Int, N: Size>(
         let mut idx = UNIT_POS_X as usize;
         while idx < bc * dl {
             let c = tile + idx / dl;
-            vs[idx] = column_vector::<F, N>(
-                v,
-                pv,
-                c,
-                idx % dl,
-                end,
-                b,
-                kv,
-                kv_heads,
-                prefix,
-                shared,
-                seq,
-                dl,
-            );
+            vs[idx] = layout.vector::<F, N>(v, pv, c, idx % dl, end, dl);
             idx += CUBE_DIM_X as usize;
         }
         sync_cube();
