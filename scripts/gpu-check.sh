@@ -61,20 +61,25 @@ bench() {
     "$bin/peft" bench attention --backend cuda --heads 9 --kv-heads 3 --head-dim 64 \
         --repeats 20 --json "$@" | tee -a "$out/bench.jsonl" || status=1
 }
-# The shape, with the fused kernels also timed with each forward kernel — the row
-# kernel (the default) and the register-tiled one — side by side in the same process, the
-# backward at its default layout (two lanes for dQ and dK/dV at d = 64). The lanes and step
-# blocks were swept on an H200 before (docs/kernels.md); `--lanes 1,2,4 --blocks 1,8` repeats it.
-bench --batch 8 --seq 512 --prefix 64 --forward rows,tiles
+# The shape, with the fused kernels also timed with each forward and dQ kernel — the
+# row kernels (the default) and the register-tiled ones, four pairs — side by side in the same
+# process, dK/dV at its default layout (two lanes at d = 64). The lanes and step blocks were
+# swept on an H200 before (docs/kernels.md); `--lanes 1,2,4 --blocks 1,8` repeats it.
+bench --batch 8 --seq 512 --prefix 64 --forward rows,tiles --dq rows,tiles
 date -u +%T
-# The profile next (before the other shapes), in case the device time runs out.
-echo "== profiled run (every launch timed on the device; per-kernel summary at each sync)"
-CUBECL_DEBUG_LOG="$out/cubecl-profile.log" "$bin/peft" bench attention --backend cuda --heads 9 \
-    --kv-heads 3 --head-dim 64 --batch 8 --seq 512 --prefix 64 --repeats 2 >/dev/null || status=1
-# The timing lines alone; the full log (with the CUDA sources it compiled) compressed.
-grep -E '^\|' "$out/cubecl-profile.log" >"$out/cubecl-profile.txt" || true
-xz -f "$out/cubecl-profile.log" || true
-grep -E '^\| (Forward|ForwardTiled|Dq|Dkdv|SumPartials)Kernel|^\| Total' "$out/cubecl-profile.txt" | tail -12 || true
+# The profiles next (before the other shapes), in case the device time runs out: the default
+# kernels, then the tiled forward and dQ.
+for kernels in rows tiles; do
+    echo "== profiled run, $kernels kernels (every launch timed on the device; per-kernel summary at each sync)"
+    PEFT_KERNEL_FORWARD=$kernels PEFT_KERNEL_DQ=$kernels CUBECL_DEBUG_LOG="$out/cubecl-profile-$kernels.log" \
+        "$bin/peft" bench attention --backend cuda --heads 9 --kv-heads 3 --head-dim 64 --batch 8 \
+        --seq 512 --prefix 64 --repeats 2 >/dev/null || status=1
+    # The timing lines alone; the full log (with the CUDA sources it compiled) compressed.
+    grep -E '^\|' "$out/cubecl-profile-$kernels.log" >"$out/cubecl-profile-$kernels.txt" || true
+    xz -f "$out/cubecl-profile-$kernels.log" || true
+    grep -E '^\| (Forward|ForwardTiled|Dq|DqTiled|Dkdv|SumPartials)Kernel|^\| Total' \
+        "$out/cubecl-profile-$kernels.txt" | tail -12 || true
+done
 date -u +%T
 bench --batch 2 --seq 128 --prefix 64   # the lavapipe shape
 date -u +%T

@@ -1,6 +1,6 @@
 //! Writes the CUDA C++ of the fused kernels to a folder, without a GPU (a wgpu client expands
-//! them; lavapipe is enough), and the tiled forward's where the head dimension is a multiple of
-//! 32. `scripts/kernel_registers.py` compiles the files with NVRTC and `ptxas -v` to report
+//! them; lavapipe is enough), and the tiled forward's and dQ's where the head dimension is a
+//! multiple of 32. `scripts/kernel_registers.py` compiles the files with NVRTC and `ptxas -v` to report
 //! registers and spills.
 //!
 //! ```sh
@@ -10,7 +10,7 @@
 use std::{path::PathBuf, process::ExitCode};
 
 use cubecl::wgpu::WgpuDevice;
-use peft_kernels::cube::cuda_source::{SourceConfig, cuda_sources, tiled_forward_source};
+use peft_kernels::cube::cuda_source::{SourceConfig, cuda_sources, tiled_sources};
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -39,9 +39,9 @@ fn main() -> ExitCode {
     };
     let result = cuda_sources(&WgpuDevice::Cpu, config)
         .map(|mut sources| {
-            // The tiled forward, where the head dimension fits it.
-            if let Ok(tiled) = tiled_forward_source(&WgpuDevice::Cpu, config.head_dim) {
-                sources.push(tiled);
+            // The tiled forward and dQ, where the head dimension fits them.
+            if let Ok(tiled) = tiled_sources(&WgpuDevice::Cpu, config.head_dim) {
+                sources.extend(tiled);
             }
             sources
         })

@@ -25,40 +25,40 @@ pub enum LayoutError {
     /// A step block outside [`BLOCK_SIZES`].
     #[error("a step block of {0}: the fused kernels take 1, 2, 4 or 8")]
     Block(usize),
-    /// A forward kernel name other than `rows` or `tiles`.
-    #[error("forward kernel `{0}`: the fused forward is `rows` or `tiles`")]
-    Forward(String),
+    /// A kernel shape other than `rows` or `tiles`.
+    #[error("kernel `{0}`: the fused forward and dQ kernels are `rows` or `tiles`")]
+    Shape(String),
 }
 
-/// The two fused forward kernels.
+/// The two shapes of the fused forward and dQ kernels' work.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ForwardKernel {
+pub enum KernelShape {
     /// Each unit owns whole query rows (or a lane's share of them) and walks the staged
     /// key/value columns one (or a step block) at a time.
     Rows,
-    /// Each unit computes 4 × 4 blocks of scores and a 4-row block of the output from the
-    /// cube's queries and a key/value tile in shared memory (head dimensions that are multiples
-    /// of 32; others take the row kernel).
+    /// Each unit computes 4 × 4 blocks of scores and a 4-row block of the output (or of dQ)
+    /// from the cube's query rows and a key/value tile in shared memory (head dimensions that
+    /// are multiples of 32; others take the row kernel).
     Tiles,
 }
 
-impl std::str::FromStr for ForwardKernel {
+impl std::str::FromStr for KernelShape {
     type Err = LayoutError;
 
     fn from_str(s: &str) -> Result<Self, LayoutError> {
         match s {
-            "rows" => Ok(ForwardKernel::Rows),
-            "tiles" => Ok(ForwardKernel::Tiles),
-            other => Err(LayoutError::Forward(other.to_string())),
+            "rows" => Ok(KernelShape::Rows),
+            "tiles" => Ok(KernelShape::Tiles),
+            other => Err(LayoutError::Shape(other.to_string())),
         }
     }
 }
 
-impl std::fmt::Display for ForwardKernel {
+impl std::fmt::Display for KernelShape {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
-            ForwardKernel::Rows => "rows",
-            ForwardKernel::Tiles => "tiles",
+            KernelShape::Rows => "rows",
+            KernelShape::Tiles => "tiles",
         })
     }
 }
@@ -68,6 +68,8 @@ static ROWS: AtomicUsize = AtomicUsize::new(0);
 static BLOCK: AtomicUsize = AtomicUsize::new(0);
 /// 0: none set, 1: rows, 2: tiles.
 static FORWARD: AtomicUsize = AtomicUsize::new(0);
+/// As [`FORWARD`], for the dQ kernel.
+static DQ: AtomicUsize = AtomicUsize::new(0);
 
 /// Stores `value` (0 for none) in `slot` when it is one of `allowed`.
 fn store(
@@ -139,20 +141,40 @@ pub fn step_block_override() -> Option<usize> {
 /// Sets the fused forward kernel for every forward launched afterwards in this process, in place
 /// of the device's default and of `PEFT_KERNEL_FORWARD=rows|tiles`; `None` returns to those.
 /// Only the CubeCL backends read it.
-pub fn set_forward_kernel(kernel: Option<ForwardKernel>) {
-    let code = match kernel {
-        None => 0,
-        Some(ForwardKernel::Rows) => 1,
-        Some(ForwardKernel::Tiles) => 2,
-    };
-    FORWARD.store(code, Ordering::Relaxed);
+pub fn set_forward_kernel(kernel: Option<KernelShape>) {
+    store_shape(&FORWARD, kernel);
 }
 
 /// The forward kernel set with [`set_forward_kernel`], if any.
-pub fn forward_kernel_override() -> Option<ForwardKernel> {
-    match FORWARD.load(Ordering::Relaxed) {
-        1 => Some(ForwardKernel::Rows),
-        2 => Some(ForwardKernel::Tiles),
+pub fn forward_kernel_override() -> Option<KernelShape> {
+    load_shape(&FORWARD)
+}
+
+/// Sets the fused dQ kernel for every backward launched afterwards in this process, in place of
+/// the device's default and of `PEFT_KERNEL_DQ=rows|tiles`; `None` returns to those. Only the
+/// CubeCL backends read it.
+pub fn set_dq_kernel(kernel: Option<KernelShape>) {
+    store_shape(&DQ, kernel);
+}
+
+/// The dQ kernel set with [`set_dq_kernel`], if any.
+pub fn dq_kernel_override() -> Option<KernelShape> {
+    load_shape(&DQ)
+}
+
+fn store_shape(cell: &AtomicUsize, kernel: Option<KernelShape>) {
+    let code = match kernel {
+        None => 0,
+        Some(KernelShape::Rows) => 1,
+        Some(KernelShape::Tiles) => 2,
+    };
+    cell.store(code, Ordering::Relaxed);
+}
+
+fn load_shape(cell: &AtomicUsize) -> Option<KernelShape> {
+    match cell.load(Ordering::Relaxed) {
+        1 => Some(KernelShape::Rows),
+        2 => Some(KernelShape::Tiles),
         _ => None,
     }
 }
@@ -161,7 +183,7 @@ pub fn forward_kernel_override() -> Option<ForwardKernel> {
 mod tests {
     use super::*;
 
-    // One test for the three overrides: they are process-wide and tests run in parallel.
+    // One test for the overrides: they are process-wide and tests run in parallel.
     #[test]
     fn only_the_kernels_counts_are_accepted_and_none_clears() {
         assert_eq!(set_lanes_per_row(Some(3)), Err(LayoutError::Lanes(3)));
@@ -191,16 +213,22 @@ mod tests {
         assert_eq!(step_block_override(), None);
         assert_eq!(forward_kernel_override(), None);
         set_forward_kernel(Some("tiles".parse().unwrap()));
-        assert_eq!(forward_kernel_override(), Some(ForwardKernel::Tiles));
-        set_forward_kernel(Some(ForwardKernel::Rows));
-        assert_eq!(forward_kernel_override(), Some(ForwardKernel::Rows));
+        assert_eq!(forward_kernel_override(), Some(KernelShape::Tiles));
+        set_forward_kernel(Some(KernelShape::Rows));
+        assert_eq!(forward_kernel_override(), Some(KernelShape::Rows));
         set_forward_kernel(None);
         assert_eq!(forward_kernel_override(), None);
+        assert_eq!(dq_kernel_override(), None);
+        set_dq_kernel(Some(KernelShape::Tiles));
+        assert_eq!(dq_kernel_override(), Some(KernelShape::Tiles));
+        assert_eq!(forward_kernel_override(), None);
+        set_dq_kernel(None);
+        assert_eq!(dq_kernel_override(), None);
         assert_eq!(
-            "tile".parse::<ForwardKernel>(),
-            Err(LayoutError::Forward("tile".into()))
+            "tile".parse::<KernelShape>(),
+            Err(LayoutError::Shape("tile".into()))
         );
-        assert_eq!(ForwardKernel::Tiles.to_string(), "tiles");
+        assert_eq!(KernelShape::Tiles.to_string(), "tiles");
         assert_eq!(
             LayoutError::Rows(3).to_string(),
             "3 rows per unit: the fused kernels take 1, 2, 4, 8 or 16"

@@ -103,19 +103,19 @@ fn rows_split_over_lanes_match_the_oracle() {
     }
 }
 
-/// The register-tiled forward kernel (`set_forward_kernel(Some(ForwardKernel::Tiles))` or
-/// `PEFT_KERNEL_FORWARD=tiles`).
+/// The register-tiled forward and dQ kernels (`set_forward_kernel` / `set_dq_kernel` with
+/// `KernelShape::Tiles`, or `PEFT_KERNEL_FORWARD=tiles` / `PEFT_KERNEL_DQ=tiles`).
 #[test]
-fn tiled_forward_matches_the_oracle_and_is_the_kernel_taken() {
+fn tiled_kernels_match_the_oracle_and_are_the_kernels_taken() {
     let _settings = exclusive();
     let plane = plane_size();
     if plane < 8 {
-        // The kernel reduces its row maxima and sums over eight lanes; the launch takes the
-        // row kernel on narrower planes.
-        eprintln!("SKIPPED: the tiled forward needs planes of eight, this device's are {plane}");
+        // The kernels reduce their row maxima and sums over eight lanes; the launch takes the
+        // row kernels on narrower planes.
+        eprintln!("SKIPPED: the tiled kernels need planes of eight, this device's are {plane}");
         return;
     }
-    check_tiled_forward::<Wgpu>();
+    check_tiled_kernels::<Wgpu>();
 }
 
 /// The largest head dimension the kernels take. There the dK/dV kernel's query tile of 32 rows

@@ -3,9 +3,7 @@
 #![cfg(all(feature = "cuda", feature = "wgpu"))]
 
 use cubecl::wgpu::WgpuDevice;
-use peft_kernels::cube::cuda_source::{
-    SourceConfig, SourceError, cuda_sources, tiled_forward_source,
-};
+use peft_kernels::cube::cuda_source::{SourceConfig, SourceError, cuda_sources, tiled_sources};
 
 fn sources(head_dim: usize, rows_per_unit: usize, lanes: usize) -> Vec<(&'static str, String)> {
     let config = SourceConfig {
@@ -151,31 +149,42 @@ fn configurations_the_kernels_do_not_take_are_errors() {
 }
 
 #[test]
-fn the_tiled_forward_reduces_rows_over_eight_lanes_and_holds_row_blocks() {
+fn the_tiled_kernels_reduce_rows_over_eight_lanes_and_hold_row_blocks() {
     for head_dim in [32, 64, 128] {
-        let tiled = tiled_forward_source(&WgpuDevice::Cpu, head_dim)
-            .expect("the tiled forward compiles to CUDA C++");
-        assert_eq!(tiled.name, "forward_tiled");
-        assert!(tiled.source.contains("forward_tiled_kernel_f_f32"));
-        // Per tile, each of a unit's four rows takes its maximum over the row's eight lanes;
-        // at the end each row's sum: eight butterflies of xor 1, 2, 4.
-        let expected: Vec<u32> = (0..8).flat_map(|_| [1, 2, 4]).collect();
-        assert_eq!(shuffle_masks(&tiled.source), expected, "d = {head_dim}");
-        // The output accumulator: four rows of the lane's d/32 vectors — not whole rows.
-        let arrays = vector_arrays(&tiled.source);
-        assert!(
-            arrays.contains(&(head_dim / 8)),
-            "d = {head_dim}: no float_4 accumulator of {} in {arrays:?}",
-            head_dim / 8
-        );
-        assert!(
-            !arrays.contains(&(head_dim / 4)),
-            "d = {head_dim}: a whole row in registers ({arrays:?})"
-        );
+        let tiled = tiled_sources(&WgpuDevice::Cpu, head_dim)
+            .expect("the tiled kernels compile to CUDA C++");
+        let names: Vec<_> = tiled.iter().map(|s| s.name).collect();
+        assert_eq!(names, ["forward_tiled", "dq_tiled"]);
+        for kernel in &tiled {
+            let name = kernel.name;
+            assert!(kernel.source.contains(&format!("{name}_kernel_f_f32")));
+            // Forward: per tile, each of a unit's four rows takes its maximum over the row's
+            // eight lanes, at the end each row's sum: eight butterflies of xor 1, 2, 4. dQ:
+            // each row's `D = dO · O` once, four butterflies.
+            let butterflies = if name == "forward_tiled" { 8 } else { 4 };
+            let expected: Vec<u32> = (0..butterflies).flat_map(|_| [1, 2, 4]).collect();
+            assert_eq!(
+                shuffle_masks(&kernel.source),
+                expected,
+                "{name}, d = {head_dim}"
+            );
+            // The accumulator (output or dQ): four rows of the lane's d/32 vectors — not whole
+            // rows.
+            let arrays = vector_arrays(&kernel.source);
+            assert!(
+                arrays.contains(&(head_dim / 8)),
+                "{name}, d = {head_dim}: no float_4 accumulator of {} in {arrays:?}",
+                head_dim / 8
+            );
+            assert!(
+                !arrays.contains(&(head_dim / 4)),
+                "{name}, d = {head_dim}: a whole row in registers ({arrays:?})"
+            );
+        }
     }
     for head_dim in [0, 48, 160] {
         assert!(matches!(
-            tiled_forward_source(&WgpuDevice::Cpu, head_dim),
+            tiled_sources(&WgpuDevice::Cpu, head_dim),
             Err(SourceError::TiledHeadDim(d)) if d == head_dim
         ));
     }

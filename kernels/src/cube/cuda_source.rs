@@ -24,7 +24,7 @@ const CUDA_PLANE: usize = 32;
 /// One kernel's generated CUDA C++.
 #[derive(Debug, Clone)]
 pub struct KernelSource {
-    /// Kernel name (`forward`, `dq`, `dkdv`, `forward_tiled`).
+    /// Kernel name (`forward`, `dq`, `dkdv`, `forward_tiled`, `dq_tiled`).
     pub name: &'static str,
     /// The C++ source, as the CUDA runtime would pass it to NVRTC.
     pub source: String,
@@ -58,8 +58,8 @@ pub enum SourceError {
     /// The configuration is outside what the kernels take.
     #[error("head dimension {0} is outside 1..={max}", max = super::MAX_HEAD_DIM)]
     HeadDim(usize),
-    /// A head dimension the tiled forward does not take (it needs a multiple of 32).
-    #[error("head dimension {0}: the tiled forward takes multiples of 32 up to {max}", max = super::MAX_HEAD_DIM)]
+    /// A head dimension the tiled kernels do not take (they need a multiple of 32).
+    #[error("head dimension {0}: the tiled kernels take multiples of 32 up to {max}", max = super::MAX_HEAD_DIM)]
     TiledHeadDim(usize),
     /// Rows per unit other than 1, 2, 4, 8 or 16.
     #[error("{0} rows per unit: the kernels take 1, 2, 4, 8 or 16")]
@@ -191,13 +191,15 @@ pub fn cuda_sources(
     ])
 }
 
-/// The CUDA C++ of the register-tiled forward ([`super::tiled`]) at head dimension `head_dim`
-/// (a multiple of 32, the kernel's requirement) with its launch's cube of 128 units. Its loops
-/// are unrolled by four steps whatever `PEFT_KERNEL_UNROLL` says.
-pub fn tiled_forward_source(
+/// The CUDA C++ of the register-tiled forward and dQ ([`super::tiled`]; named `forward_tiled`
+/// and `dq_tiled`) at head dimension `head_dim` (a multiple of 32, the kernels' requirement),
+/// each with its launch's cube on a GPU: 128 units (dQ with 16 row groups, which a GPU's shared
+/// memory takes at every head dimension). Their loops are unrolled by four steps whatever
+/// `PEFT_KERNEL_UNROLL` says.
+pub fn tiled_sources(
     device: &WgpuDevice,
     head_dim: usize,
-) -> Result<KernelSource, SourceError> {
+) -> Result<Vec<KernelSource>, SourceError> {
     if head_dim == 0 || head_dim > super::MAX_HEAD_DIM || !head_dim.is_multiple_of(32) {
         return Err(SourceError::TiledHeadDim(head_dim));
     }
@@ -205,10 +207,14 @@ pub fn tiled_forward_source(
     let t = || TensorCompilationArg { inplace: None };
     let f32_ty = f32::as_type_native_unchecked().storage_type();
     let u32_ty = u32::as_type_native_unchecked().storage_type();
-    let units = (super::tiled::TILED_GROUPS * super::tiled::TILED_LANES) as u32;
-    let kernel = super::tiled::forward_tiled_kernel::ForwardTiledKernel::<WgpuRuntime>::new(
-        KernelSettings::default().cube_dim(CubeDim::new_1d(units)),
-        client,
+    let groups = super::tiled::TILED_GROUPS;
+    let settings = || {
+        KernelSettings::default()
+            .cube_dim(CubeDim::new_1d((groups * super::tiled::TILED_LANES) as u32))
+    };
+    let forward = super::tiled::forward_tiled_kernel::ForwardTiledKernel::<WgpuRuntime>::new(
+        settings(),
+        client.clone(),
         t(),
         t(),
         t(),
@@ -226,7 +232,34 @@ pub fn tiled_forward_source(
         super::TILED_COLUMNS,
         [f32_ty, u32_ty],
     );
-    compile("forward_tiled", kernel)
+    let dq = super::tiled::dq_tiled_kernel::DqTiledKernel::<WgpuRuntime>::new(
+        settings(),
+        client,
+        t(),
+        t(),
+        t(),
+        t(),
+        t(),
+        t(),
+        t(),
+        t(),
+        t(),
+        t(),
+        t(),
+        (),
+        (),
+        (),
+        (),
+        4,
+        head_dim / 4,
+        super::TILED_COLUMNS,
+        groups,
+        [f32_ty, u32_ty],
+    );
+    Ok(vec![
+        compile("forward_tiled", forward)?,
+        compile("dq_tiled", dq)?,
+    ])
 }
 
 fn compile<K: CubeKernel>(name: &'static str, kernel: K) -> Result<KernelSource, SourceError> {

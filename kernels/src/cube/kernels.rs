@@ -405,6 +405,51 @@ impl QueryBlock {
     }
 }
 
+/// What one cube of the forward and dQ kernels works on: its query rows, what they see, where
+/// their key/value columns live, and the end of the columns any of them sees.
+#[derive(CubeType, Clone, Copy)]
+pub(super) struct RowCube {
+    pub(super) block: QueryBlock,
+    pub(super) vis: Visibility,
+    pub(super) layout: ColumnLayout,
+    pub(super) end: usize,
+}
+
+#[cube]
+impl RowCube {
+    /// This cube's rows of queries `q` `[B, H, L, ·]` against keys `k` `[B, Hkv, S, ·]` and
+    /// `prefix` prefix slots (`prefix_shared != 0`: one prefix for the batch); `lengths` and
+    /// `lengths_given` as [`Visibility::of_row`] takes them; units laid out as
+    /// [`QueryBlock::of_cube`].
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn of_cube<F: Float, N: Size, I: Int>(
+        q: &Tensor<Vector<F, N>>,
+        k: &Tensor<Vector<F, N>>,
+        lengths: &Tensor<I>,
+        lengths_given: u32,
+        prefix: u32,
+        prefix_shared: u32,
+        #[comptime] rows_per_unit: usize,
+        #[comptime] lanes: usize,
+    ) -> RowCube {
+        let batch = q.shape(0);
+        let kv_heads = k.shape(1);
+        let seq = k.shape(2);
+        let prefix = prefix as usize;
+        let block = QueryBlock::of_cube::<F, N>(q, kv_heads, rows_per_unit, lanes);
+        let (b, kv) = (block.b, block.kv);
+        let vis = Visibility::of_row(lengths, lengths_given, b, batch, block.l, prefix, seq);
+        let layout = ColumnLayout::of_head(b, kv, kv_heads, prefix, prefix_shared != 0, seq);
+        let end = block.column_end(prefix, seq);
+        RowCube {
+            block,
+            vis,
+            layout,
+            end,
+        }
+    }
+}
+
 /// Stages key/value columns `[tile, tile + bk)` of `[prefix ; sequence]` in shared memory (zeros
 /// past `end`), every unit of the cube copying a strided share.
 #[cube]
@@ -469,14 +514,18 @@ pub fn forward_kernel<F: Float, I: Int, N: Size>(
     #[comptime] unroll: bool,
     #[define(F, I)] _dtypes: [StorageType; 2],
 ) {
-    let batch = q.shape(0);
-    let kv_heads = k.shape(1);
-    let seq = k.shape(2);
-    let prefix = prefix as usize;
-    let block = QueryBlock::of_cube(q, kv_heads, rows_per_unit, lanes);
-    let (b, kv, rows, ln) = (block.b, block.kv, block.rows, block.lanes);
-    let vis = Visibility::of_row(lengths, lengths_given, b, batch, block.l, prefix, seq);
-    let layout = ColumnLayout::of_head(b, kv, kv_heads, prefix, prefix_shared != 0, seq);
+    let cube = RowCube::of_cube::<F, N, I>(
+        q,
+        k,
+        lengths,
+        lengths_given,
+        prefix,
+        prefix_shared,
+        rows_per_unit,
+        lanes,
+    );
+    let (block, vis, layout, end) = (cube.block, cube.vis, cube.layout, cube.end);
+    let (rows, ln) = (block.rows, block.lanes);
     // Vectors of a row held by this unit.
     let dw = comptime!(dl / lanes);
 
@@ -509,7 +558,6 @@ pub fn forward_kernel<F: Float, I: Int, N: Size>(
 
     let mut ks = SharedMemory::<Vector<F, N>>::new(bk * dl);
     let mut vs = SharedMemory::<Vector<F, N>>::new(bk * dl);
-    let end = block.column_end(prefix, seq);
     let mut tile = 0;
     while tile < end {
         stage_columns::<F, N>(k, v, pk, pv, &mut ks, &mut vs, tile, end, &layout, dl, bk);
@@ -641,15 +689,19 @@ pub fn dq_kernel<F: Float, I: Int, N: Size>(
     #[comptime] unroll: bool,
     #[define(F, I)] _dtypes: [StorageType; 2],
 ) {
-    let batch = q.shape(0);
-    let kv_heads = k.shape(1);
-    let seq = k.shape(2);
-    let prefix = prefix as usize;
-    let block = QueryBlock::of_cube(q, kv_heads, rows_per_unit, lanes);
-    let (b, kv, rows, ln) = (block.b, block.kv, block.rows, block.lanes);
-    let vis = Visibility::of_row(lengths, lengths_given, b, batch, block.l, prefix, seq);
-    let layout = ColumnLayout::of_head(b, kv, kv_heads, prefix, prefix_shared != 0, seq);
-    let n_rows = batch * q.shape(1) * block.l;
+    let cube = RowCube::of_cube::<F, N, I>(
+        q,
+        k,
+        lengths,
+        lengths_given,
+        prefix,
+        prefix_shared,
+        rows_per_unit,
+        lanes,
+    );
+    let (block, vis, layout, end) = (cube.block, cube.vis, cube.layout, cube.end);
+    let (rows, ln) = (block.rows, block.lanes);
+    let n_rows = q.shape(0) * q.shape(1) * block.l;
     // Vectors of a row held by this unit.
     let dw = comptime!(dl / lanes);
 
@@ -698,7 +750,6 @@ pub fn dq_kernel<F: Float, I: Int, N: Size>(
     }
     let mut ks = SharedMemory::<Vector<F, N>>::new(bk * dl);
     let mut vs = SharedMemory::<Vector<F, N>>::new(bk * dl);
-    let end = block.column_end(prefix, seq);
     let mut tile = 0;
     while tile < end {
         stage_columns::<F, N>(k, v, pk, pv, &mut ks, &mut vs, tile, end, &layout, dl, bk);

@@ -25,7 +25,7 @@ use burn_cubecl::{
 use cubecl::{CubeCount, CubeDim, features::Plane};
 
 use crate::{
-    BLOCK_SIZES, ForwardKernel, LANE_COUNTS, ROW_COUNTS,
+    BLOCK_SIZES, KernelShape, LANE_COUNTS, ROW_COUNTS,
     op::{AttentionDims, AttentionGrads, PrefixAttentionArgs, PrefixAttentionBackend},
     reference,
 };
@@ -355,27 +355,56 @@ fn vector_size(head_dim: usize) -> usize {
         .unwrap_or(1)
 }
 
-/// Key/value columns per tile of the register-tiled forward.
+/// Key/value columns per tile of the register-tiled kernels.
 const TILED_COLUMNS: usize = 32;
 
-/// Whether the forward takes the register-tiled kernel ([`tiled`]): when it is chosen
-/// ([`crate::set_forward_kernel`], else `PEFT_KERNEL_FORWARD=rows|tiles`; the row kernel by
-/// default) and the call fits it — rows of 4-float vectors, a head dimension that is a
-/// multiple of 32 (each of the 8 lanes of a row group owns whole output vectors), planes of
-/// at least 8 units (its row maxima and sums are reduced over 8 lanes with plane shuffles), and
-/// its shared memory within the device's (32 KiB on lavapipe: head dimensions up to 64).
-fn tiled_forward<R: CubeRuntime>(t: &CubeTensor<R>, head_dim: usize) -> bool {
-    let chosen = crate::forward_kernel_override().or_else(|| {
-        std::env::var("PEFT_KERNEL_FORWARD")
+/// The kernel shape chosen for a walk: the process-wide setting `set`, else the environment
+/// variable `env` (`rows` or `tiles`; anything else is ignored), else none (the row kernel).
+fn chosen_shape(set: Option<KernelShape>, env: &str) -> Option<KernelShape> {
+    set.or_else(|| {
+        std::env::var(env)
             .ok()
-            .and_then(|v| v.parse::<ForwardKernel>().ok())
-    });
+            .and_then(|v| v.parse::<KernelShape>().ok())
+    })
+}
+
+/// Whether a register-tiled kernel ([`tiled`]) taking `shared` bytes of shared memory fits the
+/// call: rows of 4-float vectors, a head dimension that is a multiple of 32 (each of the 8
+/// lanes of a row group owns whole vectors), planes of at least 8 units (row maxima and sums
+/// are reduced over 8 lanes with plane shuffles), and the shared memory within the device's
+/// (32 KiB on lavapipe).
+fn tiled_fits<R: CubeRuntime>(t: &CubeTensor<R>, head_dim: usize, shared: usize) -> bool {
     let hardware = &t.client.properties().hardware;
-    chosen == Some(ForwardKernel::Tiles)
-        && vector_size(head_dim) == 4
+    vector_size(head_dim) == 4
         && head_dim.is_multiple_of(4 * tiled::TILED_LANES)
         && hardware.plane_size_min as usize >= tiled::TILED_LANES
-        && tiled::shared_bytes(head_dim, TILED_COLUMNS) <= hardware.max_shared_memory_size
+        && shared <= hardware.max_shared_memory_size
+}
+
+/// Whether the forward takes the register-tiled kernel: when it is chosen
+/// ([`crate::set_forward_kernel`], else `PEFT_KERNEL_FORWARD=rows|tiles`; the row kernel by
+/// default) and fits the call ([`tiled_fits`]; on lavapipe head dimensions up to 64).
+fn tiled_forward<R: CubeRuntime>(t: &CubeTensor<R>, head_dim: usize) -> bool {
+    chosen_shape(crate::forward_kernel_override(), "PEFT_KERNEL_FORWARD")
+        == Some(KernelShape::Tiles)
+        && tiled_fits(t, head_dim, tiled::shared_bytes(head_dim, TILED_COLUMNS))
+}
+
+/// The row groups of the register-tiled dQ, when it is chosen ([`crate::set_dq_kernel`], else
+/// `PEFT_KERNEL_DQ=rows|tiles`; the row kernel by default) and fits the call: 16 (64 rows a
+/// cube, as the tiled forward) where the shared memory allows, else 8 (on lavapipe's 32 KiB:
+/// 16 up to `d = 32`, 8 at `d = 64`, none at 128).
+fn tiled_dq_groups<R: CubeRuntime>(t: &CubeTensor<R>, head_dim: usize) -> Option<usize> {
+    if chosen_shape(crate::dq_kernel_override(), "PEFT_KERNEL_DQ") != Some(KernelShape::Tiles) {
+        return None;
+    }
+    [16, 8].into_iter().find(|&groups| {
+        tiled_fits(
+            t,
+            head_dim,
+            tiled::dq_shared_bytes(head_dim, TILED_COLUMNS, groups),
+        )
+    })
 }
 
 impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> PrefixAttentionBackend
@@ -496,37 +525,66 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> PrefixAtte
             Shape::new([d.batch, d.heads, d.queries, d.head_dim]),
             dtype,
         );
-        let lanes = lanes_per_row(&p.q, d.head_dim, Walk::Dq);
         let plane = plane_size(&p.q);
-        let launch = RowLaunch::new(d.group() * d.queries, rows_per, lanes, plane);
-        kernels::dq_kernel::launch::<R>(
-            &client,
-            launch.count(d.batch * d.kv_heads, 1),
-            launch.dim(lanes),
-            n,
-            p.q.clone().into_tensor_arg(),
-            p.k.clone().into_tensor_arg(),
-            p.v.clone().into_tensor_arg(),
-            p.pk.clone().into_tensor_arg(),
-            p.pv.clone().into_tensor_arg(),
-            p.lengths.clone().into_tensor_arg(),
-            grad_out.clone().into_tensor_arg(),
-            out.into_tensor_arg(),
-            lse.into_tensor_arg(),
-            stats.clone().into_tensor_arg(),
-            dq.clone().into_tensor_arg(),
-            p.scale,
-            d.prefix as u32,
-            u32::from(d.prefix_batch == 1),
-            p.lengths_given,
-            d.head_dim / n,
-            TILE,
-            rows_per,
-            lanes,
-            step_block(),
-            unroll,
-            [dtype.into(), p.lengths.dtype.into()],
-        );
+        if let Some(groups) = tiled_dq_groups(&p.q, d.head_dim) {
+            let cubes = (d.group() * d.queries).max(1).div_ceil(4 * groups);
+            tiled::dq_tiled_kernel::launch::<R>(
+                &client,
+                CubeCount::Static(cubes as u32, (d.batch * d.kv_heads) as u32, 1),
+                CubeDim::new_1d((groups * tiled::TILED_LANES) as u32),
+                n,
+                p.q.clone().into_tensor_arg(),
+                p.k.clone().into_tensor_arg(),
+                p.v.clone().into_tensor_arg(),
+                p.pk.clone().into_tensor_arg(),
+                p.pv.clone().into_tensor_arg(),
+                p.lengths.clone().into_tensor_arg(),
+                grad_out.clone().into_tensor_arg(),
+                out.into_tensor_arg(),
+                lse.into_tensor_arg(),
+                stats.clone().into_tensor_arg(),
+                dq.clone().into_tensor_arg(),
+                p.scale,
+                d.prefix as u32,
+                u32::from(d.prefix_batch == 1),
+                p.lengths_given,
+                d.head_dim / n,
+                TILED_COLUMNS,
+                groups,
+                [dtype.into(), p.lengths.dtype.into()],
+            );
+        } else {
+            let lanes = lanes_per_row(&p.q, d.head_dim, Walk::Dq);
+            let launch = RowLaunch::new(d.group() * d.queries, rows_per, lanes, plane);
+            kernels::dq_kernel::launch::<R>(
+                &client,
+                launch.count(d.batch * d.kv_heads, 1),
+                launch.dim(lanes),
+                n,
+                p.q.clone().into_tensor_arg(),
+                p.k.clone().into_tensor_arg(),
+                p.v.clone().into_tensor_arg(),
+                p.pk.clone().into_tensor_arg(),
+                p.pv.clone().into_tensor_arg(),
+                p.lengths.clone().into_tensor_arg(),
+                grad_out.clone().into_tensor_arg(),
+                out.into_tensor_arg(),
+                lse.into_tensor_arg(),
+                stats.clone().into_tensor_arg(),
+                dq.clone().into_tensor_arg(),
+                p.scale,
+                d.prefix as u32,
+                u32::from(d.prefix_batch == 1),
+                p.lengths_given,
+                d.head_dim / n,
+                TILE,
+                rows_per,
+                lanes,
+                step_block(),
+                unroll,
+                [dtype.into(), p.lengths.dtype.into()],
+            );
+        }
         // Partials per query head of the group, summed below.
         let g = d.group();
         let kv_shape = Shape::new([g, d.batch, d.kv_heads, d.keys, d.head_dim]);
@@ -660,6 +718,24 @@ mod tests {
         assert!(dkdv_shared_bytes(128, 16) <= lavapipe);
         // A GPU's 48 KiB keeps 32 rows.
         assert_eq!(query_tile(128, 48 * 1024), 32);
+    }
+
+    #[test]
+    fn tiled_dq_takes_64_rows_where_they_fit_and_32_at_d_64_on_lavapipe() {
+        let lavapipe = 32 * 1024;
+        let bytes = |d, groups| tiled::dq_shared_bytes(d, TILED_COLUMNS, groups);
+        // Queries and output gradients of 4·groups rows, the key tile (or dS, 4·groups rows by
+        // 32 columns), the value tile (or the key tile).
+        assert_eq!(bytes(32, 16), (2 * 64 * 32 + 64 * 32 + 32 * 32) * 4);
+        assert!(bytes(32, 16) <= lavapipe);
+        assert_eq!(bytes(64, 16), 48 * 1024);
+        assert_eq!(bytes(64, 8), lavapipe);
+        assert_eq!(bytes(128, 8), 64 * 1024);
+        // The forward's shared memory is the dQ's less the output gradients.
+        assert_eq!(
+            tiled::shared_bytes(64, TILED_COLUMNS) + 64 * 64 * 4,
+            bytes(64, 16)
+        );
     }
 
     #[test]

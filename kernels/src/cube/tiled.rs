@@ -37,7 +37,7 @@
 
 use cubecl::{cube, prelude::*};
 
-use super::kernels::{ColumnLayout, NEG_LARGE, QueryBlock, Visibility, lane_max, lane_sum};
+use super::kernels::{ColumnLayout, NEG_LARGE, QueryBlock, RowCube, lane_max, lane_sum};
 
 /// Units sharing a row group: they split the tile's columns and the output's head dimension.
 pub const TILED_LANES: usize = 8;
@@ -70,17 +70,19 @@ pub fn forward_tiled_kernel<F: Float, I: Int, N: Size>(
     #[comptime] bc: usize,
     #[define(F, I)] _dtypes: [StorageType; 2],
 ) {
-    let batch = q.shape(0);
-    let kv_heads = k.shape(1);
-    let seq = k.shape(2);
-    let prefix = prefix as usize;
     // 16 row groups of 8 lanes; slot `s` of unit (ty, tx) is row `16·s + ty` of the block.
-    let block = QueryBlock::of_cube::<F, N>(q, kv_heads, 4usize, TILED_LANES);
-    let (b, kv, rows) = (block.b, block.kv, block.rows);
-    let tx = block.lanes.lane;
-    let ty = block.lanes.first;
-    let vis = Visibility::of_row(lengths, lengths_given, b, batch, block.l, prefix, seq);
-    let layout = ColumnLayout::of_head(b, kv, kv_heads, prefix, prefix_shared != 0, seq);
+    let cube = RowCube::of_cube::<F, N, I>(
+        q,
+        k,
+        lengths,
+        lengths_given,
+        prefix,
+        prefix_shared,
+        4usize,
+        TILED_LANES,
+    );
+    let (block, vis, layout, end) = (cube.block, cube.vis, cube.layout, cube.end);
+    let (rows, tx, ty) = (block.rows, block.lanes.lane, block.lanes.first);
     let d = comptime!(dl * 4);
     // Column vectors of a tile, those a lane owns, and output vectors a lane owns per row.
     let bc4 = comptime!(bc / 4);
@@ -88,32 +90,8 @@ pub fn forward_tiled_kernel<F: Float, I: Int, N: Size>(
     let dv = comptime!(dl / TILED_LANES);
     let zero = Vector::new(F::new(0.0));
 
-    // The block's queries, scaled and transposed, in four-by-four blocks (four rows of one
-    // group, four head-dimension entries): four vector loads, four vector stores.
     let mut qs = SharedMemory::<Vector<F, N>>::new(d * TILED_GROUPS);
-    let scale_f = F::cast_from(scale);
-    let mut idx = UNIT_POS_X as usize;
-    while idx < dl * TILED_GROUPS {
-        let group = idx % TILED_GROUPS;
-        let kvec = idx / TILED_GROUPS;
-        let mut rows4 = Array::<Vector<F, N>>::new(4usize);
-        #[unroll]
-        for e in 0..4usize {
-            let row = block.row(e) - ty + group;
-            rows4[e] = zero;
-            if row < rows {
-                rows4[e] = q[block.index(row) * dl + kvec];
-            }
-        }
-        transpose_store::<F, N>(
-            &rows4,
-            &mut qs,
-            kvec * 4usize * TILED_GROUPS + group,
-            TILED_GROUPS,
-            scale_f,
-        );
-        idx += CUBE_DIM_X as usize;
-    }
+    stage_rows_transposed::<F, N>(q, &mut qs, &block, F::cast_from(scale), dl, TILED_GROUPS);
 
     let mut pos = Array::<usize>::new(4usize);
     let mut m = Array::<F>::new(4usize);
@@ -139,58 +117,14 @@ pub fn forward_tiled_kernel<F: Float, I: Int, N: Size>(
         bc * TILED_GROUPS
     }));
     let mut vs = SharedMemory::<Vector<F, N>>::new(bc * dl);
-    let end = block.column_end(prefix, seq);
-    let one = F::new(1.0);
     let mut tile = 0;
     while tile < end {
-        // Keys transposed in four-by-four blocks (four columns, four entries), values as they
-        // are; zeros past `end`.
-        let mut idx = UNIT_POS_X as usize;
-        while idx < dl * bc4 {
-            let c4 = idx % bc4;
-            let kvec = idx / bc4;
-            let mut cols4 = Array::<Vector<F, N>>::new(4usize);
-            #[unroll]
-            for e in 0..4usize {
-                let c = tile + 4usize * c4 + e;
-                cols4[e] = layout.vector::<F, N>(k, pk, c, kvec, end, dl);
-            }
-            transpose_store::<F, N>(&cols4, &mut kps, kvec * 4usize * bc4 + c4, bc4, one);
-            idx += CUBE_DIM_X as usize;
-        }
-        let mut idx = UNIT_POS_X as usize;
-        while idx < bc * dl {
-            let c = tile + idx / dl;
-            vs[idx] = layout.vector::<F, N>(v, pv, c, idx % dl, end, dl);
-            idx += CUBE_DIM_X as usize;
-        }
+        // Keys transposed, values as they are; zeros past `end`.
+        stage_tile::<F, N>(k, pk, &mut kps, &layout, tile, end, dl, bc, true);
+        stage_tile::<F, N>(v, pv, &mut vs, &layout, tile, end, dl, bc, false);
         sync_cube();
 
-        // Scores of the unit's four rows and `4·cv` columns: outer products over `k`.
-        #[unroll]
-        for x in 0..16 * cv {
-            score[x] = F::new(0.0);
-        }
-        // Four entries of `k` per iteration (unrolled), the iterations rolled: the registers of
-        // full unrolling (`ptxas`: 168 and a spill at d = 64) are occupancy lost.
-        for k0 in 0..comptime!(d / STEP) {
-            #[unroll]
-            for kf in 0..STEP {
-                let kk = k0 * STEP + kf;
-                let qv = qs[kk * TILED_GROUPS + ty];
-                #[unroll]
-                for u in 0..cv {
-                    let kvec = kps[kk * bc4 + tx + TILED_LANES * u];
-                    #[unroll]
-                    for s in 0..4usize {
-                        #[unroll]
-                        for e in 0..4usize {
-                            score[s * 4 * cv + u * 4 + e] += qv[s] * kvec[e];
-                        }
-                    }
-                }
-            }
-        }
+        tile_scores::<F, N>(&mut score, &qs, &kps, ty, tx, d, bc4, cv, TILED_GROUPS);
 
         // Online softmax: the row maximum over the row's lanes, so that they all rescale by
         // the same factor; hidden pairs add nothing (p = 0).
@@ -231,39 +165,12 @@ pub fn forward_tiled_kernel<F: Float, I: Int, N: Size>(
                 }
             }
         }
-        // The probabilities, one vector of the four rows per column, in place of the keys
-        // once every unit has taken its scores.
+        // The probabilities in place of the keys once every unit has taken its scores.
         sync_cube();
-        #[unroll]
-        for u in 0..cv {
-            #[unroll]
-            for e in 0..4usize {
-                let mut pvec = Vector::<F, N>::empty();
-                #[unroll]
-                for s in 0..4usize {
-                    pvec[s] = score[s * 4 * cv + u * 4 + e];
-                }
-                kps[(4usize * (tx + TILED_LANES * u) + e) * TILED_GROUPS + ty] = pvec;
-            }
-        }
+        store_tile_columns::<F, N>(&score, &mut kps, ty, tx, cv, TILED_GROUPS);
         sync_cube();
 
-        // Output: outer products over the tile's columns.
-        for c0 in 0..comptime!(bc / STEP) {
-            #[unroll]
-            for cf in 0..STEP {
-                let c = c0 * STEP + cf;
-                let pvec = kps[c * TILED_GROUPS + ty];
-                #[unroll]
-                for w in 0..dv {
-                    let vvec = vs[c * dl + tx + TILED_LANES * w];
-                    #[unroll]
-                    for s in 0..4usize {
-                        acc[s * dv + w] += Vector::new(pvec[s]) * vvec;
-                    }
-                }
-            }
-        }
+        accumulate_rows::<F, N>(&mut acc, &kps, &vs, ty, tx, bc, dl, TILED_GROUPS);
         sync_cube();
         tile += bc;
     }
@@ -288,6 +195,322 @@ pub fn forward_tiled_kernel<F: Float, I: Int, N: Size>(
             }
             if tx == 0 {
                 lse[r] = row_lse;
+            }
+        }
+    }
+}
+
+/// Register-tiled query gradient (module documentation, *The tiled dQ*): `dq` `[B, H, L, d]`
+/// from the forward's output `out` and log-sum-exp `lse`, and `stats` `[2, B·H·L]` (the
+/// log-sum-exp, then `D = rowsum(dO ∘ O)`) for the dK/dV kernel, as the row kernel's dQ.
+/// `groups` row groups of [`TILED_LANES`] units, `4·groups` rows a cube; `dl` is `d / 4`, a
+/// multiple of 8; `bc` the tile's columns, a multiple of 32.
+#[cube(launch)]
+#[allow(clippy::too_many_arguments)]
+pub fn dq_tiled_kernel<F: Float, I: Int, N: Size>(
+    q: &Tensor<Vector<F, N>>,
+    k: &Tensor<Vector<F, N>>,
+    v: &Tensor<Vector<F, N>>,
+    pk: &Tensor<Vector<F, N>>,
+    pv: &Tensor<Vector<F, N>>,
+    lengths: &Tensor<I>,
+    grad_out: &Tensor<Vector<F, N>>,
+    out: &Tensor<Vector<F, N>>,
+    lse: &Tensor<F>,
+    stats: &mut Tensor<F>,
+    dq: &mut Tensor<Vector<F, N>>,
+    scale: f32,
+    prefix: u32,
+    prefix_shared: u32,
+    lengths_given: u32,
+    #[comptime] dl: usize,
+    #[comptime] bc: usize,
+    #[comptime] groups: usize,
+    #[define(F, I)] _dtypes: [StorageType; 2],
+) {
+    // `groups` row groups of 8 lanes; slot `s` of unit (ty, tx) is row `groups·s + ty`.
+    let cube = RowCube::of_cube::<F, N, I>(
+        q,
+        k,
+        lengths,
+        lengths_given,
+        prefix,
+        prefix_shared,
+        4usize,
+        TILED_LANES,
+    );
+    let (block, vis, layout, end) = (cube.block, cube.vis, cube.layout, cube.end);
+    let (rows, tx, ty) = (block.rows, block.lanes.lane, block.lanes.first);
+    let n_rows = q.shape(0) * q.shape(1) * block.l;
+    let d = comptime!(dl * 4);
+    let bc4 = comptime!(bc / 4);
+    let cv = comptime!(bc / (4 * TILED_LANES));
+    let dv = comptime!(dl / TILED_LANES);
+    let zero = Vector::new(F::new(0.0));
+
+    let mut qs = SharedMemory::<Vector<F, N>>::new(d * groups);
+    stage_rows_transposed::<F, N>(q, &mut qs, &block, F::cast_from(scale), dl, groups);
+    let mut dos = SharedMemory::<Vector<F, N>>::new(d * groups);
+    stage_rows_transposed::<F, N>(grad_out, &mut dos, &block, F::new(1.0), dl, groups);
+
+    // Each row's log-sum-exp and `D = dO · O` (this lane's output vectors, summed over the
+    // row's lanes), written to `stats` for the dK/dV kernel.
+    let mut pos = Array::<usize>::new(4usize);
+    let mut row_lse = Array::<F>::new(4usize);
+    let mut row_delta = Array::<F>::new(4usize);
+    let mut acc = Array::<Vector<F, N>>::new(4usize * dv);
+    #[unroll]
+    for s in 0..4usize {
+        let row = block.row(s);
+        let r = block.index(row);
+        pos[s] = block.position(row);
+        row_lse[s] = F::new(0.0);
+        let mut part = F::new(0.0);
+        #[unroll]
+        for w in 0..dv {
+            acc[s * dv + w] = zero;
+            if row < rows {
+                let at = r * dl + tx + TILED_LANES * w;
+                part += grad_out[at].dot(out[at]);
+            }
+        }
+        if row < rows {
+            row_lse[s] = lse[r];
+        }
+        // Outside the row test: the shuffles must be reached by the whole plane.
+        let delta = lane_sum::<F>(part, TILED_LANES);
+        row_delta[s] = delta;
+        if row < rows && tx == 0 {
+            stats[r] = row_lse[s];
+            stats[n_rows + r] = delta;
+        }
+    }
+
+    let mut score = Array::<F>::new(16usize * cv);
+    let mut dp = Array::<F>::new(16usize * cv);
+    // The key tile transposed, then dS; the value tile transposed, then the key tile as it is.
+    let mut kds = SharedMemory::<Vector<F, N>>::new(comptime!(if d * bc4 > bc * groups {
+        d * bc4
+    } else {
+        bc * groups
+    }));
+    let mut vks = SharedMemory::<Vector<F, N>>::new(d * bc4);
+    let mut tile = 0;
+    while tile < end {
+        stage_tile::<F, N>(k, pk, &mut kds, &layout, tile, end, dl, bc, true);
+        stage_tile::<F, N>(v, pv, &mut vks, &layout, tile, end, dl, bc, true);
+        sync_cube();
+
+        // S = Q·Kᵀ (scaled), dP = dO·Vᵀ, then dS = P ∘ (dP − D), zero for hidden pairs.
+        tile_scores::<F, N>(&mut score, &qs, &kds, ty, tx, d, bc4, cv, groups);
+        tile_scores::<F, N>(&mut dp, &dos, &vks, ty, tx, d, bc4, cv, groups);
+        #[unroll]
+        for s in 0..4usize {
+            #[unroll]
+            for u in 0..cv {
+                #[unroll]
+                for e in 0..4usize {
+                    let c = tile + 4usize * (tx + TILED_LANES * u) + e;
+                    let x = s * 4 * cv + u * 4 + e;
+                    let ds = F::exp(score[x] - row_lse[s]) * (dp[x] - row_delta[s]);
+                    score[x] = select(vis.sees(c, pos[s]), ds, F::new(0.0));
+                }
+            }
+        }
+        sync_cube();
+        store_tile_columns::<F, N>(&score, &mut kds, ty, tx, cv, groups);
+        stage_tile::<F, N>(k, pk, &mut vks, &layout, tile, end, dl, bc, false);
+        sync_cube();
+
+        // dQ += dS·K, outer products over the tile's columns.
+        accumulate_rows::<F, N>(&mut acc, &kds, &vks, ty, tx, bc, dl, groups);
+        sync_cube();
+        tile += bc;
+    }
+
+    let scale_v = Vector::new(F::cast_from(scale));
+    #[unroll]
+    for s in 0..4usize {
+        let row = block.row(s);
+        if row < rows {
+            let r = block.index(row);
+            #[unroll]
+            for w in 0..dv {
+                dq[r * dl + tx + TILED_LANES * w] = acc[s * dv + w] * scale_v;
+            }
+        }
+    }
+}
+
+/// Stages the cube's rows of `src` (`[B, H, L, d]`, viewed per key/value head as `block`)
+/// transposed in four-by-four blocks and scaled: `dst[k·groups + group]` is the vector of the
+/// four rows of `group` at head-dimension index `k` (zeros past the last row). Four vector
+/// loads and four vector stores per block.
+#[cube]
+fn stage_rows_transposed<F: Float, N: Size>(
+    src: &Tensor<Vector<F, N>>,
+    dst: &mut SharedMemory<Vector<F, N>>,
+    block: &QueryBlock,
+    scale: F,
+    #[comptime] dl: usize,
+    #[comptime] groups: usize,
+) {
+    let ty = block.lanes.first;
+    let mut idx = UNIT_POS_X as usize;
+    while idx < dl * groups {
+        let group = idx % groups;
+        let kvec = idx / groups;
+        let mut rows4 = Array::<Vector<F, N>>::new(4usize);
+        #[unroll]
+        for e in 0..4usize {
+            let row = block.row(e) - ty + group;
+            rows4[e] = Vector::new(F::new(0.0));
+            if row < block.rows {
+                rows4[e] = src[block.index(row) * dl + kvec];
+            }
+        }
+        transpose_store::<F, N>(&rows4, dst, kvec * 4usize * groups + group, groups, scale);
+        idx += CUBE_DIM_X as usize;
+    }
+}
+
+/// Stages columns `[tile, tile + bc)` of `[prefix ; sequence]` (keys or values: `seq_t`,
+/// `prefix_t`) in shared memory, zeros from `end` on. `transposed`: in four-by-four blocks,
+/// `dst[k·bc/4 + c4]` the vector of columns `tile + 4·c4 … + 3` at head-dimension index `k`;
+/// otherwise as they are in memory, `dst[c·dl + x]` vector `x` of column `tile + c`.
+#[cube]
+#[allow(clippy::too_many_arguments)]
+fn stage_tile<F: Float, N: Size>(
+    seq_t: &Tensor<Vector<F, N>>,
+    prefix_t: &Tensor<Vector<F, N>>,
+    dst: &mut SharedMemory<Vector<F, N>>,
+    layout: &ColumnLayout,
+    tile: usize,
+    end: usize,
+    #[comptime] dl: usize,
+    #[comptime] bc: usize,
+    #[comptime] transposed: bool,
+) {
+    let mut idx = UNIT_POS_X as usize;
+    if transposed {
+        let bc4 = comptime!(bc / 4);
+        while idx < dl * bc4 {
+            let c4 = idx % bc4;
+            let kvec = idx / bc4;
+            let mut cols4 = Array::<Vector<F, N>>::new(4usize);
+            #[unroll]
+            for e in 0..4usize {
+                let c = tile + 4usize * c4 + e;
+                cols4[e] = layout.vector::<F, N>(seq_t, prefix_t, c, kvec, end, dl);
+            }
+            transpose_store::<F, N>(&cols4, dst, kvec * 4usize * bc4 + c4, bc4, F::new(1.0));
+            idx += CUBE_DIM_X as usize;
+        }
+    } else {
+        while idx < bc * dl {
+            dst[idx] = layout.vector::<F, N>(seq_t, prefix_t, tile + idx / dl, idx % dl, end, dl);
+            idx += CUBE_DIM_X as usize;
+        }
+    }
+}
+
+/// The `4 × 4·cv` block of products of unit `(ty, tx)`: `score[s·4·cv + 4·u + e]` is row `s` of
+/// group `ty` (`rows_t`, staged by [`stage_rows_transposed`]) times column `4·(tx + 8u) + e` of
+/// the tile (`cols_t`, staged transposed by [`stage_tile`]), over the `d` entries: outer
+/// products, two vector loads per 16 multiply-adds.
+#[cube]
+#[allow(clippy::too_many_arguments)]
+fn tile_scores<F: Float, N: Size>(
+    score: &mut Array<F>,
+    rows_t: &SharedMemory<Vector<F, N>>,
+    cols_t: &SharedMemory<Vector<F, N>>,
+    ty: usize,
+    tx: usize,
+    #[comptime] d: usize,
+    #[comptime] bc4: usize,
+    #[comptime] cv: usize,
+    #[comptime] groups: usize,
+) {
+    #[unroll]
+    for x in 0..16 * cv {
+        score[x] = F::new(0.0);
+    }
+    // Four entries of `k` per iteration (unrolled), the iterations rolled: the registers of
+    // full unrolling (`ptxas`: 168 and a spill at d = 64) are occupancy lost.
+    for k0 in 0..comptime!(d / STEP) {
+        #[unroll]
+        for kf in 0..STEP {
+            let kk = k0 * STEP + kf;
+            let qv = rows_t[kk * groups + ty];
+            #[unroll]
+            for u in 0..cv {
+                let kvec = cols_t[kk * bc4 + tx + TILED_LANES * u];
+                #[unroll]
+                for s in 0..4usize {
+                    #[unroll]
+                    for e in 0..4usize {
+                        score[s * 4 * cv + u * 4 + e] += qv[s] * kvec[e];
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Writes unit `(ty, tx)`'s `4 × 4·cv` block (as [`tile_scores`] lays it out) to `dst` by
+/// column: `dst[c·groups + ty]` is the vector of the group's four rows at tile column `c`.
+#[cube]
+fn store_tile_columns<F: Float, N: Size>(
+    score: &Array<F>,
+    dst: &mut SharedMemory<Vector<F, N>>,
+    ty: usize,
+    tx: usize,
+    #[comptime] cv: usize,
+    #[comptime] groups: usize,
+) {
+    #[unroll]
+    for u in 0..cv {
+        #[unroll]
+        for e in 0..4usize {
+            let mut col = Vector::<F, N>::empty();
+            #[unroll]
+            for s in 0..4usize {
+                col[s] = score[s * 4 * cv + u * 4 + e];
+            }
+            dst[(4usize * (tx + TILED_LANES * u) + e) * groups + ty] = col;
+        }
+    }
+}
+
+/// `acc[s·dv + w] += Σ_c weights[c][s] · vals[c][tx + 8w]` over the tile's `bc` columns, for
+/// the four rows `s` of group `ty` (`weights` as [`store_tile_columns`] writes it, `vals` as
+/// [`stage_tile`] stages it untransposed; `dv = dl / 8` vectors a lane): outer products, three vector
+/// loads per 32 multiply-adds at `d = 64`.
+#[cube]
+#[allow(clippy::too_many_arguments)]
+fn accumulate_rows<F: Float, N: Size>(
+    acc: &mut Array<Vector<F, N>>,
+    weights: &SharedMemory<Vector<F, N>>,
+    vals: &SharedMemory<Vector<F, N>>,
+    ty: usize,
+    tx: usize,
+    #[comptime] bc: usize,
+    #[comptime] dl: usize,
+    #[comptime] groups: usize,
+) {
+    let dv = comptime!(dl / TILED_LANES);
+    for c0 in 0..comptime!(bc / STEP) {
+        #[unroll]
+        for cf in 0..STEP {
+            let c = c0 * STEP + cf;
+            let wvec = weights[c * groups + ty];
+            #[unroll]
+            for w in 0..dv {
+                let vvec = vals[c * dl + tx + TILED_LANES * w];
+                #[unroll]
+                for s in 0..4usize {
+                    acc[s * dv + w] += Vector::new(wvec[s]) * vvec;
+                }
             }
         }
     }
@@ -318,5 +541,14 @@ fn transpose_store<F: Float, N: Size>(
 /// bytes (f32): the queries, the key tile or the probabilities, and the value tile.
 pub fn shared_bytes(head_dim: usize, bc: usize) -> usize {
     let floats = TILED_ROWS * head_dim + (head_dim * bc).max(TILED_ROWS * bc) + bc * head_dim;
+    floats * 4
+}
+
+/// Shared memory of the tiled dQ at head dimension `head_dim`, `bc` columns per tile and
+/// `groups` row groups, in bytes (f32): the queries and output gradients, the key tile or dS,
+/// and the value tile or the key tile.
+pub fn dq_shared_bytes(head_dim: usize, bc: usize, groups: usize) -> usize {
+    let rows = 4 * groups;
+    let floats = 2 * rows * head_dim + (head_dim * bc).max(rows * bc) + bc * head_dim;
     floats * 4
 }

@@ -671,59 +671,96 @@ pub fn assert_fused_path_allocates_no_score_matrix<B: PrefixAttentionBackend>() 
     );
 }
 
-/// The register-tiled forward (`set_forward_kernel(Some(ForwardKernel::Tiles))`) on backend `B`
-/// against the f64 oracle, forward and gradients (the backward reads the tiled forward's output
-/// and log-sum-exp), on the whole sweep; and that the switch takes effect: the tiled kernel sums
-/// in another order than the row kernel, so on a case it takes the outputs differ in their last
-/// bits while both match the oracle. The device's planes must be at least 8 wide (narrower
-/// ones take the row kernel). Hold [`exclusive`] (or run it in a test binary of its own): the
-/// setting is process-wide.
-pub fn check_tiled_forward<B: PrefixAttentionBackend>() {
-    use peft_kernels::{ForwardKernel, set_forward_kernel};
+/// The query gradient of backend `B`'s fused path for the loss `Σ out ∘ dout`, as f32.
+pub fn run_query_grad<B: PrefixAttentionBackend>(
+    c: &Case,
+    x: &Inputs,
+    dout: &[f64],
+    dev: &B::Device,
+) -> Vec<f32> {
+    let tracked = inputs::<Autodiff<B>>(c, x, dev).map(|t| t.require_grad());
+    let out = op::<Autodiff<B>>(c, &tracked, dev, AttentionPath::Fused).forward();
+    let dout_t = tensor::<Autodiff<B>, 4>(dout, [c.b, c.h, c.l, c.d], dev);
+    let grads = out.mul(dout_t).sum().backward();
+    let [q, ..] = tracked;
+    values(q.grad(&grads).expect("the query is tracked"))
+}
+
+/// Asserts that `a` and `b` differ in at least one bit (the switch between two kernels that sum
+/// in different orders took effect) and that `b` is `again` bit for bit (two runs agree).
+fn assert_other_bits_and_deterministic(a: &[f32], b: &[f32], again: &[f32], what: &str) {
+    assert!(
+        a.iter().zip(b).any(|(x, y)| x.to_bits() != y.to_bits()),
+        "{what}: the tiled kernel gave the row kernel's bits: it was not taken"
+    );
+    assert!(
+        b.iter().zip(again).all(|(x, y)| x.to_bits() == y.to_bits()),
+        "{what}: two runs differ"
+    );
+}
+
+/// The register-tiled forward and dQ kernels (`set_forward_kernel` and `set_dq_kernel` with
+/// `KernelShape::Tiles`) on backend `B` against the f64 oracle, forward and gradients, on the
+/// whole sweep; and that each switch takes effect: a tiled kernel sums in another order than the
+/// row kernel, so on a case it takes its results differ in their last bits while both match the
+/// oracle, and two runs agree bit for bit. The device's planes must be at least 8 wide
+/// (narrower ones take the row kernels). Hold [`exclusive`] (or run it in a test binary of its
+/// own): the settings are process-wide.
+pub fn check_tiled_kernels<B: PrefixAttentionBackend>() {
+    use peft_kernels::{KernelShape, set_dq_kernel, set_forward_kernel};
     let dev = Default::default();
     // d = 64, prefix, GQA, a second head in the last cube of 64 rows.
     let c = Case::new(2, 6, 2, 113, 64, 20);
     let x = Inputs::random(&c, 21);
-    set_forward_kernel(Some(ForwardKernel::Rows));
+    set_forward_kernel(Some(KernelShape::Rows));
     let rows = run_forward::<B>(&c, &x, &dev, AttentionPath::Fused);
-    set_forward_kernel(Some(ForwardKernel::Tiles));
+    set_forward_kernel(Some(KernelShape::Tiles));
     let tiles = run_forward::<B>(&c, &x, &dev, AttentionPath::Fused);
+    let again = run_forward::<B>(&c, &x, &dev, AttentionPath::Fused);
     let (oracle, _) = forward(&c, &x);
     assert!(max_abs_diff(&oracle, &rows) < OUT_TOL);
     assert!(max_abs_diff(&oracle, &tiles) < OUT_TOL);
-    assert!(
-        rows.iter()
-            .zip(&tiles)
-            .any(|(a, b)| a.to_bits() != b.to_bits()),
-        "the tiled forward gave the row kernel's bits: it was not taken"
-    );
-    // Two runs are bitwise identical.
-    let again = run_forward::<B>(&c, &x, &dev, AttentionPath::Fused);
-    assert!(
-        tiles
-            .iter()
-            .zip(&again)
-            .all(|(a, b)| a.to_bits() == b.to_bits())
-    );
-    // P ∈ {0, 1, 7, 20, 64}, L ∈ {1, 17, 113}, GQA 1 and 3, Hkv = 1, d ∈ {32, 64}, padded and
-    // fully padded rows, per-row prefixes, more keys than queries (head dimensions that are not
-    // multiples of 32 take the row kernel).
+    assert_other_bits_and_deterministic(&rows, &tiles, &again, "forward");
+
+    // dQ, after the row forward (the same output and log-sum-exp for both dQ kernels).
+    set_forward_kernel(Some(KernelShape::Rows));
+    let dout = Rng::new(22).vec(c.q_len());
+    let oracle = backward(&c, &x, &dout).q;
+    set_dq_kernel(Some(KernelShape::Rows));
+    let rows = run_query_grad::<B>(&c, &x, &dout, &dev);
+    set_dq_kernel(Some(KernelShape::Tiles));
+    let tiles = run_query_grad::<B>(&c, &x, &dout, &dev);
+    let again = run_query_grad::<B>(&c, &x, &dout, &dev);
+    assert!(max_rel_diff(&oracle, &rows) < GRAD_TOL);
+    let err = max_rel_diff(&oracle, &tiles);
+    assert!(err < GRAD_TOL, "tiled dQ: error {err}");
+    assert_other_bits_and_deterministic(&rows, &tiles, &again, "dQ");
+
+    // Both tiled: P ∈ {0, 1, 7, 20, 64}, L ∈ {1, 17, 113}, GQA 1 and 3, Hkv = 1, d ∈ {32, 64}
+    // (dQ in cubes of 64 rows at d = 32 and of 32 rows at d = 64 on lavapipe), padded and fully
+    // padded rows, per-row prefixes, more keys than queries (head dimensions that are not
+    // multiples of 32 take the row kernels).
+    set_forward_kernel(Some(KernelShape::Tiles));
     for c in sweep() {
         let r = check::<B>(&c, 3, &dev, AttentionPath::Fused);
-        assert!(r.passes(), "tiled forward, {c:?}: {r:?}");
+        assert!(r.passes(), "tiled kernels, {c:?}: {r:?}");
     }
-    // Rows of several heads in one cube and a partial last cube: g·L = 3·50 rows in cubes of 64.
-    let c = Case::new(2, 3, 1, 50, 32, 9).key_lengths(vec![50, 23]);
-    let r = check::<B>(&c, 8, &dev, AttentionPath::Fused);
-    assert!(r.passes(), "tiled forward, {c:?}: {r:?}");
+    // Rows of several heads in one cube and a partial last cube: g·L = 3·50 rows in cubes of 64
+    // (and of 32 for dQ where 64 do not fit).
+    for d in [32, 64] {
+        let c = Case::new(2, 3, 1, 50, d, 9).key_lengths(vec![50, 23]);
+        let r = check::<B>(&c, 8, &dev, AttentionPath::Fused);
+        assert!(r.passes(), "tiled kernels, {c:?}: {r:?}");
+    }
     set_forward_kernel(None);
+    set_dq_kernel(None);
 }
 
 /// The lock behind [`exclusive`] and [`shared`].
 static SETTINGS: std::sync::RwLock<()> = std::sync::RwLock::new(());
 
 /// Held by a test that changes the kernels' process-wide settings (lanes, rows, step block,
-/// forward kernel) or reads the process-wide allocation record: no other test of the binary
+/// forward and dQ kernels) or reads the process-wide allocation record: no other test of the binary
 /// runs while it is held, and every setting is back at its default when it is dropped (a
 /// panic included).
 pub struct Exclusive(std::sync::RwLockWriteGuard<'static, ()>);
@@ -736,6 +773,7 @@ impl Drop for Exclusive {
         peft_kernels::set_rows_per_unit(None).expect("None is accepted");
         peft_kernels::set_step_block(None).expect("None is accepted");
         peft_kernels::set_forward_kernel(None);
+        peft_kernels::set_dq_kernel(None);
     }
 }
 

@@ -9,7 +9,7 @@ use burn::{
 };
 use clap::Args;
 use peft_kernels::{
-    AttentionPath, ForwardKernel, PrefixAttention, PrefixAttentionAutodiffBackend,
+    AttentionPath, KernelShape, PrefixAttention, PrefixAttentionAutodiffBackend,
     PrefixAttentionBackend,
     backends::{BackendKind, BackendVisitor},
     baseline,
@@ -73,7 +73,13 @@ pub struct AttentionBench {
     /// needs a head dimension that is a multiple of 32 (others time the row kernel). CubeCL
     /// backends only.
     #[arg(long, value_delimiter = ',')]
-    pub forward: Vec<ForwardKernel>,
+    pub forward: Vec<KernelShape>,
+    /// Also time the fused dQ kernels named here (comma-separated: `rows` or `tiles`, as for
+    /// `--forward`), side by side with the default in the same process; combined with the
+    /// other layout lists. `tiles` needs a head dimension that is a multiple of 32 and its
+    /// shared memory within the device's (others time the row kernel). CubeCL backends only.
+    #[arg(long, value_delimiter = ',')]
+    pub dq: Vec<KernelShape>,
 }
 
 pub(super) struct Attn(pub(super) AttentionBench);
@@ -102,8 +108,10 @@ impl BackendVisitor for Attn {
                 bail!("{flag}: {} has no fused kernels", a.backend);
             }
         }
-        if !a.forward.is_empty() && !B::has_fused_prefix_attention() {
-            bail!("--forward: {} has no fused kernels", a.backend);
+        for (flag, list) in [("--forward", &a.forward), ("--dq", &a.dq)] {
+            if !list.is_empty() && !B::has_fused_prefix_attention() {
+                bail!("{flag}: {} has no fused kernels", a.backend);
+            }
         }
         let mut report = serde_json::Map::new();
         for (pass, backward) in [("forward", false), ("forward_backward", true)] {
@@ -129,6 +137,7 @@ impl BackendVisitor for Attn {
         peft_kernels::set_rows_per_unit(None)?;
         peft_kernels::set_step_block(None)?;
         peft_kernels::set_forward_kernel(None);
+        peft_kernels::set_dq_kernel(None);
         let by_layout = by_layout?;
         let fused_available = B::has_fused_prefix_attention();
         if a.json {
@@ -167,12 +176,14 @@ impl BackendVisitor for Attn {
                     serde_json::Value::Null => "default".to_string(),
                     n => n.to_string(),
                 };
-                let forward = match &r["forward"] {
+                let kernel = |key: &str| match &r[key] {
                     serde_json::Value::String(name) => name.clone(),
                     _ => "default".to_string(),
                 };
                 println!(
-                    "fused, forward kernel {forward}, rows per unit {}, lanes per row {}, step block {}: forward {:.2} ms, forward_backward {:.2} ms",
+                    "fused, forward kernel {}, dQ kernel {}, rows per unit {}, lanes per row {}, step block {}: forward {:.2} ms, forward_backward {:.2} ms",
+                    kernel("forward"),
+                    kernel("dq"),
                     count("rows"),
                     count("lanes"),
                     count("block"),
@@ -185,33 +196,46 @@ impl BackendVisitor for Attn {
     }
 }
 
-/// Fused forward and forward + backward times at every (forward kernel, rows per unit, lanes per
-/// row, step block) of `--forward` × `--rows` × `--lanes` × `--blocks` (a list left empty stays
-/// at the default, `null` in the JSON). Leaves the last layout set.
+/// Fused forward and forward + backward times at every (forward kernel, dQ kernel, rows per
+/// unit, lanes per row, step block) of `--forward` × `--dq` × `--rows` × `--lanes` × `--blocks`
+/// (a list left empty stays at the default, `null` in the JSON). Leaves the last layout set.
 fn time_layouts<B: PrefixAttentionBackend>(
     a: &AttentionBench,
     device: &B::Device,
 ) -> Result<Vec<serde_json::Value>> {
     let mut timed = Vec::new();
-    if a.rows.is_empty() && a.lanes.is_empty() && a.blocks.is_empty() && a.forward.is_empty() {
+    let lists_empty = a.rows.is_empty()
+        && a.lanes.is_empty()
+        && a.blocks.is_empty()
+        && a.forward.is_empty()
+        && a.dq.is_empty();
+    if lists_empty {
         return Ok(timed);
     }
-    for kernel in or_default(&a.forward) {
+    let shapes: Vec<_> = or_default(&a.forward)
+        .into_iter()
+        .flat_map(|f| or_default(&a.dq).into_iter().map(move |q| (f, q)))
+        .collect();
+    for (forward_kernel, dq_kernel) in shapes {
         for rows in or_default(&a.rows) {
             for lanes in or_default(&a.lanes) {
                 for block in or_default(&a.blocks) {
-                    peft_kernels::set_forward_kernel(kernel);
+                    peft_kernels::set_forward_kernel(forward_kernel);
+                    peft_kernels::set_dq_kernel(dq_kernel);
                     peft_kernels::set_rows_per_unit(rows)?;
                     peft_kernels::set_lanes_per_row(lanes)?;
                     peft_kernels::set_step_block(block)?;
                     let forward = time_forward::<B>(a, Impl::Fused, device);
                     let forward_backward = time_backward::<Autodiff<B>>(a, Impl::Fused, device);
-                    timed.push(json!({"forward": kernel.map(|k| k.to_string()),
+                    let name = |k: Option<KernelShape>| k.map(|k| k.to_string());
+                    timed.push(
+                        json!({"forward": name(forward_kernel), "dq": name(dq_kernel),
                                       "rows": rows, "lanes": lanes, "block": block,
                                       "forward_ms": forward.ms,
                                       "forward_backward_ms": forward_backward.ms,
                                       "forward_enqueue_ms": forward.enqueue_ms,
-                                      "forward_backward_enqueue_ms": forward_backward.enqueue_ms}));
+                                      "forward_backward_enqueue_ms": forward_backward.enqueue_ms}),
+                    );
                 }
             }
         }
