@@ -1,6 +1,6 @@
-//! The register-tiled forward kernel: the cube's query block and each key/value tile in shared
-//! memory, and every unit computing a 4 × 4 block of scores and a 4-row block of the output
-//! from them, instead of one whole row per unit.
+//! The register-tiled forward and dQ kernels: the cube's query block and each key/value tile in
+//! shared memory, and every unit computing a 4 × 4 block of scores and a 4-row block of the
+//! output (or of dQ) from them, instead of one whole row per unit.
 //!
 //! Why: the row kernel of [`super::kernels`] keeps a unit's query row and output accumulator in
 //! registers (`2·d` floats, 164 registers at `d = 64` on sm_90a), so the compiler has room for
@@ -34,6 +34,18 @@
 //! over the tile's columns (sync).
 //! Visibility is applied per score as in the row kernel; tiles past the cube's causal reach are
 //! not walked.
+//!
+//! # The tiled dQ
+//!
+//! The same layout with `groups` row groups (16, or 8 where 64 rows' shared memory does not
+//! fit: lavapipe at `d = 64`). The cube's output gradients are staged transposed beside the
+//! queries (`dos`, as `qs`); `D = dO · O` per row from the lane's `d/32` vectors of it, reduced
+//! over the row's lanes. Per tile: stage the keys and the values, both transposed (sync); `S`
+//! and `dP = dO·Vᵀ` as outer products over `k`; `dS = exp(S − lse) ∘ (dP − D)`, zero for hidden
+//! pairs (sync); `dS` by column into the key buffer and the keys as they are into the value
+//! buffer (sync); `dQ += dS·K` as outer products over the tile's columns (sync).
+//! Shared memory: the forward's plus `groups·d` vectors of output gradients (48 KiB at
+//! `d = 64` with 16 groups, 32 KiB with 8).
 
 use cubecl::{cube, prelude::*};
 
