@@ -193,9 +193,9 @@ pub fn cuda_sources(
 
 /// The CUDA C++ of the register-tiled forward and dQ ([`super::tiled`]; named `forward_tiled`
 /// and `dq_tiled`) at head dimension `head_dim` (a multiple of 32, the kernels' requirement),
-/// each with its launch's cube on a GPU: 128 units (dQ with 16 row groups, which a GPU's shared
-/// memory takes at every head dimension). Their loops are unrolled by four steps whatever
-/// `PEFT_KERNEL_UNROLL` says.
+/// each with its launch's cube on a GPU: 128 units (dQ with 16 row groups, taken wherever the
+/// device's shared memory allows them: on Hopper at every head dimension). Their loops are
+/// unrolled by four steps whatever `PEFT_KERNEL_UNROLL` says.
 pub fn tiled_sources(
     device: &WgpuDevice,
     head_dim: usize,
