@@ -123,11 +123,8 @@ pub fn forward_tiled_kernel<F: Float, I: Int, N: Size>(
 
     // The key tile, then (once the scores are taken) the probabilities: one buffer, so that
     // `d = 64` fits in 32 KiB of shared memory (lavapipe's limit).
-    let mut kps = SharedMemory::<Vector<F, N>>::new(comptime!(if d * bc4 > bc * TILED_GROUPS {
-        d * bc4
-    } else {
-        bc * TILED_GROUPS
-    }));
+    let mut kps =
+        SharedMemory::<Vector<F, N>>::new(comptime!(usize::max(d * bc4, bc * TILED_GROUPS)));
     let mut vs = SharedMemory::<Vector<F, N>>::new(bc * dl);
     let mut tile = 0;
     while tile < end {
@@ -301,11 +298,7 @@ pub fn dq_tiled_kernel<F: Float, I: Int, N: Size>(
     let mut score = Array::<F>::new(16usize * cv);
     let mut dp = Array::<F>::new(16usize * cv);
     // The key tile transposed, then dS; the value tile transposed, then the key tile as it is.
-    let mut kds = SharedMemory::<Vector<F, N>>::new(comptime!(if d * bc4 > bc * groups {
-        d * bc4
-    } else {
-        bc * groups
-    }));
+    let mut kds = SharedMemory::<Vector<F, N>>::new(comptime!(usize::max(d * bc4, bc * groups)));
     let mut vks = SharedMemory::<Vector<F, N>>::new(d * bc4);
     let mut tile = 0;
     while tile < end {
