@@ -144,8 +144,8 @@ pub fn forward_tiled_kernel<F: Float, I: Int, N: Size>(
             for u in 0..cv {
                 #[unroll]
                 for e in 0..4usize {
-                    let c = tile + 4usize * (tx + TILED_LANES * u) + e;
-                    let sc = score[s * 4 * cv + u * 4 + e];
+                    let c = tile + lane_column(tx, u, e);
+                    let sc = score[score_slot(s, u, e, cv)];
                     if vis.sees(c, pos[s]) && sc > top {
                         top = sc;
                     }
@@ -166,8 +166,8 @@ pub fn forward_tiled_kernel<F: Float, I: Int, N: Size>(
             for u in 0..cv {
                 #[unroll]
                 for e in 0..4usize {
-                    let c = tile + 4usize * (tx + TILED_LANES * u) + e;
-                    let x = s * 4 * cv + u * 4 + e;
+                    let c = tile + lane_column(tx, u, e);
+                    let x = score_slot(s, u, e, cv);
                     let p = select(vis.sees(c, pos[s]), F::exp(score[x] - m[s]), F::new(0.0));
                     den[s] += p;
                     score[x] = p;
@@ -315,8 +315,8 @@ pub fn dq_tiled_kernel<F: Float, I: Int, N: Size>(
             for u in 0..cv {
                 #[unroll]
                 for e in 0..4usize {
-                    let c = tile + 4usize * (tx + TILED_LANES * u) + e;
-                    let x = s * 4 * cv + u * 4 + e;
+                    let c = tile + lane_column(tx, u, e);
+                    let x = score_slot(s, u, e, cv);
                     let ds = F::exp(score[x] - row_lse[s]) * (dp[x] - row_delta[s]);
                     score[x] = select(vis.sees(c, pos[s]), ds, F::new(0.0));
                 }
@@ -454,7 +454,7 @@ fn tile_scores<F: Float, N: Size>(
                 for s in 0..4usize {
                     #[unroll]
                     for e in 0..4usize {
-                        score[s * 4 * cv + u * 4 + e] += qv[s] * kvec[e];
+                        score[score_slot(s, u, e, cv)] += qv[s] * kvec[e];
                     }
                 }
             }
@@ -480,17 +480,17 @@ fn store_tile_columns<F: Float, N: Size>(
             let mut col = Vector::<F, N>::empty();
             #[unroll]
             for s in 0..4usize {
-                col[s] = score[s * 4 * cv + u * 4 + e];
+                col[s] = score[score_slot(s, u, e, cv)];
             }
-            dst[(4usize * (tx + TILED_LANES * u) + e) * groups + ty] = col;
+            dst[lane_column(tx, u, e) * groups + ty] = col;
         }
     }
 }
 
 /// `acc[s·dv + w] += Σ_c weights[c][s] · vals[c][tx + 8w]` over the tile's `bc` columns, for
 /// the four rows `s` of group `ty` (`weights` as [`store_tile_columns`] writes it, `vals` as
-/// [`stage_tile`] stages it untransposed; `dv = dl / 8` vectors a lane): outer products, three vector
-/// loads per 32 multiply-adds at `d = 64`.
+/// [`stage_tile`] stages it untransposed; `dv = dl / 8` vectors a lane): outer products, three
+/// vector loads per 32 multiply-adds at `d = 64`.
 #[cube]
 #[allow(clippy::too_many_arguments)]
 fn accumulate_rows<F: Float, N: Size>(
@@ -519,6 +519,20 @@ fn accumulate_rows<F: Float, N: Size>(
             }
         }
     }
+}
+
+/// The tile column of a lane's score slot `(u, e)`: entry `e` of the lane's column vector
+/// `tx + 8u` ([`tile_scores`]).
+#[cube]
+fn lane_column(tx: usize, u: usize, e: usize) -> usize {
+    4usize * (tx + TILED_LANES * u) + e
+}
+
+/// Where a unit keeps the product of its row `s` and its column `(u, e)` ([`lane_column`]) in
+/// its `4 × 4·cv` block of scores.
+#[cube]
+fn score_slot(s: usize, u: usize, e: usize, #[comptime] cv: usize) -> usize {
+    s * 4 * cv + u * 4 + e
 }
 
 /// Writes the 4 × 4 block `rows4` (four vectors of four entries) transposed and scaled: vector
