@@ -390,6 +390,17 @@ fn tiled_forward<R: CubeRuntime>(t: &CubeTensor<R>, head_dim: usize) -> bool {
         && tiled_fits(t, head_dim, tiled::shared_bytes(head_dim, TILED_COLUMNS))
 }
 
+/// The grid and cube of a register-tiled kernel with `groups` row groups: `4·groups` query
+/// rows of one (batch row, key/value head) per cube (`x`), one `y` per (batch row, key/value
+/// head), `groups` row groups of [`tiled::TILED_LANES`] units.
+fn tiled_launch(d: &AttentionDims, groups: usize) -> (CubeCount, CubeDim) {
+    let cubes = (d.group() * d.queries).max(1).div_ceil(4 * groups);
+    (
+        CubeCount::Static(cubes as u32, (d.batch * d.kv_heads) as u32, 1),
+        CubeDim::new_1d((groups * tiled::TILED_LANES) as u32),
+    )
+}
+
 /// The row groups of the register-tiled dQ, when it is chosen ([`crate::set_dq_kernel`], else
 /// `PEFT_KERNEL_DQ=rows|tiles`; the row kernel by default) and fits the call: 16 (64 rows a
 /// cube, as the tiled forward) where the shared memory allows, else 8 (on lavapipe's 32 KiB:
@@ -434,11 +445,11 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> PrefixAtte
         let lse = empty(&p.q, Shape::new([d.batch, d.heads, d.queries]), dtype);
         let n = vector_size(d.head_dim);
         if tiled_forward(&p.q, d.head_dim) {
-            let cubes = (d.group() * d.queries).max(1).div_ceil(tiled::TILED_ROWS);
+            let (count, dim) = tiled_launch(&d, tiled::TILED_GROUPS);
             tiled::forward_tiled_kernel::launch::<R>(
                 &p.q.client,
-                CubeCount::Static(cubes as u32, (d.batch * d.kv_heads) as u32, 1),
-                CubeDim::new_1d((tiled::TILED_GROUPS * tiled::TILED_LANES) as u32),
+                count,
+                dim,
                 n,
                 p.q.clone().into_tensor_arg(),
                 p.k.into_tensor_arg(),
@@ -527,11 +538,11 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> PrefixAtte
         );
         let plane = plane_size(&p.q);
         if let Some(groups) = tiled_dq_groups(&p.q, d.head_dim) {
-            let cubes = (d.group() * d.queries).max(1).div_ceil(4 * groups);
+            let (count, dim) = tiled_launch(&d, groups);
             tiled::dq_tiled_kernel::launch::<R>(
                 &client,
-                CubeCount::Static(cubes as u32, (d.batch * d.kv_heads) as u32, 1),
-                CubeDim::new_1d((groups * tiled::TILED_LANES) as u32),
+                count,
+                dim,
                 n,
                 p.q.clone().into_tensor_arg(),
                 p.k.clone().into_tensor_arg(),
