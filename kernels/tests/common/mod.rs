@@ -430,6 +430,24 @@ pub fn run_forward<B: PrefixAttentionBackend>(
     values(op::<B>(c, &inputs::<B>(c, x, dev), dev, path).forward())
 }
 
+/// Runs forward and backward of backend `B` on `path` for the loss `Σ out ∘ dout`: the output,
+/// and the gradients of the query, keys, values, prefix keys and prefix values (`None` for one
+/// the graph did not reach), as f32.
+fn run_backward<B: PrefixAttentionBackend>(
+    c: &Case,
+    x: &Inputs,
+    dout: &[f64],
+    dev: &B::Device,
+    path: AttentionPath,
+) -> (Vec<f32>, [Option<Vec<f32>>; 5]) {
+    let tracked = inputs::<Autodiff<B>>(c, x, dev).map(|t| t.require_grad());
+    let out = op::<Autodiff<B>>(c, &tracked, dev, path).forward();
+    let dout_t = tensor::<Autodiff<B>, 4>(dout, [c.b, c.h, c.l, c.d], dev);
+    let grads = out.clone().mul(dout_t).sum().backward();
+    let out_v = values(out.inner());
+    (out_v, tracked.map(|t| t.grad(&grads).map(values)))
+}
+
 /// Runs forward and backward of backend `B` on `path` and compares with the oracle (f32 inputs).
 pub fn check<B: PrefixAttentionBackend>(
     c: &Case,
@@ -502,29 +520,21 @@ pub fn check_at<B: PrefixAttentionBackend>(
     let (ref_out, _) = forward(c, &x);
     let ref_grad = backward(c, &x, &dout);
 
-    let tracked = inputs::<Autodiff<B>>(c, &x, dev).map(|t| t.require_grad());
-    let out = op::<Autodiff<B>>(c, &tracked, dev, path).forward();
-    let [q, k, v, pk, pv] = tracked;
-    let dout_t = tensor::<Autodiff<B>, 4>(&dout, [c.b, c.h, c.l, c.d], dev);
-    let grads = out.clone().mul(dout_t).sum().backward();
-    let out_v = values(out.inner());
+    let (out_v, grads) = run_backward::<B>(c, &x, &dout, dev, path);
     let non_finite = out_v.iter().any(|x| !x.is_finite());
     let mut grad_err = 0.0f64;
-    let pairs = [
-        (&q, &ref_grad.q),
-        (&k, &ref_grad.k),
-        (&v, &ref_grad.v),
-        (&pk, &ref_grad.pk),
-        (&pv, &ref_grad.pv),
+    let refs = [
+        &ref_grad.q,
+        &ref_grad.k,
+        &ref_grad.v,
+        &ref_grad.pk,
+        &ref_grad.pv,
     ];
-    for (i, (t, r)) in pairs.into_iter().enumerate() {
+    for (i, (g, r)) in grads.into_iter().zip(refs).enumerate() {
         if i >= 3 && c.p == 0 {
             continue;
         }
-        let g = t
-            .grad(&grads)
-            .map(values)
-            .unwrap_or_else(|| vec![0.0; r.len()]);
+        let g = g.unwrap_or_else(|| vec![0.0; r.len()]);
         grad_err = grad_err.max(max_rel_diff(r, &g));
     }
     Report {
@@ -678,12 +688,8 @@ pub fn run_query_grad<B: PrefixAttentionBackend>(
     dout: &[f64],
     dev: &B::Device,
 ) -> Vec<f32> {
-    let tracked = inputs::<Autodiff<B>>(c, x, dev).map(|t| t.require_grad());
-    let out = op::<Autodiff<B>>(c, &tracked, dev, AttentionPath::Fused).forward();
-    let dout_t = tensor::<Autodiff<B>, 4>(dout, [c.b, c.h, c.l, c.d], dev);
-    let grads = out.mul(dout_t).sum().backward();
-    let [q, ..] = tracked;
-    values(q.grad(&grads).expect("the query is tracked"))
+    let [q, ..] = run_backward::<B>(c, x, dout, dev, AttentionPath::Fused).1;
+    q.expect("the query is tracked")
 }
 
 /// Asserts that `a` and `b` differ in at least one bit (the switch between two kernels that sum
@@ -760,8 +766,8 @@ pub fn check_tiled_kernels<B: PrefixAttentionBackend>() {
 static SETTINGS: std::sync::RwLock<()> = std::sync::RwLock::new(());
 
 /// Held by a test that changes the kernels' process-wide settings (lanes, rows, step block,
-/// forward and dQ kernels) or reads the process-wide allocation record: no other test of the binary
-/// runs while it is held, and every setting is back at its default when it is dropped (a
+/// forward and dQ kernels) or reads the process-wide allocation record: no other test of the
+/// binary runs while it is held, and every setting is back at its default when it is dropped (a
 /// panic included).
 pub struct Exclusive(std::sync::RwLockWriteGuard<'static, ()>);
 
