@@ -61,23 +61,24 @@ bench() {
     "$bin/peft" bench attention --backend cuda --heads 9 --kv-heads 3 --head-dim 64 \
         --repeats 20 --json "$@" | tee -a "$out/bench.jsonl" || status=1
 }
-# The issue's shape, with the fused kernels also timed with each forward and dQ kernel — the
-# row kernels (the default) and the register-tiled ones, four pairs — side by side in the same
-# process, dK/dV at its default layout (two lanes at d = 64). The lanes and step blocks were
-# swept on an H200 before (docs/kernels.md); `--lanes 1,2,4 --blocks 1,8` repeats it.
-bench --batch 8 --seq 512 --prefix 64 --forward rows,tiles --dq rows,tiles
+# The issue's shape, with the fused kernels also timed with each forward, dQ and dK/dV kernel —
+# the row kernels (the default) and the register-tiled ones, eight combinations — side by side
+# in the same process. The row kernels' lanes and step blocks were swept on an H200 before
+# (docs/kernels.md); `--lanes 1,2,4 --blocks 1,8` repeats it.
+bench --batch 8 --seq 512 --prefix 64 --forward rows,tiles --dq rows,tiles --dkdv rows,tiles
 date -u +%T
 # The profiles next (before the other shapes), in case the device time runs out: the default
-# kernels, then the tiled forward and dQ.
+# kernels, then the tiled forward, dQ and dK/dV.
 for kernels in rows tiles; do
     echo "== profiled run, $kernels kernels (every launch timed on the device; per-kernel summary at each sync)"
-    PEFT_KERNEL_FORWARD=$kernels PEFT_KERNEL_DQ=$kernels CUBECL_DEBUG_LOG="$out/cubecl-profile-$kernels.log" \
+    PEFT_KERNEL_FORWARD=$kernels PEFT_KERNEL_DQ=$kernels PEFT_KERNEL_DKDV=$kernels \
+        CUBECL_DEBUG_LOG="$out/cubecl-profile-$kernels.log" \
         "$bin/peft" bench attention --backend cuda --heads 9 --kv-heads 3 --head-dim 64 --batch 8 \
         --seq 512 --prefix 64 --repeats 2 >/dev/null || status=1
     # The timing lines alone; the full log (with the CUDA sources it compiled) compressed.
     grep -E '^\|' "$out/cubecl-profile-$kernels.log" >"$out/cubecl-profile-$kernels.txt" || true
     xz -f "$out/cubecl-profile-$kernels.log" || true
-    grep -E '^\| (Forward|ForwardTiled|Dq|DqTiled|Dkdv|SumPartials)Kernel|^\| Total' \
+    grep -E '^\| (Forward|ForwardTiled|Dq|DqTiled|Dkdv|DkdvTiled|SumPartials)Kernel|^\| Total' \
         "$out/cubecl-profile-$kernels.txt" | tail -12 || true
 done
 date -u +%T
@@ -99,7 +100,7 @@ for line in open(sys.argv[1]):
           f"{b['fused_ms']:>10.3f} {b['unfused_ms']:>10.3f} {b['speedup']:>6.2f} | "
           f"{f['fused_enqueue_ms']:.3f} {f['unfused_enqueue_ms']:.3f}; {b['fused_enqueue_ms']:.3f} {b['unfused_enqueue_ms']:.3f}")
     for w in r.get("fused_by_layout", []):
-        print(f"    forward {w.get('forward') or 'default'}, rows {w['rows'] or 'default'}, lanes {w['lanes'] or 'default'}, block {w.get('block') or 'default'}: fused forward {w['forward_ms']:.3f} ms "
+        print(f"    forward {w.get('forward') or 'default'}, dq {w.get('dq') or 'default'}, dkdv {w.get('dkdv') or 'default'}, rows {w['rows'] or 'default'}, lanes {w['lanes'] or 'default'}, block {w.get('block') or 'default'}: fused forward {w['forward_ms']:.3f} ms "
               f"({f['unfused_ms'] / w['forward_ms']:.2f}x), forward + backward {w['forward_backward_ms']:.3f} ms "
               f"({b['unfused_ms'] / w['forward_backward_ms']:.2f}x); returned after {w['forward_enqueue_ms']:.3f} and {w['forward_backward_enqueue_ms']:.3f} ms")
 EOF

@@ -2,11 +2,11 @@
 # Where the fused path's time goes on an NVIDIA GPU, beyond what `scripts/gpu-check.sh` times:
 #
 #  1. Nsight Compute, where `ncu` is installed and the driver lets it read the counters: every
-#     launch of the forward and dQ kernels (row and tiled) and of dK/dV in one `peft bench
-#     attention` at the issue's shape (B=8, L=512, P=64, H=9, Hkv=3, d=64), default layout (the
-#     row kernels), then the tiled forward and dQ with one, two and four lanes per row for dK/dV
-#     — device time without any host cost, registers, occupancy, warp scheduling (eligible
-#     warps, cycles per issued instruction) — and a one-line summary per launch.
+#     launch of the forward, dQ and dK/dV kernels (row and tiled) in one `peft bench attention`
+#     at the issue's shape (B=8, L=512, P=64, H=9, Hkv=3, d=64), default layout (the row
+#     kernels), then the three tiled kernels — device time without any host cost, registers,
+#     occupancy, warp scheduling (eligible warps, cycles per issued instruction) — and a
+#     one-line summary per launch.
 #  2. CubeCL's profiler at a tiny shape (B=1, L=16, P=4), where the kernels have next to nothing
 #     to do: how much of a call's fixed cost is device time.
 #
@@ -27,15 +27,15 @@ ncu="$(command -v ncu || ls "$CUDA_PATH"/bin/ncu /opt/nvidia/nsight-compute/*/nc
 if [[ -n "$ncu" ]]; then
     echo "== Nsight Compute: $ncu"
     # `--repeats 1`: per layout, two forward passes and two forward + backward passes.
-    timeout 300 "$ncu" -k 'regex:^(forward|forward_tiled|dq|dq_tiled|dkdv)_kernel' \
+    timeout 300 "$ncu" -k 'regex:^(forward|forward_tiled|dq|dq_tiled|dkdv|dkdv_tiled)_kernel' \
         --section SpeedOfLight --section Occupancy --section LaunchStats \
         --section WarpStateStats --section SchedulerStats \
         "$bin/peft" bench attention --backend cuda "${issue[@]}" --repeats 1 --forward tiles --dq tiles \
-        --lanes 1,2,4 \
+        --dkdv tiles \
         >"$out/ncu.txt" 2>&1 || status=1
     # kernel, grid x cube, device time, registers, achieved occupancy; in launch order (the
-    # default layout first, then the tiled forward and dQ (which ignore lanes) with lanes 1, 2, 4
-    # for dK/dV; in each, the forward pass then forward + backward).
+    # default layout first, then the three tiled kernels; in each, the forward pass then
+    # forward + backward).
     awk '
         /^  [a-z_0-9]+_kernel/ {
             name = $1; sub(/_f_f32.*/, "", name); launch = ""

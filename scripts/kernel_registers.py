@@ -5,7 +5,8 @@
 
 1. `cargo run --example cuda_source` writes the CUDA C++ that CubeCL's CUDA runtime would compile
    for each kernel (the kernels are expanded through a wgpu client; lavapipe is enough), the
-   tiled forward's and dQ's too where the head dimension is a multiple of 32 (they ignore --rows, --lanes).
+   tiled forward's, dQ's and dK/dV's too where the head dimension is a multiple of 32 (they ignore
+   --rows, --lanes).
 2. NVRTC (the `nvidia-cuda-nvrtc-cu12` wheel, loaded with ctypes) compiles each file to PTX, as
    the runtime does on a GPU machine.
 3. `ptxas -v` (the `nvidia-cuda-nvcc-cu12` wheel) assembles the PTX for the architecture and
@@ -136,7 +137,7 @@ def main():
           f"loops {'rolled' if a.no_unroll else 'unrolled'}, {a.arch}")
     print(f"{'kernel':<13} {'cube':>5} {'registers':>9} {'spill st':>9} {'spill ld':>9} {'stack':>6} {'warps/SM cap':>13}")
     counts = {}
-    for name in ["forward", "dq", "dkdv", "forward_tiled", "dq_tiled"]:
+    for name in ["forward", "dq", "dkdv", "forward_tiled", "dq_tiled", "dkdv_tiled"]:
         cu = os.path.join(out_dir, f"{name}.cu")
         if name.endswith("_tiled") and not os.path.exists(cu):
             continue  # written only where the head dimension is a multiple of 32

@@ -1,7 +1,7 @@
 //! Writes the CUDA C++ of the fused kernels to a folder, without a GPU (a wgpu client expands
-//! them; lavapipe is enough), and the tiled forward's and dQ's where the head dimension is a
-//! multiple of 32. `scripts/kernel_registers.py` compiles the files with NVRTC and `ptxas -v` to report
-//! registers and spills.
+//! them; lavapipe is enough), and the tiled forward's, dQ's and dK/dV's where the head
+//! dimension is a multiple of 32. `scripts/kernel_registers.py` compiles the files with NVRTC
+//! and `ptxas -v` to report registers and spills.
 //!
 //! ```sh
 //! cargo run -p peft-kernels --features wgpu,cuda --example cuda_source -- OUT_DIR [HEAD_DIM ROWS_PER_UNIT UNROLL LANES]
@@ -39,7 +39,7 @@ fn main() -> ExitCode {
     };
     let result = cuda_sources(&WgpuDevice::Cpu, config)
         .map(|mut sources| {
-            // The tiled forward and dQ, where the head dimension fits them.
+            // The tiled forward, dQ and dK/dV, where the head dimension fits them.
             if let Ok(tiled) = tiled_sources(&WgpuDevice::Cpu, config.head_dim) {
                 sources.extend(tiled);
             }

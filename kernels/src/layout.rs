@@ -26,20 +26,57 @@ pub enum LayoutError {
     #[error("a step block of {0}: the fused kernels take 1, 2, 4 or 8")]
     Block(usize),
     /// A kernel shape other than `rows` or `tiles`.
-    #[error("kernel `{0}`: the fused forward and dQ kernels are `rows` or `tiles`")]
+    #[error("kernel `{0}`: the fused kernels are `rows` or `tiles`")]
     Shape(String),
 }
 
-/// The two shapes of the fused forward and dQ kernels' work.
+/// The two shapes of the fused kernels' work.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum KernelShape {
-    /// Each unit owns whole query rows (or a lane's share of them) and walks the staged
-    /// key/value columns one (or a step block) at a time.
+    /// Each unit owns whole query rows (forward, dQ) or key columns (dK/dV), or a lane's share
+    /// of them, and walks the staged key/value columns (or query rows) one, or a step block, at
+    /// a time.
     Rows,
-    /// Each unit computes 4 × 4 blocks of scores and a 4-row block of the output (or of dQ)
-    /// from the cube's query rows and a key/value tile in shared memory (head dimensions that
-    /// are multiples of 32; others take the row kernel).
+    /// Each unit computes 4 × 4 blocks of scores and a 4-row block of the output, of dQ, or of
+    /// dK and dV, from the cube's rows and a tile in shared memory (head dimensions that are
+    /// multiples of 32 and shared memory within the device's; other calls take the row kernel).
     Tiles,
+}
+
+/// The fused kernels whose shape ([`KernelShape`]) can be chosen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KernelPass {
+    /// The forward kernel (output and log-sum-exp).
+    Forward,
+    /// The query-gradient kernel of the backward.
+    Dq,
+    /// The key- and value-gradient kernel of the backward (prefix gradients included).
+    Dkdv,
+}
+
+impl KernelPass {
+    /// Every pass, in launch order.
+    pub const ALL: [KernelPass; 3] = [KernelPass::Forward, KernelPass::Dq, KernelPass::Dkdv];
+
+    /// The environment variable that chooses this kernel's shape (`rows` or `tiles`) when no
+    /// [`set_kernel_shape`] is in force: `PEFT_KERNEL_FORWARD`, `PEFT_KERNEL_DQ` or
+    /// `PEFT_KERNEL_DKDV`.
+    pub fn env_var(self) -> &'static str {
+        match self {
+            KernelPass::Forward => "PEFT_KERNEL_FORWARD",
+            KernelPass::Dq => "PEFT_KERNEL_DQ",
+            KernelPass::Dkdv => "PEFT_KERNEL_DKDV",
+        }
+    }
+
+    /// The pass's name: `forward`, `dq` or `dkdv`.
+    pub fn name(self) -> &'static str {
+        match self {
+            KernelPass::Forward => "forward",
+            KernelPass::Dq => "dq",
+            KernelPass::Dkdv => "dkdv",
+        }
+    }
 }
 
 impl std::str::FromStr for KernelShape {
@@ -66,10 +103,9 @@ impl std::fmt::Display for KernelShape {
 static LANES: AtomicUsize = AtomicUsize::new(0);
 static ROWS: AtomicUsize = AtomicUsize::new(0);
 static BLOCK: AtomicUsize = AtomicUsize::new(0);
-/// 0: none set, 1: rows, 2: tiles.
-static FORWARD: AtomicUsize = AtomicUsize::new(0);
-/// As [`FORWARD`], for the dQ kernel.
-static DQ: AtomicUsize = AtomicUsize::new(0);
+/// The shape set for each [`KernelPass`], in [`KernelPass::ALL`]'s order. 0: none set, 1: rows,
+/// 2: tiles.
+static SHAPES: [AtomicUsize; 3] = [const { AtomicUsize::new(0) }; 3];
 
 /// Stores `value` (0 for none) in `slot` when it is one of `allowed`.
 fn store(
@@ -138,28 +174,17 @@ pub fn step_block_override() -> Option<usize> {
     load(&BLOCK)
 }
 
-/// Sets the fused forward kernel for every forward launched afterwards in this process, in place
-/// of the device's default and of `PEFT_KERNEL_FORWARD=rows|tiles`; `None` returns to those.
-/// Only the CubeCL backends read it.
-pub fn set_forward_kernel(kernel: Option<KernelShape>) {
-    store_shape(&FORWARD, kernel);
+/// Sets the shape of the fused kernel of `pass` for every launch of it afterwards in this
+/// process, in place of the device's default and of the pass's environment variable
+/// ([`KernelPass::env_var`]: `rows` or `tiles`); `None` returns to those. Only the CubeCL
+/// backends read it.
+pub fn set_kernel_shape(pass: KernelPass, shape: Option<KernelShape>) {
+    store_shape(&SHAPES[pass as usize], shape);
 }
 
-/// The forward kernel set with [`set_forward_kernel`], if any.
-pub fn forward_kernel_override() -> Option<KernelShape> {
-    load_shape(&FORWARD)
-}
-
-/// Sets the fused dQ kernel for every backward launched afterwards in this process, in place of
-/// the device's default and of `PEFT_KERNEL_DQ=rows|tiles`; `None` returns to those. Only the
-/// CubeCL backends read it.
-pub fn set_dq_kernel(kernel: Option<KernelShape>) {
-    store_shape(&DQ, kernel);
-}
-
-/// The dQ kernel set with [`set_dq_kernel`], if any.
-pub fn dq_kernel_override() -> Option<KernelShape> {
-    load_shape(&DQ)
+/// The shape of `pass`'s kernel set with [`set_kernel_shape`], if any.
+pub fn kernel_shape_override(pass: KernelPass) -> Option<KernelShape> {
+    load_shape(&SHAPES[pass as usize])
 }
 
 fn store_shape(cell: &AtomicUsize, kernel: Option<KernelShape>) {
@@ -211,19 +236,18 @@ mod tests {
         assert_eq!(step_block_override(), Some(8));
         set_step_block(None).unwrap();
         assert_eq!(step_block_override(), None);
-        assert_eq!(forward_kernel_override(), None);
-        set_forward_kernel(Some("tiles".parse().unwrap()));
-        assert_eq!(forward_kernel_override(), Some(KernelShape::Tiles));
-        set_forward_kernel(Some(KernelShape::Rows));
-        assert_eq!(forward_kernel_override(), Some(KernelShape::Rows));
-        set_forward_kernel(None);
-        assert_eq!(forward_kernel_override(), None);
-        assert_eq!(dq_kernel_override(), None);
-        set_dq_kernel(Some(KernelShape::Tiles));
-        assert_eq!(dq_kernel_override(), Some(KernelShape::Tiles));
-        assert_eq!(forward_kernel_override(), None);
-        set_dq_kernel(None);
-        assert_eq!(dq_kernel_override(), None);
+        for pass in KernelPass::ALL {
+            assert_eq!(kernel_shape_override(pass), None);
+            set_kernel_shape(pass, Some("tiles".parse().unwrap()));
+            assert_eq!(kernel_shape_override(pass), Some(KernelShape::Tiles));
+            let mut others = KernelPass::ALL.into_iter().filter(|&p| p != pass);
+            assert!(others.all(|p| kernel_shape_override(p).is_none()));
+            set_kernel_shape(pass, Some(KernelShape::Rows));
+            assert_eq!(kernel_shape_override(pass), Some(KernelShape::Rows));
+            set_kernel_shape(pass, None);
+            assert_eq!(kernel_shape_override(pass), None);
+        }
+        assert_eq!(KernelPass::Dkdv.env_var(), "PEFT_KERNEL_DKDV");
         assert_eq!(
             "tile".parse::<KernelShape>(),
             Err(LayoutError::Shape("tile".into()))

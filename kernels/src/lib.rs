@@ -52,9 +52,9 @@ mod reference;
 pub mod cube;
 
 pub use layout::{
-    BLOCK_SIZES, KernelShape, LANE_COUNTS, LayoutError, ROW_COUNTS, dq_kernel_override,
-    forward_kernel_override, lanes_per_row_override, rows_per_unit_override, set_dq_kernel,
-    set_forward_kernel, set_lanes_per_row, set_rows_per_unit, set_step_block, step_block_override,
+    BLOCK_SIZES, KernelPass, KernelShape, LANE_COUNTS, LayoutError, ROW_COUNTS,
+    kernel_shape_override, lanes_per_row_override, rows_per_unit_override, set_kernel_shape,
+    set_lanes_per_row, set_rows_per_unit, set_step_block, step_block_override,
 };
 pub use op::{
     AttentionGrads, PrefixAttention, PrefixAttentionArgs, PrefixAttentionAutodiffBackend,

@@ -1,5 +1,6 @@
-//! The register-tiled forward and dQ kernels on CUDA against the f64 oracle (compiled in CI; run
-//! on a machine with an NVIDIA GPU). Its own test binary: the settings are process-wide.
+//! The register-tiled forward, dQ and dK/dV kernels on CUDA against the f64 oracle (compiled in
+//! CI; run on a machine with an NVIDIA GPU). Its own test binary: the settings are
+//! process-wide.
 #![cfg(feature = "cuda")]
 
 mod common;

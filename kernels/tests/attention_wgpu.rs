@@ -103,8 +103,8 @@ fn rows_split_over_lanes_match_the_oracle() {
     }
 }
 
-/// The register-tiled forward and dQ kernels (`set_forward_kernel` / `set_dq_kernel` with
-/// `KernelShape::Tiles`, or `PEFT_KERNEL_FORWARD=tiles` / `PEFT_KERNEL_DQ=tiles`).
+/// The register-tiled forward, dQ and dK/dV kernels (`set_kernel_shape` with
+/// `KernelShape::Tiles`, or `PEFT_KERNEL_FORWARD`, `PEFT_KERNEL_DQ`, `PEFT_KERNEL_DKDV=tiles`).
 #[test]
 fn tiled_kernels_match_the_oracle_and_are_the_kernels_taken() {
     let _settings = exclusive();

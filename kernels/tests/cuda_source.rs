@@ -154,22 +154,27 @@ fn the_tiled_kernels_reduce_rows_over_eight_lanes_and_hold_row_blocks() {
         let tiled = tiled_sources(&WgpuDevice::Cpu, head_dim)
             .expect("the tiled kernels compile to CUDA C++");
         let names: Vec<_> = tiled.iter().map(|s| s.name).collect();
-        assert_eq!(names, ["forward_tiled", "dq_tiled"]);
+        assert_eq!(names, ["forward_tiled", "dq_tiled", "dkdv_tiled"]);
         for kernel in &tiled {
             let name = kernel.name;
             assert!(kernel.source.contains(&format!("{name}_kernel_f_f32")));
             // Forward: per tile, each of a unit's four rows takes its maximum over the row's
             // eight lanes, at the end each row's sum: eight butterflies of xor 1, 2, 4. dQ:
-            // each row's `D = dO · O` once, four butterflies.
-            let butterflies = if name == "forward_tiled" { 8 } else { 4 };
+            // each row's `D = dO · O` once, four butterflies. dK/dV: none (each score is one
+            // unit's, and the log-sum-exp and D come from the dQ kernel).
+            let butterflies = match name {
+                "forward_tiled" => 8,
+                "dq_tiled" => 4,
+                _ => 0,
+            };
             let expected: Vec<u32> = (0..butterflies).flat_map(|_| [1, 2, 4]).collect();
             assert_eq!(
                 shuffle_masks(&kernel.source),
                 expected,
                 "{name}, d = {head_dim}"
             );
-            // The accumulator (output or dQ): four rows of the lane's d/32 vectors — not whole
-            // rows.
+            // The accumulator (output, dQ, or each of dK and dV): four rows or columns of the
+            // lane's d/32 vectors — not whole rows.
             let arrays = vector_arrays(&kernel.source);
             assert!(
                 arrays.contains(&(head_dim / 8)),

@@ -341,6 +341,13 @@ fn bad_input_is_a_clear_error() {
     );
     let err = layout("--blocks", "8");
     assert!(err.contains("--blocks: flex has no fused kernels"), "{err}");
+    let err = layout("--dkdv", "rows,tile");
+    assert!(
+        err.contains("kernel `tile`: the fused kernels are `rows` or `tiles`"),
+        "{err}"
+    );
+    let err = layout("--dkdv", "tiles");
+    assert!(err.contains("--dkdv: flex has no fused kernels"), "{err}");
     let empty = dir.join("empty.jsonl");
     std::fs::write(&empty, "\n").expect("write");
     let err = fail(&[

@@ -24,7 +24,7 @@ const CUDA_PLANE: usize = 32;
 /// One kernel's generated CUDA C++.
 #[derive(Debug, Clone)]
 pub struct KernelSource {
-    /// Kernel name (`forward`, `dq`, `dkdv`, `forward_tiled`, `dq_tiled`).
+    /// Kernel name (`forward`, `dq`, `dkdv`, `forward_tiled`, `dq_tiled`, `dkdv_tiled`).
     pub name: &'static str,
     /// The C++ source, as the CUDA runtime would pass it to NVRTC.
     pub source: String,
@@ -191,11 +191,12 @@ pub fn cuda_sources(
     ])
 }
 
-/// The CUDA C++ of the register-tiled forward and dQ ([`super::tiled`]; named `forward_tiled`
-/// and `dq_tiled`) at head dimension `head_dim` (a multiple of 32, the kernels' requirement),
-/// each with its launch's cube on a GPU: 128 units (dQ with 16 row groups, taken wherever the
-/// device's shared memory allows them: on Hopper at every head dimension). Their loops are
-/// unrolled by four steps whatever `PEFT_KERNEL_UNROLL` says.
+/// The CUDA C++ of the register-tiled forward, dQ and dK/dV ([`super::tiled`]; named
+/// `forward_tiled`, `dq_tiled` and `dkdv_tiled`) at head dimension `head_dim` (a multiple of 32,
+/// the kernels' requirement), each with its launch's cube on a GPU: 128 units (dQ and dK/dV
+/// with 16 row or column groups, taken wherever the device's shared memory allows them: on
+/// Hopper at every head dimension). Their loops are unrolled by four steps whatever
+/// `PEFT_KERNEL_UNROLL` says.
 pub fn tiled_sources(
     device: &WgpuDevice,
     head_dim: usize,
@@ -234,7 +235,32 @@ pub fn tiled_sources(
     );
     let dq = super::tiled::dq_tiled_kernel::DqTiledKernel::<WgpuRuntime>::new(
         settings(),
+        client.clone(),
+        t(),
+        t(),
+        t(),
+        t(),
+        t(),
+        t(),
+        t(),
+        t(),
+        t(),
+        t(),
+        t(),
+        (),
+        (),
+        (),
+        (),
+        4,
+        head_dim / 4,
+        super::TILED_COLUMNS,
+        groups,
+        [f32_ty, u32_ty],
+    );
+    let dkdv = super::tiled::dkdv_tiled_kernel::DkdvTiledKernel::<WgpuRuntime>::new(
+        settings(),
         client,
+        t(),
         t(),
         t(),
         t(),
@@ -259,6 +285,7 @@ pub fn tiled_sources(
     Ok(vec![
         compile("forward_tiled", forward)?,
         compile("dq_tiled", dq)?,
+        compile("dkdv_tiled", dkdv)?,
     ])
 }
 

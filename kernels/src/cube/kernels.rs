@@ -107,6 +107,29 @@ impl ColumnLayout {
         }
         val
     }
+
+    /// Writes `val` as vector `x` of column `c`'s row: to `prefix_t` below `prefix`, to `seq_t`
+    /// above; nothing from `end` on.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn write<F: Float, N: Size>(
+        &self,
+        seq_t: &mut Tensor<Vector<F, N>>,
+        prefix_t: &mut Tensor<Vector<F, N>>,
+        c: usize,
+        x: usize,
+        val: Vector<F, N>,
+        end: usize,
+        #[comptime] dl: usize,
+    ) {
+        if c < end {
+            let off = self.offset(c, dl) + x;
+            if c < self.prefix {
+                prefix_t[off] = val;
+            } else {
+                seq_t[off] = val;
+            }
+        }
+    }
 }
 
 /// What one batch row's queries see: prefix slots below `prefix_len`, and sequence key `j` when
@@ -383,6 +406,18 @@ impl QueryBlock {
         (self.b * self.heads + self.kv * self.g + row / self.l) * self.l + row % self.l
     }
 
+    /// The block's rows of a `[B, H, L, ·]` tensor (queries, output gradients) as the columns
+    /// of a [`ColumnLayout`] without a prefix: column `row` is where [`QueryBlock::index`]
+    /// puts `row` (the group's heads are consecutive, so its `g·L` rows are too).
+    pub(super) fn rows_layout(&self) -> ColumnLayout {
+        ColumnLayout::of_head(self.b, self.kv, self.heads / self.g, 0, false, self.rows)
+    }
+
+    /// The first row of the cube.
+    pub(super) fn first(&self) -> usize {
+        self.start
+    }
+
     /// The query position of `row`, or `l` (never visible) past the last row.
     pub(super) fn position(&self, row: usize) -> usize {
         select(row < self.rows, row % self.l, self.l)
@@ -447,6 +482,103 @@ impl RowCube {
             layout,
             end,
         }
+    }
+}
+
+/// What one cube of the dK/dV kernels works on: `cube_cols` consecutive columns of
+/// `[prefix ; sequence]` of one (batch row, key/value head) (`CUBE_POS_X`, `CUBE_POS_Y`), against
+/// the query rows of one head of the group (`CUBE_POS_Z`); its partial gradients are that
+/// head's, summed over the group afterwards.
+#[derive(CubeType, Clone, Copy)]
+pub(super) struct ColumnCube {
+    /// What the batch row's queries see.
+    pub(super) vis: Visibility,
+    /// Where the cube's key and value columns are read.
+    pub(super) layout: ColumnLayout,
+    /// Where their partial gradients go: `[g, B, Hkv, S, d]` for sequence columns, and
+    /// `[g, B, Hkv, P, d]` for prefix columns.
+    pub(super) partials: ColumnLayout,
+    /// The query head's rows of `[B, H, L, ·]` tensors (queries, output gradients) as the
+    /// columns of a layout without a prefix: column `i` is query position `i`.
+    pub(super) queries: ColumnLayout,
+    /// The cube's first column.
+    pub(super) first: usize,
+    /// Columns of `[prefix ; sequence]`.
+    pub(super) columns: usize,
+    /// The first query position that can see one of the cube's sequence columns (0 when the
+    /// cube has prefix columns, which every query position sees): rows above it see none of
+    /// the cube's columns.
+    pub(super) first_query: usize,
+    /// Query positions per head.
+    pub(super) l: usize,
+    /// Where the head's rows start in `[B·H·L]` order.
+    stats_at: usize,
+    /// Query rows in all, `B·H·L`: where `D` starts in `stats`.
+    n_rows: usize,
+}
+
+#[cube]
+impl ColumnCube {
+    /// This cube's columns, `cube_cols` of them, for queries `q` `[B, H, L, ·]`, keys `k`
+    /// `[B, Hkv, S, ·]`, `prefix` prefix slots (`prefix_shared != 0`: one prefix for the batch)
+    /// and `lengths`, `lengths_given` as [`Visibility::of_row`] takes them.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn of_cube<F: Float, N: Size, I: Int>(
+        q: &Tensor<Vector<F, N>>,
+        k: &Tensor<Vector<F, N>>,
+        lengths: &Tensor<I>,
+        lengths_given: u32,
+        prefix: u32,
+        prefix_shared: u32,
+        cube_cols: usize,
+    ) -> ColumnCube {
+        let batch = q.shape(0);
+        let heads = q.shape(1);
+        let l = q.shape(2);
+        let kv_heads = k.shape(1);
+        let seq = k.shape(2);
+        let prefix = prefix as usize;
+        let bkv = CUBE_POS_Y as usize;
+        let b = bkv / kv_heads;
+        let kv = bkv % kv_heads;
+        let h = CUBE_POS_Z as usize;
+        let head = kv * (heads / kv_heads) + h;
+        let vis = Visibility::of_row(lengths, lengths_given, b, batch, l, prefix, seq);
+        let first = CUBE_POS_X as usize * cube_cols;
+        let mut first_query = 0;
+        if first >= prefix && first - prefix > vis.causal_offset {
+            first_query = first - prefix - vis.causal_offset;
+        }
+        ColumnCube {
+            vis,
+            layout: ColumnLayout::of_head(b, kv, kv_heads, prefix, prefix_shared != 0, seq),
+            partials: ColumnLayout::of_head(h * batch + b, kv, kv_heads, prefix, false, seq),
+            queries: ColumnLayout::of_head(b, head, heads, 0, false, l),
+            first,
+            columns: prefix + seq,
+            first_query,
+            l,
+            stats_at: (b * heads + head) * l,
+            n_rows: batch * heads * l,
+        }
+    }
+
+    /// The log-sum-exp of query position `i` from `stats` `[2, B·H·L]` (0 from `l` on).
+    pub(super) fn lse<F: Float>(&self, stats: &Tensor<F>, i: usize) -> F {
+        self.stat::<F>(stats, i, 0)
+    }
+
+    /// `D = dO · O` of query position `i` from `stats` (0 from `l` on).
+    pub(super) fn delta<F: Float>(&self, stats: &Tensor<F>, i: usize) -> F {
+        self.stat::<F>(stats, i, self.n_rows)
+    }
+
+    fn stat<F: Float>(&self, stats: &Tensor<F>, i: usize, at: usize) -> F {
+        let mut x = F::new(0.0);
+        if i < self.l {
+            x = stats[at + self.stats_at + i];
+        }
+        x
     }
 }
 
@@ -851,23 +983,17 @@ pub fn dkdv_kernel<F: Float, I: Int, N: Size>(
     #[comptime] unroll: bool,
     #[define(F, I)] _dtypes: [StorageType; 2],
 ) {
-    let batch = q.shape(0);
-    let heads = q.shape(1);
-    let l = q.shape(2);
-    let kv_heads = k.shape(1);
-    let seq = k.shape(2);
-    let g = heads / kv_heads;
-    let prefix = prefix as usize;
-    let bkv = CUBE_POS_Y as usize;
-    let b = bkv / kv_heads;
-    let kv = bkv % kv_heads;
-    let h = CUBE_POS_Z as usize;
     let ln = Lanes::of_unit(lanes);
-    let first_col = CUBE_POS_X as usize * ln.step * cols_per_unit;
-    let columns = prefix + seq;
-    let vis = Visibility::of_row(lengths, lengths_given, b, batch, l, prefix, seq);
-    let layout = ColumnLayout::of_head(b, kv, kv_heads, prefix, prefix_shared != 0, seq);
-    let n_rows = batch * heads * l;
+    let cube = ColumnCube::of_cube::<F, N, I>(
+        q,
+        k,
+        lengths,
+        lengths_given,
+        prefix,
+        prefix_shared,
+        ln.step * cols_per_unit,
+    );
+    let (vis, layout, columns) = (cube.vis, cube.layout, cube.columns);
     let scale_v = Vector::new(F::cast_from(scale));
     // Vectors of a column held by this unit.
     let dw = comptime!(dl / lanes);
@@ -882,64 +1008,35 @@ pub fn dkdv_kernel<F: Float, I: Int, N: Size>(
     let mut dp = Array::<F>::new(cols_per_unit * qrows);
     #[unroll]
     for s in 0..cols_per_unit {
-        let c = first_col + ln.slot(s);
-        let off = layout.offset(c, dl);
+        let c = cube.first + ln.slot(s);
         #[unroll(unroll)]
         for t in 0..dw {
-            let at = off + ln.vector(t, lanes);
-            kr[s * dw + t] = zero;
-            vr[s * dw + t] = zero;
+            let x = ln.vector(t, lanes);
+            kr[s * dw + t] = layout.vector::<F, N>(k, pk, c, x, columns, dl) * scale_v;
+            vr[s * dw + t] = layout.vector::<F, N>(v, pv, c, x, columns, dl);
             dk_acc[s * dw + t] = zero;
             dv_acc[s * dw + t] = zero;
-            if c < prefix {
-                kr[s * dw + t] = pk[at] * scale_v;
-                vr[s * dw + t] = pv[at];
-            } else if c < columns {
-                kr[s * dw + t] = k[at] * scale_v;
-                vr[s * dw + t] = v[at];
-            }
         }
-    }
-    // The first query position that can see a sequence column of this cube: rows whose
-    // position is below it see none of the cube's sequence columns (prefix columns are seen
-    // by every row).
-    let mut first_i = 0;
-    if first_col >= prefix && first_col - prefix > vis.causal_offset {
-        first_i = first_col - prefix - vis.causal_offset;
     }
 
     let mut qs = SharedMemory::<Vector<F, N>>::new(bq * dl);
     let mut dos = SharedMemory::<Vector<F, N>>::new(bq * dl);
     let mut lses = SharedMemory::<F>::new(bq);
     let mut deltas = SharedMemory::<F>::new(bq);
-    let head = kv * g + h;
-    let base = (b * heads + head) * l;
-    let mut tile = first_i - first_i % bq;
+    let (l, queries) = (cube.l, cube.queries);
+    let mut tile = cube.first_query - cube.first_query % bq;
     while tile < l {
         let mut idx = UNIT_POS_X as usize;
         while idx < bq * dl {
-            let i = tile + idx / dl;
-            let mut qv = zero;
-            let mut dov = zero;
-            if i < l {
-                qv = q[(base + i) * dl + idx % dl];
-                dov = grad_out[(base + i) * dl + idx % dl];
-            }
-            qs[idx] = qv;
-            dos[idx] = dov;
+            let (i, x) = (tile + idx / dl, idx % dl);
+            qs[idx] = queries.vector::<F, N>(q, q, i, x, l, dl);
+            dos[idx] = queries.vector::<F, N>(grad_out, grad_out, i, x, l, dl);
             idx += CUBE_DIM_X as usize;
         }
         let mut idx = UNIT_POS_X as usize;
         while idx < bq {
-            let i = tile + idx;
-            let mut lv = F::new(0.0);
-            let mut dv_ = F::new(0.0);
-            if i < l {
-                lv = stats[base + i];
-                dv_ = stats[n_rows + base + i];
-            }
-            lses[idx] = lv;
-            deltas[idx] = dv_;
+            lses[idx] = cube.lse::<F>(stats, tile + idx);
+            deltas[idx] = cube.delta::<F>(stats, tile + idx);
             idx += CUBE_DIM_X as usize;
         }
         sync_cube();
@@ -954,7 +1051,7 @@ pub fn dkdv_kernel<F: Float, I: Int, N: Size>(
                 let i = tile + j0 + rr;
                 #[unroll]
                 for s in 0..cols_per_unit {
-                    let c = first_col + ln.slot(s);
+                    let c = cube.first + ln.slot(s);
                     any = any || (c < columns && vis.sees(c, i));
                 }
             }
@@ -978,7 +1075,7 @@ pub fn dkdv_kernel<F: Float, I: Int, N: Size>(
                 // P and dS = P ∘ (dP − D), zero for hidden pairs (dS reuses `dp`).
                 #[unroll]
                 for s in 0..cols_per_unit {
-                    let c = first_col + ln.slot(s);
+                    let c = cube.first + ln.slot(s);
                     #[unroll]
                     for rr in 0..qrows {
                         let x = s * qrows + rr;
@@ -1013,23 +1110,15 @@ pub fn dkdv_kernel<F: Float, I: Int, N: Size>(
     }
     #[unroll]
     for s in 0..cols_per_unit {
-        let c = first_col + ln.slot(s);
-        if c < prefix {
-            let poff = (((h * batch + b) * kv_heads + kv) * prefix + c) * dl;
-            #[unroll(unroll)]
-            for t in 0..dw {
-                let at = poff + ln.vector(t, lanes);
-                dpk[at] = dk_acc[s * dw + t] * scale_v;
-                dpv[at] = dv_acc[s * dw + t];
-            }
-        } else if c < columns {
-            let soff = (((h * batch + b) * kv_heads + kv) * seq + (c - prefix)) * dl;
-            #[unroll(unroll)]
-            for t in 0..dw {
-                let at = soff + ln.vector(t, lanes);
-                dk[at] = dk_acc[s * dw + t] * scale_v;
-                dv[at] = dv_acc[s * dw + t];
-            }
+        let c = cube.first + ln.slot(s);
+        #[unroll(unroll)]
+        for t in 0..dw {
+            let x = ln.vector(t, lanes);
+            let dk_val = dk_acc[s * dw + t] * scale_v;
+            cube.partials
+                .write::<F, N>(dk, dpk, c, x, dk_val, columns, dl);
+            cube.partials
+                .write::<F, N>(dv, dpv, c, x, dv_acc[s * dw + t], columns, dl);
         }
     }
 }

@@ -25,7 +25,7 @@ use burn_cubecl::{
 use cubecl::{CubeCount, CubeDim, features::Plane};
 
 use crate::{
-    BLOCK_SIZES, KernelShape, LANE_COUNTS, ROW_COUNTS,
+    BLOCK_SIZES, KernelPass, KernelShape, LANE_COUNTS, ROW_COUNTS,
     op::{AttentionDims, AttentionGrads, PrefixAttentionArgs, PrefixAttentionBackend},
     reference,
 };
@@ -355,17 +355,19 @@ fn vector_size(head_dim: usize) -> usize {
         .unwrap_or(1)
 }
 
-/// Key/value columns per tile of the register-tiled kernels.
+/// Key/value columns (forward, dQ) or query rows (dK/dV) per tile of the register-tiled kernels.
 const TILED_COLUMNS: usize = 32;
 
-/// The kernel shape chosen for a walk: the process-wide setting `set`, else the environment
-/// variable `env` (`rows` or `tiles`; anything else is ignored), else none (the row kernel).
-fn chosen_shape(set: Option<KernelShape>, env: &str) -> Option<KernelShape> {
-    set.or_else(|| {
-        std::env::var(env)
+/// Whether the register-tiled kernel of `pass` is chosen: [`crate::set_kernel_shape`], else
+/// the pass's environment variable (`PEFT_KERNEL_FORWARD`, `PEFT_KERNEL_DQ`,
+/// `PEFT_KERNEL_DKDV`: `rows` or `tiles`; anything else is ignored), else the row kernel.
+fn tiles_chosen(pass: KernelPass) -> bool {
+    let shape = crate::kernel_shape_override(pass).or_else(|| {
+        std::env::var(pass.env_var())
             .ok()
             .and_then(|v| v.parse::<KernelShape>().ok())
-    })
+    });
+    shape == Some(KernelShape::Tiles)
 }
 
 /// Whether a register-tiled kernel ([`tiled`]) taking `shared` bytes of shared memory fits the
@@ -381,18 +383,16 @@ fn tiled_fits<R: CubeRuntime>(t: &CubeTensor<R>, head_dim: usize, shared: usize)
         && shared <= hardware.max_shared_memory_size
 }
 
-/// Whether the forward takes the register-tiled kernel: when it is chosen
-/// ([`crate::set_forward_kernel`], else `PEFT_KERNEL_FORWARD=rows|tiles`; the row kernel by
-/// default) and fits the call ([`tiled_fits`]; on lavapipe head dimensions up to 64).
+/// Whether the forward takes the register-tiled kernel: when it is chosen ([`tiles_chosen`])
+/// and fits the call ([`tiled_fits`]; on lavapipe head dimensions up to 64).
 fn tiled_forward<R: CubeRuntime>(t: &CubeTensor<R>, head_dim: usize) -> bool {
-    chosen_shape(crate::forward_kernel_override(), "PEFT_KERNEL_FORWARD")
-        == Some(KernelShape::Tiles)
+    tiles_chosen(KernelPass::Forward)
         && tiled_fits(t, head_dim, tiled::shared_bytes(head_dim, TILED_COLUMNS))
 }
 
-/// The grid and cube of a register-tiled kernel with `groups` row groups: `4·groups` query
-/// rows of one (batch row, key/value head) per cube (`x`), one `y` per (batch row, key/value
-/// head), `groups` row groups of [`tiled::TILED_LANES`] units.
+/// The grid and cube of the register-tiled forward or dQ with `groups` row groups: `4·groups`
+/// query rows of one (batch row, key/value head) per cube (`x`), one `y` per (batch row,
+/// key/value head), `groups` row groups of [`tiled::TILED_LANES`] units.
 fn tiled_launch(d: &AttentionDims, groups: usize) -> (CubeCount, CubeDim) {
     let cubes = (d.group() * d.queries).max(1).div_ceil(4 * groups);
     (
@@ -401,20 +401,51 @@ fn tiled_launch(d: &AttentionDims, groups: usize) -> (CubeCount, CubeDim) {
     )
 }
 
-/// The row groups of the register-tiled dQ, when it is chosen ([`crate::set_dq_kernel`], else
-/// `PEFT_KERNEL_DQ=rows|tiles`; the row kernel by default) and fits the call: 16 (64 rows a
-/// cube, as the tiled forward) where the shared memory allows, else 8 (on lavapipe's 32 KiB:
-/// 16 up to `d = 32`, 8 at `d = 64`, none at 128).
-fn tiled_dq_groups<R: CubeRuntime>(t: &CubeTensor<R>, head_dim: usize) -> Option<usize> {
-    if chosen_shape(crate::dq_kernel_override(), "PEFT_KERNEL_DQ") != Some(KernelShape::Tiles) {
+/// The grid and cube of the register-tiled dK/dV with `groups` column groups: `4·groups`
+/// columns of `[prefix ; sequence]` of one (batch row, key/value head) per cube (`x`), one `y`
+/// per (batch row, key/value head), one `z` per query head of the group.
+fn tiled_dkdv_launch(d: &AttentionDims, groups: usize) -> (CubeCount, CubeDim) {
+    let cubes = (d.prefix + d.keys).max(1).div_ceil(4 * groups);
+    (
+        CubeCount::Static(
+            cubes as u32,
+            (d.batch * d.kv_heads) as u32,
+            d.group() as u32,
+        ),
+        CubeDim::new_1d((groups * tiled::TILED_LANES) as u32),
+    )
+}
+
+/// The row (or column) groups of a register-tiled backward kernel when it is chosen
+/// ([`tiles_chosen`]) and fits the call: 16 (64 rows or columns a cube, as the tiled forward)
+/// where its shared memory (`shared(groups)` bytes) allows, else 8.
+fn tiled_groups<R: CubeRuntime>(
+    t: &CubeTensor<R>,
+    head_dim: usize,
+    pass: KernelPass,
+    shared: impl Fn(usize) -> usize,
+) -> Option<usize> {
+    if !tiles_chosen(pass) {
         return None;
     }
-    [16, 8].into_iter().find(|&groups| {
-        tiled_fits(
-            t,
-            head_dim,
-            tiled::dq_shared_bytes(head_dim, TILED_COLUMNS, groups),
-        )
+    [16, 8]
+        .into_iter()
+        .find(|&groups| tiled_fits(t, head_dim, shared(groups)))
+}
+
+/// The row groups of the register-tiled dQ ([`tiled_groups`]; on lavapipe's 32 KiB: 16 up to
+/// `d = 32`, 8 at `d = 64`, none at 128).
+fn tiled_dq_groups<R: CubeRuntime>(t: &CubeTensor<R>, head_dim: usize) -> Option<usize> {
+    tiled_groups(t, head_dim, KernelPass::Dq, |groups| {
+        tiled::dq_shared_bytes(head_dim, TILED_COLUMNS, groups)
+    })
+}
+
+/// The column groups of the register-tiled dK/dV ([`tiled_groups`]; on lavapipe's 32 KiB: 16
+/// up to `d = 32`, 8 at `d = 64`, none at 128).
+fn tiled_dkdv_groups<R: CubeRuntime>(t: &CubeTensor<R>, head_dim: usize) -> Option<usize> {
+    tiled_groups(t, head_dim, KernelPass::Dkdv, |groups| {
+        tiled::dkdv_shared_bytes(head_dim, TILED_COLUMNS, groups)
     })
 }
 
@@ -605,40 +636,70 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> PrefixAtte
         let prefix_shape = Shape::new([g, d.batch, d.kv_heads, d.prefix.max(1), d.head_dim]);
         let dpk = empty(&p.q, prefix_shape.clone(), dtype);
         let dpv = empty(&p.q, prefix_shape, dtype);
-        let lanes = lanes_per_row(&p.q, d.head_dim, Walk::Dkdv);
-        let launch = RowLaunch::new(d.prefix + d.keys, rows_per, lanes, plane);
-        kernels::dkdv_kernel::launch::<R>(
-            &client,
-            launch.count(d.batch * d.kv_heads, g),
-            launch.dim(lanes),
-            n,
-            p.q.into_tensor_arg(),
-            p.k.into_tensor_arg(),
-            p.v.into_tensor_arg(),
-            p.pk.into_tensor_arg(),
-            p.pv.into_tensor_arg(),
-            p.lengths.clone().into_tensor_arg(),
-            grad_out.into_tensor_arg(),
-            stats.into_tensor_arg(),
-            dk.clone().into_tensor_arg(),
-            dv.clone().into_tensor_arg(),
-            dpk.clone().into_tensor_arg(),
-            dpv.clone().into_tensor_arg(),
-            p.scale,
-            d.prefix as u32,
-            u32::from(d.prefix_batch == 1),
-            p.lengths_given,
-            d.head_dim / n,
-            query_tile(
-                d.head_dim,
-                client.properties().hardware.max_shared_memory_size,
-            ),
-            rows_per,
-            lanes,
-            step_block(),
-            unroll,
-            [dtype.into(), p.lengths.dtype.into()],
-        );
+        if let Some(groups) = tiled_dkdv_groups(&p.q, d.head_dim) {
+            let (count, dim) = tiled_dkdv_launch(&d, groups);
+            tiled::dkdv_tiled_kernel::launch::<R>(
+                &client,
+                count,
+                dim,
+                n,
+                p.q.into_tensor_arg(),
+                p.k.into_tensor_arg(),
+                p.v.into_tensor_arg(),
+                p.pk.into_tensor_arg(),
+                p.pv.into_tensor_arg(),
+                p.lengths.clone().into_tensor_arg(),
+                grad_out.into_tensor_arg(),
+                stats.into_tensor_arg(),
+                dk.clone().into_tensor_arg(),
+                dv.clone().into_tensor_arg(),
+                dpk.clone().into_tensor_arg(),
+                dpv.clone().into_tensor_arg(),
+                p.scale,
+                d.prefix as u32,
+                u32::from(d.prefix_batch == 1),
+                p.lengths_given,
+                d.head_dim / n,
+                TILED_COLUMNS,
+                groups,
+                [dtype.into(), p.lengths.dtype.into()],
+            );
+        } else {
+            let lanes = lanes_per_row(&p.q, d.head_dim, Walk::Dkdv);
+            let launch = RowLaunch::new(d.prefix + d.keys, rows_per, lanes, plane);
+            kernels::dkdv_kernel::launch::<R>(
+                &client,
+                launch.count(d.batch * d.kv_heads, g),
+                launch.dim(lanes),
+                n,
+                p.q.into_tensor_arg(),
+                p.k.into_tensor_arg(),
+                p.v.into_tensor_arg(),
+                p.pk.into_tensor_arg(),
+                p.pv.into_tensor_arg(),
+                p.lengths.clone().into_tensor_arg(),
+                grad_out.into_tensor_arg(),
+                stats.into_tensor_arg(),
+                dk.clone().into_tensor_arg(),
+                dv.clone().into_tensor_arg(),
+                dpk.clone().into_tensor_arg(),
+                dpv.clone().into_tensor_arg(),
+                p.scale,
+                d.prefix as u32,
+                u32::from(d.prefix_batch == 1),
+                p.lengths_given,
+                d.head_dim / n,
+                query_tile(
+                    d.head_dim,
+                    client.properties().hardware.max_shared_memory_size,
+                ),
+                rows_per,
+                lanes,
+                step_block(),
+                unroll,
+                [dtype.into(), p.lengths.dtype.into()],
+            );
+        }
         // Sum each pair of partials (contiguous, in f32) over its `summed` leading slices — the
         // group's heads, and the batch rows too for a prefix shared by the batch — into `shape`,
         // then back to the inputs' dtype. One launch per pair (Burn's `sum_dim` over a leading
@@ -747,6 +808,20 @@ mod tests {
             tiled::shared_bytes(64, TILED_COLUMNS) + 64 * 64 * 4,
             bytes(64, 16)
         );
+    }
+
+    #[test]
+    fn tiled_dkdv_takes_64_columns_where_they_fit_and_32_at_d_64_on_lavapipe() {
+        let lavapipe = 32 * 1024;
+        let bytes = |d, groups| tiled::dkdv_shared_bytes(d, TILED_COLUMNS, groups);
+        // Keys and values of 4·groups columns, the query tile (32 rows), and the output
+        // gradients' tile or P and dS (32 rows by 4·groups columns, more than the tile at
+        // d = 32 with 64 columns).
+        assert_eq!(bytes(32, 16), (2 * 64 * 32 + 32 * 32 + 32 * 64) * 4);
+        assert!(bytes(32, 16) <= lavapipe);
+        assert_eq!(bytes(64, 16), 48 * 1024);
+        assert_eq!(bytes(64, 8), lavapipe);
+        assert_eq!(bytes(128, 8), 64 * 1024);
     }
 
     #[test]

@@ -1,6 +1,7 @@
-//! The register-tiled forward and dQ kernels: the cube's query block and each key/value tile in
-//! shared memory, and every unit computing a 4 × 4 block of scores and a 4-row block of the
-//! output (or of dQ) from them, instead of one whole row per unit.
+//! The register-tiled forward, dQ and dK/dV kernels: the cube's query block (dK/dV: its key
+//! and value columns) and each key/value tile (dK/dV: query tile) in shared memory, and every
+//! unit computing a 4 × 4 block of scores and a 4-row block of the output, of dQ, or of dK and
+//! dV from them, instead of one whole row per unit.
 //!
 //! Why: the row kernel of [`super::kernels`] keeps a unit's query row and output accumulator in
 //! registers (`2·d` floats, 164 registers at `d = 64` on sm_90a), so the compiler has room for
@@ -46,10 +47,26 @@
 //! buffer (sync); `dQ += dS·K` as outer products over the tile's columns (sync).
 //! Shared memory: the forward's plus `groups·d` vectors of output gradients (48 KiB at
 //! `d = 64` with 16 groups, 32 KiB with 8).
+//!
+//! # The tiled dK/dV
+//!
+//! The dQ's roles turned around: a cube owns `4·groups` columns of `[prefix ; sequence]` of one
+//! (batch row, key/value head) and one query head of the group ([`ColumnCube`]); unit
+//! `(ty, tx)` owns columns `ty + groups·s`. The cube's keys (scaled) and values are staged
+//! transposed once (`kt`, `vt`, as the queries are in the forward). Per tile of `bq` query rows
+//! from the first that can see the cube's columns: stage the queries and output gradients
+//! transposed (sync); `Sᵀ = K·Qᵀ` and `dPᵀ = V·dOᵀ` as outer products over `k`; `P` and
+//! `dS = P ∘ (dP − D)` with the rows' log-sum-exp and `D` from `stats`, zero for hidden pairs
+//! (sync); P by query row into the output gradients' buffer and the output gradients as they
+//! are into the queries' buffer (sync); `dV += P·dO` (sync); the same with dS and the queries
+//! for `dK += dS·Q` (sync, sync). No shuffles: each score is one unit's.
+//! Shared memory: `2·groups·d` vectors of keys and values, `bq·d/4` of the query tile and
+//! `max(bq·d/4, bq·groups)` of the second buffer (48 KiB at `d = 64` with 16 groups, 32 KiB
+//! with 8).
 
 use cubecl::{cube, prelude::*};
 
-use super::kernels::{ColumnLayout, NEG_LARGE, QueryBlock, RowCube, lane_max, lane_sum};
+use super::kernels::{ColumnCube, ColumnLayout, NEG_LARGE, RowCube, lane_max, lane_sum};
 
 /// Units sharing a row group: they split the tile's columns and the output's head dimension.
 pub const TILED_LANES: usize = 8;
@@ -103,7 +120,19 @@ pub fn forward_tiled_kernel<F: Float, I: Int, N: Size>(
     let zero = Vector::new(F::new(0.0));
 
     let mut qs = SharedMemory::<Vector<F, N>>::new(d * TILED_GROUPS);
-    stage_rows_transposed::<F, N>(q, &mut qs, &block, F::cast_from(scale), dl, TILED_GROUPS);
+    let (first, row_layout) = (block.first(), block.rows_layout());
+    let scale_f = F::cast_from(scale);
+    stage_groups_transposed::<F, N>(
+        q,
+        q,
+        &mut qs,
+        &row_layout,
+        first,
+        rows,
+        scale_f,
+        dl,
+        TILED_GROUPS,
+    );
 
     let mut pos = Array::<usize>::new(4usize);
     let mut m = Array::<F>::new(4usize);
@@ -258,9 +287,13 @@ pub fn dq_tiled_kernel<F: Float, I: Int, N: Size>(
     let zero = Vector::new(F::new(0.0));
 
     let mut qs = SharedMemory::<Vector<F, N>>::new(d * groups);
-    stage_rows_transposed::<F, N>(q, &mut qs, &block, F::cast_from(scale), dl, groups);
+    let (first, row_layout) = (block.first(), block.rows_layout());
+    let scale_f = F::cast_from(scale);
+    stage_groups_transposed::<F, N>(q, q, &mut qs, &row_layout, first, rows, scale_f, dl, groups);
     let mut dos = SharedMemory::<Vector<F, N>>::new(d * groups);
-    stage_rows_transposed::<F, N>(grad_out, &mut dos, &block, F::new(1.0), dl, groups);
+    let one = F::new(1.0);
+    let go = grad_out;
+    stage_groups_transposed::<F, N>(go, go, &mut dos, &row_layout, first, rows, one, dl, groups);
 
     // Each row's log-sum-exp and `D = dO · O` (this lane's output vectors, summed over the
     // row's lanes), written to `stats` for the dK/dV kernel.
@@ -347,20 +380,160 @@ pub fn dq_tiled_kernel<F: Float, I: Int, N: Size>(
     }
 }
 
-/// Stages the cube's rows of `src` (`[B, H, L, d]`, viewed per key/value head as `block`)
-/// transposed in four-by-four blocks and scaled: `dst[k·groups + group]` is the vector of the
-/// four rows of `group` at head-dimension index `k` (zeros past the last row). Four vector
-/// loads and four vector stores per block.
+/// Register-tiled partial key and value gradients (module documentation, *The tiled dK/dV*):
+/// the row kernel's outputs — `dk`/`dv` `[g, B, Hkv, S, d]` for sequence columns, `dpk`/`dpv`
+/// `[g, B, Hkv, P, d]` for prefix columns, one slice per query head of the group
+/// (`CUBE_POS_Z`) — from `stats` `[2, B·H·L]` (log-sum-exp, then `D`). `groups` column groups
+/// of [`TILED_LANES`] units, `4·groups` columns a cube; `dl` is `d / 4`, a multiple of 8; `bq`
+/// the query rows of a tile, a multiple of 32.
+#[cube(launch)]
+#[allow(clippy::too_many_arguments)]
+pub fn dkdv_tiled_kernel<F: Float, I: Int, N: Size>(
+    q: &Tensor<Vector<F, N>>,
+    k: &Tensor<Vector<F, N>>,
+    v: &Tensor<Vector<F, N>>,
+    pk: &Tensor<Vector<F, N>>,
+    pv: &Tensor<Vector<F, N>>,
+    lengths: &Tensor<I>,
+    grad_out: &Tensor<Vector<F, N>>,
+    stats: &Tensor<F>,
+    dk: &mut Tensor<Vector<F, N>>,
+    dv: &mut Tensor<Vector<F, N>>,
+    dpk: &mut Tensor<Vector<F, N>>,
+    dpv: &mut Tensor<Vector<F, N>>,
+    scale: f32,
+    prefix: u32,
+    prefix_shared: u32,
+    lengths_given: u32,
+    #[comptime] dl: usize,
+    #[comptime] bq: usize,
+    #[comptime] groups: usize,
+    #[define(F, I)] _dtypes: [StorageType; 2],
+) {
+    // `groups` column groups of 8 lanes; slot `s` of unit (ty, tx) is column
+    // `first + groups·s + ty` of the cube.
+    let cube = ColumnCube::of_cube::<F, N, I>(
+        q,
+        k,
+        lengths,
+        lengths_given,
+        prefix,
+        prefix_shared,
+        4 * groups,
+    );
+    let (vis, layout, queries, l) = (cube.vis, cube.layout, cube.queries, cube.l);
+    let (first, columns) = (cube.first, cube.columns);
+    let tx = UNIT_POS_X as usize % TILED_LANES;
+    let ty = UNIT_POS_X as usize / TILED_LANES;
+    let d = comptime!(dl * 4);
+    let bq4 = comptime!(bq / 4);
+    let cv = comptime!(bq / (4 * TILED_LANES));
+    let dw = comptime!(dl / TILED_LANES);
+    let zero = Vector::new(F::new(0.0));
+
+    // The cube's key columns (scaled) and value columns, transposed, for the whole walk.
+    let mut kt = SharedMemory::<Vector<F, N>>::new(d * groups);
+    let mut vt = SharedMemory::<Vector<F, N>>::new(d * groups);
+    let scale_f = F::cast_from(scale);
+    let one = F::new(1.0);
+    stage_groups_transposed::<F, N>(k, pk, &mut kt, &layout, first, columns, scale_f, dl, groups);
+    stage_groups_transposed::<F, N>(v, pv, &mut vt, &layout, first, columns, one, dl, groups);
+
+    let mut col = Array::<usize>::new(4usize);
+    let mut dk_acc = Array::<Vector<F, N>>::new(4usize * dw);
+    let mut dv_acc = Array::<Vector<F, N>>::new(4usize * dw);
+    #[unroll]
+    for s in 0..4usize {
+        col[s] = first + groups * s + ty;
+        #[unroll]
+        for w in 0..dw {
+            dk_acc[s * dw + w] = zero;
+            dv_acc[s * dw + w] = zero;
+        }
+    }
+
+    let mut score = Array::<F>::new(16usize * cv);
+    let mut dp = Array::<F>::new(16usize * cv);
+    // The query tile transposed, then the output gradients as they are, then the queries as
+    // they are; the output gradients transposed, then P, then dS.
+    let mut qa = SharedMemory::<Vector<F, N>>::new(d * bq4);
+    let mut qb = SharedMemory::<Vector<F, N>>::new(comptime!(usize::max(d * bq4, bq * groups)));
+    let go = grad_out;
+    let mut tile = cube.first_query - cube.first_query % bq;
+    while tile < l {
+        stage_tile::<F, N>(q, q, &mut qa, &queries, tile, l, dl, bq, true);
+        stage_tile::<F, N>(go, go, &mut qb, &queries, tile, l, dl, bq, true);
+        sync_cube();
+
+        // Sᵀ = K·Qᵀ (scaled), dPᵀ = V·dOᵀ, then P and dS = P ∘ (dP − D), zero for hidden
+        // pairs.
+        tile_scores::<F, N>(&mut score, &kt, &qa, ty, tx, d, bq4, cv, groups);
+        tile_scores::<F, N>(&mut dp, &vt, &qb, ty, tx, d, bq4, cv, groups);
+        #[unroll]
+        for u in 0..cv {
+            #[unroll]
+            for e in 0..4usize {
+                let i = tile + lane_column(tx, u, e);
+                let row_lse = cube.lse::<F>(stats, i);
+                let row_delta = cube.delta::<F>(stats, i);
+                #[unroll]
+                for s in 0..4usize {
+                    let x = score_slot(s, u, e, cv);
+                    let p = select(vis.sees(col[s], i), F::exp(score[x] - row_lse), F::new(0.0));
+                    score[x] = p;
+                    dp[x] = p * (dp[x] - row_delta);
+                }
+            }
+        }
+        sync_cube();
+        // dV += P·dO, outer products over the tile's query rows.
+        store_tile_columns::<F, N>(&score, &mut qb, ty, tx, cv, groups);
+        stage_tile::<F, N>(go, go, &mut qa, &queries, tile, l, dl, bq, false);
+        sync_cube();
+        accumulate_rows::<F, N>(&mut dv_acc, &qb, &qa, ty, tx, bq, dl, groups);
+        sync_cube();
+        // dK += dS·Q.
+        store_tile_columns::<F, N>(&dp, &mut qb, ty, tx, cv, groups);
+        stage_tile::<F, N>(q, q, &mut qa, &queries, tile, l, dl, bq, false);
+        sync_cube();
+        accumulate_rows::<F, N>(&mut dk_acc, &qb, &qa, ty, tx, bq, dl, groups);
+        sync_cube();
+        tile += bq;
+    }
+
+    let scale_v = Vector::new(scale_f);
+    #[unroll]
+    for s in 0..4usize {
+        #[unroll]
+        for w in 0..dw {
+            let x = tx + TILED_LANES * w;
+            let dk_val = dk_acc[s * dw + w] * scale_v;
+            cube.partials
+                .write::<F, N>(dk, dpk, col[s], x, dk_val, columns, dl);
+            cube.partials
+                .write::<F, N>(dv, dpv, col[s], x, dv_acc[s * dw + w], columns, dl);
+        }
+    }
+}
+
+/// Stages `4·groups` rows (or columns) of `layout` from `first` on — query rows, or key or value
+/// columns of `[prefix ; sequence]` (`seq_t`, `prefix_t`) — transposed in four-by-four blocks
+/// and scaled: `dst[k·groups + group]` is the vector of rows `first + group + groups·e`
+/// (`e` = 0 … 3) at head-dimension index `k`, zeros from `end` on. Four vector loads and four
+/// vector stores per block.
 #[cube]
-fn stage_rows_transposed<F: Float, N: Size>(
-    src: &Tensor<Vector<F, N>>,
+#[allow(clippy::too_many_arguments)]
+fn stage_groups_transposed<F: Float, N: Size>(
+    seq_t: &Tensor<Vector<F, N>>,
+    prefix_t: &Tensor<Vector<F, N>>,
     dst: &mut SharedMemory<Vector<F, N>>,
-    block: &QueryBlock,
+    layout: &ColumnLayout,
+    first: usize,
+    end: usize,
     scale: F,
     #[comptime] dl: usize,
     #[comptime] groups: usize,
 ) {
-    let ty = block.lanes.first;
     let mut idx = UNIT_POS_X as usize;
     while idx < dl * groups {
         let group = idx % groups;
@@ -368,11 +541,8 @@ fn stage_rows_transposed<F: Float, N: Size>(
         let mut rows4 = Array::<Vector<F, N>>::new(4usize);
         #[unroll]
         for e in 0..4usize {
-            let row = block.row(e) - ty + group;
-            rows4[e] = Vector::new(F::new(0.0));
-            if row < block.rows {
-                rows4[e] = src[block.index(row) * dl + kvec];
-            }
+            let row = first + groups * e + group;
+            rows4[e] = layout.vector::<F, N>(seq_t, prefix_t, row, kvec, end, dl);
         }
         transpose_store::<F, N>(&rows4, dst, kvec * 4usize * groups + group, groups, scale);
         idx += CUBE_DIM_X as usize;
@@ -420,7 +590,7 @@ fn stage_tile<F: Float, N: Size>(
 }
 
 /// The `4 × 4·cv` block of products of unit `(ty, tx)`: `score[s·4·cv + 4·u + e]` is row `s` of
-/// group `ty` (`rows_t`, staged by [`stage_rows_transposed`]) times column `4·(tx + 8u) + e` of
+/// group `ty` (`rows_t`, staged by [`stage_groups_transposed`]) times column `4·(tx + 8u) + e` of
 /// the tile (`cols_t`, staged transposed by [`stage_tile`]), over the `d` entries: outer
 /// products, two vector loads per 16 multiply-adds.
 #[cube]
@@ -560,6 +730,15 @@ fn transpose_store<F: Float, N: Size>(
 /// bytes (f32): the queries, the key tile or the probabilities, and the value tile.
 pub fn shared_bytes(head_dim: usize, bc: usize) -> usize {
     let floats = TILED_ROWS * head_dim + (head_dim * bc).max(TILED_ROWS * bc) + bc * head_dim;
+    floats * 4
+}
+
+/// Shared memory of the tiled dK/dV at head dimension `head_dim`, `bq` query rows per tile and
+/// `groups` column groups, in bytes (f32): the cube's key and value columns, and two query-tile
+/// buffers (the queries and output gradients transposed, then as they are, and P and dS).
+pub fn dkdv_shared_bytes(head_dim: usize, bq: usize, groups: usize) -> usize {
+    let cols = 4 * groups;
+    let floats = 2 * cols * head_dim + head_dim * bq + (head_dim * bq).max(bq * cols);
     floats * 4
 }
 

@@ -681,15 +681,17 @@ pub fn assert_fused_path_allocates_no_score_matrix<B: PrefixAttentionBackend>() 
     );
 }
 
-/// The query gradient of backend `B`'s fused path for the loss `Σ out ∘ dout`, as f32.
-pub fn run_query_grad<B: PrefixAttentionBackend>(
+/// The gradients of backend `B`'s fused path for the loss `Σ out ∘ dout`, as f32: query,
+/// keys, values, prefix keys, prefix values (every input is tracked).
+pub fn run_grads<B: PrefixAttentionBackend>(
     c: &Case,
     x: &Inputs,
     dout: &[f64],
     dev: &B::Device,
-) -> Vec<f32> {
-    let [q, ..] = run_backward::<B>(c, x, dout, dev, AttentionPath::Fused).1;
-    q.expect("the query is tracked")
+) -> [Vec<f32>; 5] {
+    run_backward::<B>(c, x, dout, dev, AttentionPath::Fused)
+        .1
+        .map(|g| g.expect("every input is tracked"))
 }
 
 /// Asserts that `a` and `b` differ in at least one bit (the switch between two kernels that sum
@@ -705,22 +707,22 @@ fn assert_other_bits_and_deterministic(a: &[f32], b: &[f32], again: &[f32], what
     );
 }
 
-/// The register-tiled forward and dQ kernels (`set_forward_kernel` and `set_dq_kernel` with
-/// `KernelShape::Tiles`) on backend `B` against the f64 oracle, forward and gradients, on the
-/// whole sweep; and that each switch takes effect: a tiled kernel sums in another order than the
-/// row kernel, so on a case it takes its results differ in their last bits while both match the
-/// oracle, and two runs agree bit for bit. The device's planes must be at least 8 wide
+/// The register-tiled forward, dQ and dK/dV kernels (`set_kernel_shape(pass,
+/// Some(KernelShape::Tiles))`) on backend `B` against the f64 oracle, forward and gradients, on
+/// the whole sweep; and that each switch takes effect: a tiled kernel sums in another order than
+/// the row kernel, so on a case it takes its results differ in their last bits while both match
+/// the oracle, and two runs agree bit for bit. The device's planes must be at least 8 wide
 /// (narrower ones take the row kernels). Hold [`exclusive`] (or run it in a test binary of its
 /// own): the settings are process-wide.
 pub fn check_tiled_kernels<B: PrefixAttentionBackend>() {
-    use peft_kernels::{KernelShape, set_dq_kernel, set_forward_kernel};
+    use peft_kernels::{KernelPass, KernelShape, set_kernel_shape};
     let dev = Default::default();
     // d = 64, prefix, GQA, a second head in the last cube of 64 rows.
     let c = Case::new(2, 6, 2, 113, 64, 20);
     let x = Inputs::random(&c, 21);
-    set_forward_kernel(Some(KernelShape::Rows));
+    set_kernel_shape(KernelPass::Forward, Some(KernelShape::Rows));
     let rows = run_forward::<B>(&c, &x, &dev, AttentionPath::Fused);
-    set_forward_kernel(Some(KernelShape::Tiles));
+    set_kernel_shape(KernelPass::Forward, Some(KernelShape::Tiles));
     let tiles = run_forward::<B>(&c, &x, &dev, AttentionPath::Fused);
     let again = run_forward::<B>(&c, &x, &dev, AttentionPath::Fused);
     let (oracle, _) = forward(&c, &x);
@@ -728,45 +730,63 @@ pub fn check_tiled_kernels<B: PrefixAttentionBackend>() {
     assert!(max_abs_diff(&oracle, &tiles) < OUT_TOL);
     assert_other_bits_and_deterministic(&rows, &tiles, &again, "forward");
 
-    // dQ, after the row forward (the same output and log-sum-exp for both dQ kernels).
-    set_forward_kernel(Some(KernelShape::Rows));
+    // Each backward kernel on its own, after the row forward (the same output and log-sum-exp
+    // for both of its shapes) and with the other backward kernel by rows: dQ (the query's
+    // gradient), then dK/dV (the keys', values' and prefix's).
+    set_kernel_shape(KernelPass::Forward, Some(KernelShape::Rows));
     let dout = Rng::new(22).vec(c.q_len());
-    let oracle = backward(&c, &x, &dout).q;
-    set_dq_kernel(Some(KernelShape::Rows));
-    let rows = run_query_grad::<B>(&c, &x, &dout, &dev);
-    set_dq_kernel(Some(KernelShape::Tiles));
-    let tiles = run_query_grad::<B>(&c, &x, &dout, &dev);
-    let again = run_query_grad::<B>(&c, &x, &dout, &dev);
-    assert!(max_rel_diff(&oracle, &rows) < GRAD_TOL);
-    let err = max_rel_diff(&oracle, &tiles);
-    assert!(err < GRAD_TOL, "tiled dQ: error {err}");
-    assert_other_bits_and_deterministic(&rows, &tiles, &again, "dQ");
+    let oracle = backward(&c, &x, &dout);
+    let oracle = [oracle.q, oracle.k, oracle.v, oracle.pk, oracle.pv];
+    for (pass, range) in [(KernelPass::Dq, 0..1), (KernelPass::Dkdv, 1..5)] {
+        let grads = |shape| {
+            set_kernel_shape(pass, Some(shape));
+            run_grads::<B>(&c, &x, &dout, &dev)[range.clone()].concat()
+        };
+        let (rows, tiles, again) = (
+            grads(KernelShape::Rows),
+            grads(KernelShape::Tiles),
+            grads(KernelShape::Tiles),
+        );
+        let mut at = 0;
+        for want in &oracle[range.clone()] {
+            let span = at..at + want.len();
+            assert!(max_rel_diff(want, &rows[span.clone()]) < GRAD_TOL);
+            let err = max_rel_diff(want, &tiles[span]);
+            assert!(err < GRAD_TOL, "tiled {}: error {err}", pass.name());
+            at += want.len();
+        }
+        assert_other_bits_and_deterministic(&rows, &tiles, &again, pass.name());
+        set_kernel_shape(pass, Some(KernelShape::Rows));
+    }
 
-    // Both tiled: P ∈ {0, 1, 7, 20, 64}, L ∈ {1, 17, 113}, GQA 1 and 3, Hkv = 1, d ∈ {32, 64}
-    // (dQ in cubes of 64 rows at d = 32 and of 32 rows at d = 64 on lavapipe), padded and fully
-    // padded rows, per-row prefixes, more keys than queries (head dimensions that are not
-    // multiples of 32 take the row kernels).
-    set_forward_kernel(Some(KernelShape::Tiles));
+    // All three tiled: P ∈ {0, 1, 7, 20, 64}, L ∈ {1, 17, 113}, GQA 1 and 3, Hkv = 1,
+    // d ∈ {32, 64} (dQ and dK/dV in cubes of 64 rows or columns at d = 32 and of 32 at d = 64
+    // on lavapipe), padded and fully padded rows, per-row prefixes, more keys than queries
+    // (head dimensions that are not multiples of 32 take the row kernels).
+    for pass in KernelPass::ALL {
+        set_kernel_shape(pass, Some(KernelShape::Tiles));
+    }
     for c in sweep() {
         let r = check::<B>(&c, 3, &dev, AttentionPath::Fused);
         assert!(r.passes(), "tiled kernels, {c:?}: {r:?}");
     }
     // Rows of several heads in one cube and a partial last cube: g·L = 3·50 rows in cubes of 64
-    // (and of 32 for dQ where 64 do not fit).
+    // (and of 32 where 64 do not fit); 9 + 50 columns in a cube of 64 (or two of 32).
     for d in [32, 64] {
         let c = Case::new(2, 3, 1, 50, d, 9).key_lengths(vec![50, 23]);
         let r = check::<B>(&c, 8, &dev, AttentionPath::Fused);
         assert!(r.passes(), "tiled kernels, {c:?}: {r:?}");
     }
-    set_forward_kernel(None);
-    set_dq_kernel(None);
+    for pass in KernelPass::ALL {
+        set_kernel_shape(pass, None);
+    }
 }
 
 /// The lock behind [`exclusive`] and [`shared`].
 static SETTINGS: std::sync::RwLock<()> = std::sync::RwLock::new(());
 
 /// Held by a test that changes the kernels' process-wide settings (lanes, rows, step block,
-/// forward and dQ kernels) or reads the process-wide allocation record: no other test of the
+/// kernel shapes) or reads the process-wide allocation record: no other test of the
 /// binary runs while it is held, and every setting is back at its default when it is dropped (a
 /// panic included).
 pub struct Exclusive(std::sync::RwLockWriteGuard<'static, ()>);
@@ -778,8 +798,9 @@ impl Drop for Exclusive {
         peft_kernels::set_lanes_per_row(None).expect("None is accepted");
         peft_kernels::set_rows_per_unit(None).expect("None is accepted");
         peft_kernels::set_step_block(None).expect("None is accepted");
-        peft_kernels::set_forward_kernel(None);
-        peft_kernels::set_dq_kernel(None);
+        for pass in peft_kernels::KernelPass::ALL {
+            peft_kernels::set_kernel_shape(pass, None);
+        }
     }
 }
 

@@ -9,7 +9,7 @@ use burn::{
 };
 use clap::Args;
 use peft_kernels::{
-    AttentionPath, KernelShape, PrefixAttention, PrefixAttentionAutodiffBackend,
+    AttentionPath, KernelPass, KernelShape, PrefixAttention, PrefixAttentionAutodiffBackend,
     PrefixAttentionBackend,
     backends::{BackendKind, BackendVisitor},
     baseline,
@@ -80,6 +80,19 @@ pub struct AttentionBench {
     /// shared memory within the device's (others time the row kernel). CubeCL backends only.
     #[arg(long, value_delimiter = ',')]
     pub dq: Vec<KernelShape>,
+    /// Also time the fused dK/dV kernels named here (comma-separated: `rows` or `tiles`, as for
+    /// `--dq`), side by side with the default in the same process; combined with the other
+    /// layout lists. CubeCL backends only.
+    #[arg(long, value_delimiter = ',')]
+    pub dkdv: Vec<KernelShape>,
+}
+
+impl AttentionBench {
+    /// The kernel-shape lists of `--forward`, `--dq` and `--dkdv`, in [`KernelPass::ALL`]'s
+    /// order.
+    fn shape_lists(&self) -> [&[KernelShape]; 3] {
+        [&self.forward, &self.dq, &self.dkdv]
+    }
 }
 
 pub(super) struct Attn(pub(super) AttentionBench);
@@ -108,9 +121,9 @@ impl BackendVisitor for Attn {
                 bail!("{flag}: {} has no fused kernels", a.backend);
             }
         }
-        for (flag, list) in [("--forward", &a.forward), ("--dq", &a.dq)] {
+        for (pass, list) in KernelPass::ALL.into_iter().zip(a.shape_lists()) {
             if !list.is_empty() && !B::has_fused_prefix_attention() {
-                bail!("{flag}: {} has no fused kernels", a.backend);
+                bail!("--{}: {} has no fused kernels", pass.name(), a.backend);
             }
         }
         let mut report = serde_json::Map::new();
@@ -136,8 +149,9 @@ impl BackendVisitor for Attn {
         peft_kernels::set_lanes_per_row(None)?;
         peft_kernels::set_rows_per_unit(None)?;
         peft_kernels::set_step_block(None)?;
-        peft_kernels::set_forward_kernel(None);
-        peft_kernels::set_dq_kernel(None);
+        for pass in KernelPass::ALL {
+            peft_kernels::set_kernel_shape(pass, None);
+        }
         let by_layout = by_layout?;
         let fused_available = B::has_fused_prefix_attention();
         if a.json {
@@ -181,9 +195,10 @@ impl BackendVisitor for Attn {
                     _ => "default".to_string(),
                 };
                 println!(
-                    "fused, forward kernel {}, dQ kernel {}, rows per unit {}, lanes per row {}, step block {}: forward {:.2} ms, forward_backward {:.2} ms",
+                    "fused, forward kernel {}, dQ kernel {}, dK/dV kernel {}, rows per unit {}, lanes per row {}, step block {}: forward {:.2} ms, forward_backward {:.2} ms",
                     kernel("forward"),
                     kernel("dq"),
+                    kernel("dkdv"),
                     count("rows"),
                     count("lanes"),
                     count("block"),
@@ -196,9 +211,10 @@ impl BackendVisitor for Attn {
     }
 }
 
-/// Fused forward and forward + backward times at every (forward kernel, dQ kernel, rows per
-/// unit, lanes per row, step block) of `--forward` × `--dq` × `--rows` × `--lanes` × `--blocks`
-/// (a list left empty stays at the default, `null` in the JSON). Leaves the last layout set.
+/// Fused forward and forward + backward times at every (forward kernel, dQ kernel, dK/dV
+/// kernel, rows per unit, lanes per row, step block) of `--forward` × `--dq` × `--dkdv` ×
+/// `--rows` × `--lanes` × `--blocks` (a list left empty stays at the default, `null` in the
+/// JSON). Leaves the last layout set.
 fn time_layouts<B: PrefixAttentionBackend>(
     a: &AttentionBench,
     device: &B::Device,
@@ -207,35 +223,45 @@ fn time_layouts<B: PrefixAttentionBackend>(
     let lists_empty = a.rows.is_empty()
         && a.lanes.is_empty()
         && a.blocks.is_empty()
-        && a.forward.is_empty()
-        && a.dq.is_empty();
+        && a.shape_lists().iter().all(|l| l.is_empty());
     if lists_empty {
         return Ok(timed);
     }
-    let shapes: Vec<_> = or_default(&a.forward)
-        .into_iter()
-        .flat_map(|f| or_default(&a.dq).into_iter().map(move |q| (f, q)))
-        .collect();
-    for (forward_kernel, dq_kernel) in shapes {
+    // Every combination of the three passes' shapes, the forward's varying slowest.
+    let mut shapes = vec![Vec::new()];
+    for list in a.shape_lists() {
+        shapes = shapes
+            .into_iter()
+            .flat_map(|prefix| {
+                or_default(list).into_iter().map(move |shape| {
+                    let mut next = prefix.clone();
+                    next.push(shape);
+                    next
+                })
+            })
+            .collect();
+    }
+    for pass_shapes in shapes {
         for rows in or_default(&a.rows) {
             for lanes in or_default(&a.lanes) {
                 for block in or_default(&a.blocks) {
-                    peft_kernels::set_forward_kernel(forward_kernel);
-                    peft_kernels::set_dq_kernel(dq_kernel);
+                    for (&pass, &shape) in KernelPass::ALL.iter().zip(&pass_shapes) {
+                        peft_kernels::set_kernel_shape(pass, shape);
+                    }
                     peft_kernels::set_rows_per_unit(rows)?;
                     peft_kernels::set_lanes_per_row(lanes)?;
                     peft_kernels::set_step_block(block)?;
                     let forward = time_forward::<B>(a, Impl::Fused, device);
                     let forward_backward = time_backward::<Autodiff<B>>(a, Impl::Fused, device);
-                    let name = |k: Option<KernelShape>| k.map(|k| k.to_string());
-                    timed.push(
-                        json!({"forward": name(forward_kernel), "dq": name(dq_kernel),
-                                      "rows": rows, "lanes": lanes, "block": block,
-                                      "forward_ms": forward.ms,
-                                      "forward_backward_ms": forward_backward.ms,
-                                      "forward_enqueue_ms": forward.enqueue_ms,
-                                      "forward_backward_enqueue_ms": forward_backward.enqueue_ms}),
-                    );
+                    let mut row = json!({"rows": rows, "lanes": lanes, "block": block,
+                                  "forward_ms": forward.ms,
+                                  "forward_backward_ms": forward_backward.ms,
+                                  "forward_enqueue_ms": forward.enqueue_ms,
+                                  "forward_backward_enqueue_ms": forward_backward.enqueue_ms});
+                    for (pass, shape) in KernelPass::ALL.into_iter().zip(&pass_shapes) {
+                        row[pass.name()] = shape.map(|k| k.to_string()).into();
+                    }
+                    timed.push(row);
                 }
             }
         }
