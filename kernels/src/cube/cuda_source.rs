@@ -16,7 +16,10 @@ use cubecl::{
     wgpu::{WgpuDevice, WgpuRuntime},
 };
 
-use super::{RowLaunch, TILE, kernels, vector_size};
+use super::{
+    TILE, kernels,
+    launch::{RowLaunch, TILED_COLUMNS, step_block, vector_size},
+};
 
 /// Units per plane (warp) on NVIDIA GPUs, for the cube sizes the launches choose.
 const CUDA_PLANE: usize = 32;
@@ -98,7 +101,7 @@ pub fn cuda_sources(
     // The cubes the CUDA launches use (the cube size bounds the registers a kernel may take):
     // the row-walking kernels' cube for this layout.
     let row_cube = RowLaunch::new(0, rows, lanes, CUDA_PLANE).dim(lanes);
-    let block = super::step_block();
+    let block = step_block();
     let settings = |dim: CubeDim| KernelSettings::default().cube_dim(dim);
     let t = || TensorCompilationArg { inplace: None };
     let f32_ty = f32::as_type_native_unchecked().storage_type();
@@ -191,7 +194,7 @@ pub fn cuda_sources(
     ])
 }
 
-/// The CUDA C++ of the register-tiled forward, dQ and dK/dV ([`super::tiled`]; named
+/// The CUDA C++ of the register-tiled forward, dQ and dK/dV (`kernels/src/cube/tiled.rs`; named
 /// `forward_tiled`, `dq_tiled` and `dkdv_tiled`) at head dimension `head_dim` (a multiple of 32,
 /// the kernels' requirement), each with its launch's cube on a GPU: 128 units (dQ and dK/dV
 /// with 16 row or column groups, taken wherever the device's shared memory allows them: on
@@ -230,7 +233,7 @@ pub fn tiled_sources(
         (),
         4,
         head_dim / 4,
-        super::TILED_COLUMNS,
+        TILED_COLUMNS,
         [f32_ty, u32_ty],
     );
     let dq = super::tiled::dq_tiled_kernel::DqTiledKernel::<WgpuRuntime>::new(
@@ -253,7 +256,7 @@ pub fn tiled_sources(
         (),
         4,
         head_dim / 4,
-        super::TILED_COLUMNS,
+        TILED_COLUMNS,
         groups,
         [f32_ty, u32_ty],
     );
@@ -278,7 +281,7 @@ pub fn tiled_sources(
         (),
         4,
         head_dim / 4,
-        super::TILED_COLUMNS,
+        TILED_COLUMNS,
         groups,
         [f32_ty, u32_ty],
     );

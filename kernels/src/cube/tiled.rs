@@ -13,9 +13,10 @@
 //!
 //! Layout (`N = 4`, head dimension a multiple of 32; the launch falls back to the row kernel
 //! otherwise):
-//! * A cube owns 64 query rows of the per-key/value-head view ([`QueryBlock`]) and has 128
-//!   units: 16 row groups (`ty`) of 8 lanes (`tx`). Unit `(ty, tx)` owns rows
-//!   `ty, ty + 16, ty + 32, ty + 48` of the block — one vector of four rows.
+//! * A cube owns 64 query rows of the per-key/value-head view
+//!   ([`QueryBlock`](super::kernels::QueryBlock)) and has 128 units: 16 row groups (`ty`) of 8
+//!   lanes (`tx`). Unit `(ty, tx)` owns rows `ty, ty + 16, ty + 32, ty + 48` of the block — one
+//!   vector of four rows.
 //! * `qs` `[d][16]`: the scaled queries transposed, entry `(k, ty)` the vector of the four rows
 //!   of group `ty` at head-dimension index `k`. Staged once.
 //! * `kps` `[d][BC/4]`: a tile of `BC` key columns transposed, entry `(k, c4)` the vector of
