@@ -119,10 +119,7 @@ pub fn cuda_sources(
         t(),
         t(),
         t(),
-        (),
-        (),
-        (),
-        (),
+        scalars(),
         n,
         dl,
         TILE,
@@ -146,10 +143,7 @@ pub fn cuda_sources(
         t(),
         t(),
         t(),
-        (),
-        (),
-        (),
-        (),
+        scalars(),
         n,
         dl,
         TILE,
@@ -174,10 +168,7 @@ pub fn cuda_sources(
         t(),
         t(),
         t(),
-        (),
-        (),
-        (),
-        (),
+        scalars(),
         n,
         dl,
         TILE,
@@ -227,10 +218,7 @@ pub fn tiled_sources(
         t(),
         t(),
         t(),
-        (),
-        (),
-        (),
-        (),
+        scalars(),
         4,
         head_dim / 4,
         TILED_COLUMNS,
@@ -250,10 +238,7 @@ pub fn tiled_sources(
         t(),
         t(),
         t(),
-        (),
-        (),
-        (),
-        (),
+        scalars(),
         4,
         head_dim / 4,
         TILED_COLUMNS,
@@ -275,10 +260,7 @@ pub fn tiled_sources(
         t(),
         t(),
         t(),
-        (),
-        (),
-        (),
-        (),
+        scalars(),
         4,
         head_dim / 4,
         TILED_COLUMNS,
@@ -290,6 +272,17 @@ pub fn tiled_sources(
         compile("dq_tiled", dq)?,
         compile("dkdv_tiled", dkdv)?,
     ])
+}
+
+/// The compilation argument of [`kernels::AttentionScalars`] (runtime scalars: nothing to
+/// compile in).
+fn scalars() -> kernels::AttentionScalarsCompilationArg {
+    kernels::AttentionScalarsCompilationArg {
+        scale: (),
+        prefix: (),
+        prefix_shared: (),
+        lengths_given: (),
+    }
 }
 
 fn compile<K: CubeKernel>(name: &'static str, kernel: K) -> Result<KernelSource, SourceError> {

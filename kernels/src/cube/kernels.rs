@@ -39,6 +39,21 @@ use cubecl::{cube, prelude::*};
 /// Stand-in for `-inf` (finite, so it compiles to WGSL).
 pub const NEG_LARGE: f32 = -1.0e30;
 
+/// The scalar arguments of every attention kernel: the softmax scale; `prefix`, the prefix
+/// slots `P`; `prefix_shared != 0` when one prefix serves the whole batch; and `lengths_given`,
+/// which per-row lengths the kernel's `lengths` buffer holds (see [`Visibility::of_row`]).
+#[derive(CubeLaunch, CubeType)]
+pub struct AttentionScalars {
+    /// Factor of the scores, usually `1/√d`.
+    pub scale: f32,
+    /// Prefix slots `P` (0 without a prefix).
+    pub prefix: u32,
+    /// 1 when the prefix tensors hold one prefix for the batch, 0 when one per batch row.
+    pub prefix_shared: u32,
+    /// Bit 0: prefix lengths given; bit 1: key lengths given.
+    pub lengths_given: u32,
+}
+
 /// Where the columns of `[prefix ; sequence]` of one (batch row, key/value head) live: column
 /// `c < prefix` is prefix slot `c` of batch row `pb` of the prefix tensors (row 0 when the
 /// prefix is shared by the batch), column `c ≥ prefix` sequence position `c - prefix` of batch
@@ -452,29 +467,27 @@ pub(super) struct RowCube {
 
 #[cube]
 impl RowCube {
-    /// This cube's rows of queries `q` `[B, H, L, ·]` against keys `k` `[B, Hkv, S, ·]` and
-    /// `prefix` prefix slots (`prefix_shared != 0`: one prefix for the batch); `lengths` and
-    /// `lengths_given` as [`Visibility::of_row`] takes them; units laid out as
+    /// This cube's rows of queries `q` `[B, H, L, ·]` against keys `k` `[B, Hkv, S, ·]`, with
+    /// the prefix and per-row lengths `lengths` that `scalars` describes; units laid out as
     /// [`QueryBlock::of_cube`].
-    #[allow(clippy::too_many_arguments)]
     pub(super) fn of_cube<F: Float, N: Size, I: Int>(
         q: &Tensor<Vector<F, N>>,
         k: &Tensor<Vector<F, N>>,
         lengths: &Tensor<I>,
-        lengths_given: u32,
-        prefix: u32,
-        prefix_shared: u32,
+        scalars: &AttentionScalars,
         #[comptime] rows_per_unit: usize,
         #[comptime] lanes: usize,
     ) -> RowCube {
         let batch = q.shape(0);
         let kv_heads = k.shape(1);
         let seq = k.shape(2);
-        let prefix = prefix as usize;
+        let prefix = scalars.prefix as usize;
+        let given = scalars.lengths_given;
+        let shared = scalars.prefix_shared != 0;
         let block = QueryBlock::of_cube::<F, N>(q, kv_heads, rows_per_unit, lanes);
         let (b, kv) = (block.b, block.kv);
-        let vis = Visibility::of_row(lengths, lengths_given, b, batch, block.l, prefix, seq);
-        let layout = ColumnLayout::of_head(b, kv, kv_heads, prefix, prefix_shared != 0, seq);
+        let vis = Visibility::of_row(lengths, given, b, batch, block.l, prefix, seq);
+        let layout = ColumnLayout::of_head(b, kv, kv_heads, prefix, shared, seq);
         let end = block.column_end(prefix, seq);
         RowCube {
             block,
@@ -519,17 +532,14 @@ pub(super) struct ColumnCube {
 
 #[cube]
 impl ColumnCube {
-    /// This cube's columns, `cube_cols` of them, for queries `q` `[B, H, L, ·]`, keys `k`
-    /// `[B, Hkv, S, ·]`, `prefix` prefix slots (`prefix_shared != 0`: one prefix for the batch)
-    /// and `lengths`, `lengths_given` as [`Visibility::of_row`] takes them.
-    #[allow(clippy::too_many_arguments)]
+    /// This cube's columns, `cube_cols` of them, for queries `q` `[B, H, L, ·]` and keys `k`
+    /// `[B, Hkv, S, ·]`, with the prefix and per-row lengths `lengths` that `scalars`
+    /// describes.
     pub(super) fn of_cube<F: Float, N: Size, I: Int>(
         q: &Tensor<Vector<F, N>>,
         k: &Tensor<Vector<F, N>>,
         lengths: &Tensor<I>,
-        lengths_given: u32,
-        prefix: u32,
-        prefix_shared: u32,
+        scalars: &AttentionScalars,
         cube_cols: usize,
     ) -> ColumnCube {
         let batch = q.shape(0);
@@ -537,13 +547,15 @@ impl ColumnCube {
         let l = q.shape(2);
         let kv_heads = k.shape(1);
         let seq = k.shape(2);
-        let prefix = prefix as usize;
+        let prefix = scalars.prefix as usize;
+        let given = scalars.lengths_given;
+        let shared = scalars.prefix_shared != 0;
         let bkv = CUBE_POS_Y as usize;
         let b = bkv / kv_heads;
         let kv = bkv % kv_heads;
         let h = CUBE_POS_Z as usize;
         let head = kv * (heads / kv_heads) + h;
-        let vis = Visibility::of_row(lengths, lengths_given, b, batch, l, prefix, seq);
+        let vis = Visibility::of_row(lengths, given, b, batch, l, prefix, seq);
         let first = CUBE_POS_X as usize * cube_cols;
         let mut first_query = 0;
         if first >= prefix && first - prefix > vis.causal_offset {
@@ -551,7 +563,7 @@ impl ColumnCube {
         }
         ColumnCube {
             vis,
-            layout: ColumnLayout::of_head(b, kv, kv_heads, prefix, prefix_shared != 0, seq),
+            layout: ColumnLayout::of_head(b, kv, kv_heads, prefix, shared, seq),
             partials: ColumnLayout::of_head(h * batch + b, kv, kv_heads, prefix, false, seq),
             queries: ColumnLayout::of_head(b, head, heads, 0, false, l),
             first,
@@ -634,10 +646,7 @@ pub fn forward_kernel<F: Float, I: Int, N: Size>(
     lengths: &Tensor<I>,
     out: &mut Tensor<Vector<F, N>>,
     lse: &mut Tensor<F>,
-    scale: f32,
-    prefix: u32,
-    prefix_shared: u32,
-    lengths_given: u32,
+    scalars: &AttentionScalars,
     #[comptime] dl: usize,
     #[comptime] bk: usize,
     #[comptime] rows_per_unit: usize,
@@ -646,23 +655,14 @@ pub fn forward_kernel<F: Float, I: Int, N: Size>(
     #[comptime] unroll: bool,
     #[define(F, I)] _dtypes: [StorageType; 2],
 ) {
-    let cube = RowCube::of_cube::<F, N, I>(
-        q,
-        k,
-        lengths,
-        lengths_given,
-        prefix,
-        prefix_shared,
-        rows_per_unit,
-        lanes,
-    );
+    let cube = RowCube::of_cube::<F, N, I>(q, k, lengths, scalars, rows_per_unit, lanes);
     let (block, vis, layout, end) = (cube.block, cube.vis, cube.layout, cube.end);
     let (rows, ln) = (block.rows, block.lanes);
     // Vectors of a row held by this unit.
     let dw = comptime!(dl / lanes);
 
     let zero = Vector::new(F::new(0.0));
-    let scale_v = Vector::new(F::cast_from(scale));
+    let scale_v = Vector::new(F::cast_from(scalars.scale));
     let mut qr = Array::<Vector<F, N>>::new(rows_per_unit * dw);
     let mut acc = Array::<Vector<F, N>>::new(rows_per_unit * dw);
     let mut m = Array::<F>::new(rows_per_unit);
@@ -809,10 +809,7 @@ pub fn dq_kernel<F: Float, I: Int, N: Size>(
     lse: &Tensor<F>,
     stats: &mut Tensor<F>,
     dq: &mut Tensor<Vector<F, N>>,
-    scale: f32,
-    prefix: u32,
-    prefix_shared: u32,
-    lengths_given: u32,
+    scalars: &AttentionScalars,
     #[comptime] dl: usize,
     #[comptime] bk: usize,
     #[comptime] rows_per_unit: usize,
@@ -821,16 +818,7 @@ pub fn dq_kernel<F: Float, I: Int, N: Size>(
     #[comptime] unroll: bool,
     #[define(F, I)] _dtypes: [StorageType; 2],
 ) {
-    let cube = RowCube::of_cube::<F, N, I>(
-        q,
-        k,
-        lengths,
-        lengths_given,
-        prefix,
-        prefix_shared,
-        rows_per_unit,
-        lanes,
-    );
+    let cube = RowCube::of_cube::<F, N, I>(q, k, lengths, scalars, rows_per_unit, lanes);
     let (block, vis, layout, end) = (cube.block, cube.vis, cube.layout, cube.end);
     let (rows, ln) = (block.rows, block.lanes);
     let n_rows = q.shape(0) * q.shape(1) * block.l;
@@ -838,7 +826,7 @@ pub fn dq_kernel<F: Float, I: Int, N: Size>(
     let dw = comptime!(dl / lanes);
 
     let zero = Vector::new(F::new(0.0));
-    let scale_v = Vector::new(F::cast_from(scale));
+    let scale_v = Vector::new(F::cast_from(scalars.scale));
     let mut qr = Array::<Vector<F, N>>::new(rows_per_unit * dw);
     let mut dor = Array::<Vector<F, N>>::new(rows_per_unit * dw);
     let mut acc = Array::<Vector<F, N>>::new(rows_per_unit * dw);
@@ -971,10 +959,7 @@ pub fn dkdv_kernel<F: Float, I: Int, N: Size>(
     dv: &mut Tensor<Vector<F, N>>,
     dpk: &mut Tensor<Vector<F, N>>,
     dpv: &mut Tensor<Vector<F, N>>,
-    scale: f32,
-    prefix: u32,
-    prefix_shared: u32,
-    lengths_given: u32,
+    scalars: &AttentionScalars,
     #[comptime] dl: usize,
     #[comptime] bq: usize,
     #[comptime] cols_per_unit: usize,
@@ -984,17 +969,9 @@ pub fn dkdv_kernel<F: Float, I: Int, N: Size>(
     #[define(F, I)] _dtypes: [StorageType; 2],
 ) {
     let ln = Lanes::of_unit(lanes);
-    let cube = ColumnCube::of_cube::<F, N, I>(
-        q,
-        k,
-        lengths,
-        lengths_given,
-        prefix,
-        prefix_shared,
-        ln.step * cols_per_unit,
-    );
+    let cube = ColumnCube::of_cube::<F, N, I>(q, k, lengths, scalars, ln.step * cols_per_unit);
     let (vis, layout, columns) = (cube.vis, cube.layout, cube.columns);
-    let scale_v = Vector::new(F::cast_from(scale));
+    let scale_v = Vector::new(F::cast_from(scalars.scale));
     // Vectors of a column held by this unit.
     let dw = comptime!(dl / lanes);
 

@@ -75,8 +75,8 @@ fn cast<R: CubeRuntime>(t: CubeTensor<R>, dtype: DType) -> CubeTensor<R> {
 }
 
 /// Contiguous f32 inputs and the per-row lengths that were given: `lengths` holds the prefix
-/// lengths (`[B]`, when bit 0 of `lengths_given` is set), then the key lengths (`[B]`, bit 1).
-/// `io_dtype` is the dtype the inputs came in, which the outputs go back to.
+/// lengths (`[B]`, when bit 0 of `scalars.lengths_given` is set), then the key lengths (`[B]`,
+/// bit 1). `io_dtype` is the dtype the inputs came in, which the outputs go back to.
 struct Prepared<R: CubeRuntime> {
     q: CubeTensor<R>,
     k: CubeTensor<R>,
@@ -84,10 +84,30 @@ struct Prepared<R: CubeRuntime> {
     pk: CubeTensor<R>,
     pv: CubeTensor<R>,
     lengths: CubeTensor<R>,
-    lengths_given: u32,
+    scalars: Scalars,
     dims: AttentionDims,
-    scale: f32,
     io_dtype: DType,
+}
+
+/// The scalar arguments of one call's kernels ([`kernels::AttentionScalars`]).
+#[derive(Debug, Clone, Copy)]
+struct Scalars {
+    scale: f32,
+    prefix: u32,
+    prefix_shared: u32,
+    lengths_given: u32,
+}
+
+impl Scalars {
+    /// The launch argument.
+    fn arg<R: CubeRuntime>(self) -> kernels::AttentionScalarsLaunch<R> {
+        kernels::AttentionScalarsLaunch::new(
+            self.scale,
+            self.prefix,
+            self.prefix_shared,
+            self.lengths_given,
+        )
+    }
 }
 
 /// Largest buffer the fused kernels have allocated in this process (bytes).
@@ -159,9 +179,13 @@ fn prepare<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement>(
         pk,
         pv,
         lengths,
-        lengths_given,
+        scalars: Scalars {
+            scale: args.scale,
+            prefix: dims.prefix as u32,
+            prefix_shared: u32::from(dims.prefix_batch == 1),
+            lengths_given,
+        },
         dims,
-        scale: args.scale,
         io_dtype,
     }
 }
@@ -207,10 +231,7 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> PrefixAtte
                 p.lengths.clone().into_tensor_arg(),
                 out.clone().into_tensor_arg(),
                 lse.clone().into_tensor_arg(),
-                p.scale,
-                d.prefix as u32,
-                u32::from(d.prefix_batch == 1),
-                p.lengths_given,
+                p.scalars.arg(),
                 d.head_dim / n,
                 TILED_COLUMNS,
                 [dtype.into(), p.lengths.dtype.into()],
@@ -233,10 +254,7 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> PrefixAtte
             p.lengths.clone().into_tensor_arg(),
             out.clone().into_tensor_arg(),
             lse.clone().into_tensor_arg(),
-            p.scale,
-            d.prefix as u32,
-            u32::from(d.prefix_batch == 1),
-            p.lengths_given,
+            p.scalars.arg(),
             d.head_dim / n,
             TILE,
             rows,
@@ -303,10 +321,7 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> PrefixAtte
                 lse.into_tensor_arg(),
                 stats.clone().into_tensor_arg(),
                 dq.clone().into_tensor_arg(),
-                p.scale,
-                d.prefix as u32,
-                u32::from(d.prefix_batch == 1),
-                p.lengths_given,
+                p.scalars.arg(),
                 d.head_dim / n,
                 TILED_COLUMNS,
                 groups,
@@ -331,10 +346,7 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> PrefixAtte
                 lse.into_tensor_arg(),
                 stats.clone().into_tensor_arg(),
                 dq.clone().into_tensor_arg(),
-                p.scale,
-                d.prefix as u32,
-                u32::from(d.prefix_batch == 1),
-                p.lengths_given,
+                p.scalars.arg(),
                 d.head_dim / n,
                 TILE,
                 rows_per,
@@ -372,10 +384,7 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> PrefixAtte
                 dv.clone().into_tensor_arg(),
                 dpk.clone().into_tensor_arg(),
                 dpv.clone().into_tensor_arg(),
-                p.scale,
-                d.prefix as u32,
-                u32::from(d.prefix_batch == 1),
-                p.lengths_given,
+                p.scalars.arg(),
                 d.head_dim / n,
                 TILED_COLUMNS,
                 groups,
@@ -401,10 +410,7 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> PrefixAtte
                 dv.clone().into_tensor_arg(),
                 dpk.clone().into_tensor_arg(),
                 dpv.clone().into_tensor_arg(),
-                p.scale,
-                d.prefix as u32,
-                u32::from(d.prefix_batch == 1),
-                p.lengths_given,
+                p.scalars.arg(),
                 d.head_dim / n,
                 query_tile(
                     d.head_dim,

@@ -67,7 +67,9 @@
 
 use cubecl::{cube, prelude::*};
 
-use super::kernels::{ColumnCube, ColumnLayout, NEG_LARGE, RowCube, lane_max, lane_sum};
+use super::kernels::{
+    AttentionScalars, ColumnCube, ColumnLayout, NEG_LARGE, RowCube, lane_max, lane_sum,
+};
 
 /// Units sharing a row group: they split the tile's columns and the output's head dimension.
 pub const TILED_LANES: usize = 8;
@@ -92,25 +94,13 @@ pub fn forward_tiled_kernel<F: Float, I: Int, N: Size>(
     lengths: &Tensor<I>,
     out: &mut Tensor<Vector<F, N>>,
     lse: &mut Tensor<F>,
-    scale: f32,
-    prefix: u32,
-    prefix_shared: u32,
-    lengths_given: u32,
+    scalars: &AttentionScalars,
     #[comptime] dl: usize,
     #[comptime] bc: usize,
     #[define(F, I)] _dtypes: [StorageType; 2],
 ) {
     // 16 row groups of 8 lanes; slot `s` of unit (ty, tx) is row `16·s + ty` of the block.
-    let cube = RowCube::of_cube::<F, N, I>(
-        q,
-        k,
-        lengths,
-        lengths_given,
-        prefix,
-        prefix_shared,
-        4usize,
-        TILED_LANES,
-    );
+    let cube = RowCube::of_cube::<F, N, I>(q, k, lengths, scalars, 4usize, TILED_LANES);
     let (block, vis, layout, end) = (cube.block, cube.vis, cube.layout, cube.end);
     let (rows, tx, ty) = (block.rows, block.lanes.lane, block.lanes.first);
     let d = comptime!(dl * 4);
@@ -122,7 +112,7 @@ pub fn forward_tiled_kernel<F: Float, I: Int, N: Size>(
 
     let mut qs = SharedMemory::<Vector<F, N>>::new(d * TILED_GROUPS);
     let (first, row_layout) = (block.first(), block.rows_layout());
-    let scale_f = F::cast_from(scale);
+    let scale_f = F::cast_from(scalars.scale);
     stage_groups_transposed::<F, N>(
         q,
         q,
@@ -258,26 +248,14 @@ pub fn dq_tiled_kernel<F: Float, I: Int, N: Size>(
     lse: &Tensor<F>,
     stats: &mut Tensor<F>,
     dq: &mut Tensor<Vector<F, N>>,
-    scale: f32,
-    prefix: u32,
-    prefix_shared: u32,
-    lengths_given: u32,
+    scalars: &AttentionScalars,
     #[comptime] dl: usize,
     #[comptime] bc: usize,
     #[comptime] groups: usize,
     #[define(F, I)] _dtypes: [StorageType; 2],
 ) {
     // `groups` row groups of 8 lanes; slot `s` of unit (ty, tx) is row `groups·s + ty`.
-    let cube = RowCube::of_cube::<F, N, I>(
-        q,
-        k,
-        lengths,
-        lengths_given,
-        prefix,
-        prefix_shared,
-        4usize,
-        TILED_LANES,
-    );
+    let cube = RowCube::of_cube::<F, N, I>(q, k, lengths, scalars, 4usize, TILED_LANES);
     let (block, vis, layout, end) = (cube.block, cube.vis, cube.layout, cube.end);
     let (rows, tx, ty) = (block.rows, block.lanes.lane, block.lanes.first);
     let n_rows = q.shape(0) * q.shape(1) * block.l;
@@ -289,7 +267,7 @@ pub fn dq_tiled_kernel<F: Float, I: Int, N: Size>(
 
     let mut qs = SharedMemory::<Vector<F, N>>::new(d * groups);
     let (first, row_layout) = (block.first(), block.rows_layout());
-    let scale_f = F::cast_from(scale);
+    let scale_f = F::cast_from(scalars.scale);
     stage_groups_transposed::<F, N>(q, q, &mut qs, &row_layout, first, rows, scale_f, dl, groups);
     let mut dos = SharedMemory::<Vector<F, N>>::new(d * groups);
     let one = F::new(1.0);
@@ -367,7 +345,7 @@ pub fn dq_tiled_kernel<F: Float, I: Int, N: Size>(
         tile += bc;
     }
 
-    let scale_v = Vector::new(F::cast_from(scale));
+    let scale_v = Vector::new(F::cast_from(scalars.scale));
     #[unroll]
     for s in 0..4usize {
         let row = block.row(s);
@@ -402,10 +380,7 @@ pub fn dkdv_tiled_kernel<F: Float, I: Int, N: Size>(
     dv: &mut Tensor<Vector<F, N>>,
     dpk: &mut Tensor<Vector<F, N>>,
     dpv: &mut Tensor<Vector<F, N>>,
-    scale: f32,
-    prefix: u32,
-    prefix_shared: u32,
-    lengths_given: u32,
+    scalars: &AttentionScalars,
     #[comptime] dl: usize,
     #[comptime] bq: usize,
     #[comptime] groups: usize,
@@ -413,15 +388,7 @@ pub fn dkdv_tiled_kernel<F: Float, I: Int, N: Size>(
 ) {
     // `groups` column groups of 8 lanes; slot `s` of unit (ty, tx) is column
     // `first + groups·s + ty` of the cube.
-    let cube = ColumnCube::of_cube::<F, N, I>(
-        q,
-        k,
-        lengths,
-        lengths_given,
-        prefix,
-        prefix_shared,
-        4 * groups,
-    );
+    let cube = ColumnCube::of_cube::<F, N, I>(q, k, lengths, scalars, 4 * groups);
     let (vis, layout, queries, l) = (cube.vis, cube.layout, cube.queries, cube.l);
     let (first, columns) = (cube.first, cube.columns);
     let tx = UNIT_POS_X as usize % TILED_LANES;
@@ -435,7 +402,7 @@ pub fn dkdv_tiled_kernel<F: Float, I: Int, N: Size>(
     // The cube's key columns (scaled) and value columns, transposed, for the whole walk.
     let mut kt = SharedMemory::<Vector<F, N>>::new(d * groups);
     let mut vt = SharedMemory::<Vector<F, N>>::new(d * groups);
-    let scale_f = F::cast_from(scale);
+    let scale_f = F::cast_from(scalars.scale);
     let one = F::new(1.0);
     stage_groups_transposed::<F, N>(k, pk, &mut kt, &layout, first, columns, scale_f, dl, groups);
     stage_groups_transposed::<F, N>(v, pv, &mut vt, &layout, first, columns, one, dl, groups);
