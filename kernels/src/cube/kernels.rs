@@ -28,7 +28,7 @@
 //!   ([`Lanes`], [`lane_sum`]): `1/W` of the registers per unit, for the GPU backward.
 //!
 //! `R` is 1 on GPUs and 8 on CPU Vulkan drivers, `W` 1 on CPU drivers and by head dimension on
-//! GPUs (see `rows_per_unit` and `lanes_per_row` in the parent module).
+//! GPUs (see `rows_per_unit` and `lanes_per_row` in `launch.rs`).
 //!
 //! A score of a hidden pair is never used: hidden pairs are skipped, not masked with `-inf`
 //! (WGSL has no `-inf` literal). A row with no visible column outputs zeros and its log-sum-exp
