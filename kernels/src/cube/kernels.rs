@@ -42,7 +42,7 @@ pub const NEG_LARGE: f32 = -1.0e30;
 /// The scalar arguments of every attention kernel: the softmax scale; `prefix`, the prefix
 /// slots `P`; `prefix_shared != 0` when one prefix serves the whole batch; and `lengths_given`,
 /// which per-row lengths the kernel's `lengths` buffer holds (see [`Visibility::of_row`]).
-#[derive(CubeLaunch, CubeType)]
+#[derive(CubeLaunch, CubeType, Debug, Clone, Copy)]
 pub struct AttentionScalars {
     /// Factor of the scores, usually `1/√d`.
     pub scale: f32,
@@ -52,6 +52,18 @@ pub struct AttentionScalars {
     pub prefix_shared: u32,
     /// Bit 0: prefix lengths given; bit 1: key lengths given.
     pub lengths_given: u32,
+}
+
+impl AttentionScalars {
+    /// These values as a kernel launch argument.
+    pub(super) fn arg<R: Runtime>(self) -> AttentionScalarsLaunch<R> {
+        AttentionScalarsLaunch::new(
+            self.scale,
+            self.prefix,
+            self.prefix_shared,
+            self.lengths_given,
+        )
+    }
 }
 
 /// Where the columns of `[prefix ; sequence]` of one (batch row, key/value head) live: column

@@ -84,30 +84,9 @@ struct Prepared<R: CubeRuntime> {
     pk: CubeTensor<R>,
     pv: CubeTensor<R>,
     lengths: CubeTensor<R>,
-    scalars: Scalars,
+    scalars: kernels::AttentionScalars,
     dims: AttentionDims,
     io_dtype: DType,
-}
-
-/// The scalar arguments of one call's kernels ([`kernels::AttentionScalars`]).
-#[derive(Debug, Clone, Copy)]
-struct Scalars {
-    scale: f32,
-    prefix: u32,
-    prefix_shared: u32,
-    lengths_given: u32,
-}
-
-impl Scalars {
-    /// The launch argument.
-    fn arg<R: CubeRuntime>(self) -> kernels::AttentionScalarsLaunch<R> {
-        kernels::AttentionScalarsLaunch::new(
-            self.scale,
-            self.prefix,
-            self.prefix_shared,
-            self.lengths_given,
-        )
-    }
 }
 
 /// Largest buffer the fused kernels have allocated in this process (bytes).
@@ -179,7 +158,7 @@ fn prepare<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement>(
         pk,
         pv,
         lengths,
-        scalars: Scalars {
+        scalars: kernels::AttentionScalars {
             scale: args.scale,
             prefix: dims.prefix as u32,
             prefix_shared: u32::from(dims.prefix_batch == 1),

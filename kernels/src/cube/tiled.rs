@@ -345,7 +345,7 @@ pub fn dq_tiled_kernel<F: Float, I: Int, N: Size>(
         tile += bc;
     }
 
-    let scale_v = Vector::new(F::cast_from(scalars.scale));
+    let scale_v = Vector::new(scale_f);
     #[unroll]
     for s in 0..4usize {
         let row = block.row(s);
