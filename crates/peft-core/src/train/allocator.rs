@@ -6,7 +6,12 @@
 /// zero: before this, a sixth of a SmolLM2 training step on the CPU went to clearing pages.
 ///
 /// Call it first thing in `main`, before any thread (Rayon's included) exists. It sets:
-/// * no trimming of the heap's top (`M_TRIM_THRESHOLD`), and a 256 MiB pad when it grows;
+/// * no trimming of the heap's top (`M_TRIM_THRESHOLD`), and a 256 MiB pad when it grows. The
+///   threshold is `mallopt`'s `int` −1, which glibc stores as a `size_t`: the largest size, so
+///   never. The largest positive `int`, 2 GiB, was used before and was not enough: after a
+///   step freed its activations, the free top of the heap sometimes exceeded 2 GiB, glibc handed
+///   it back (one `brk` shrink of 2.2 GiB, seen with `strace -e brk`), and the next step faulted
+///   and zeroed all of it again (about 580 k page faults);
 /// * no `mmap` for large blocks (`M_MMAP_MAX = 0`): glibc's mmap threshold tops out at 32 MiB,
 ///   and the LM head's `[tokens, vocab]` logits and their softmax and gradient buffers are about
 ///   200 MiB each at batch 8 × 128, so with the threshold alone each was still mapped and
@@ -26,7 +31,7 @@ pub fn tune_allocator_for_training() {
     unsafe {
         libc::mallopt(libc::M_ARENA_MAX, 1);
         libc::mallopt(libc::M_MMAP_MAX, 0);
-        libc::mallopt(libc::M_TRIM_THRESHOLD, i32::MAX);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, -1);
         libc::mallopt(libc::M_TOP_PAD, 256 << 20);
     }
 }
