@@ -10,8 +10,8 @@
 ///   threshold is `mallopt`'s `int` −1, which glibc stores as a `size_t`: the largest size, so
 ///   never. The largest positive `int`, 2 GiB, was used before and was not enough: after a
 ///   step freed its activations, the free top of the heap sometimes exceeded 2 GiB, glibc handed
-///   it back (one `brk` shrink of 2.2 GiB, seen with `strace -e brk`), and the next step faulted
-///   and zeroed all of it again (about 580 k page faults);
+///   it back (one `brk` shrink of 2.2 GiB, seen with `strace -e brk`), and growing the heap
+///   back faulted and zeroed all of it again (about 580 k page faults);
 /// * no `mmap` for large blocks (`M_MMAP_MAX = 0`): glibc's mmap threshold tops out at 32 MiB,
 ///   and the LM head's `[tokens, vocab]` logits and their softmax and gradient buffers are about
 ///   200 MiB each at batch 8 × 128, so with the threshold alone each was still mapped and
