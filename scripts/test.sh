@@ -1,15 +1,34 @@
 #!/usr/bin/env bash
 # The test suite: CPU tests of every crate, the wgpu tests on lavapipe (or a real GPU), a short
-# fuzz run of every parser, a CUDA compile check, rustfmt and clippy. Run scripts/setup.sh once
-# first on a fresh machine.
+# fuzz run of every parser, a CUDA compile check, rustfmt and clippy. It first runs
+# scripts/setup.sh (lavapipe and the model; idempotent), so on a fresh machine it is the only
+# command to run.
 #
-# Tests that need SmolLM2 skip loudly when models/ has no model; PEFT_REQUIRE_MODEL=1 (set by CI)
-# turns that into a failure. PEFT_TEST_PRUNE=1 (set by CI) deletes the test executables and
-# examples of each test step once it has passed, for machines short of disk.
+# A test that cannot run here (no model, a device too narrow for a kernel layout) records a skip
+# (peft_testing::skip): this script prints how many were skipped and which. PEFT_NO_SKIP=1 (set
+# by CI) makes every skip a failure. PEFT_TEST_PRUNE=1 (set by CI) deletes the test executables
+# and examples of each test step once it has passed, for machines short of disk.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 target="${CARGO_TARGET_DIR:-target}"
+mkdir -p "$target"
+export PEFT_SKIP_LOG
+PEFT_SKIP_LOG="$(cd "$target" && pwd)/peft-skipped-tests.log"
+: >"$PEFT_SKIP_LOG"
+
+# Printed however the run ends: the skips so far, and whether they are allowed.
+report_skips() {
+  local n
+  n=$(wc -l <"$PEFT_SKIP_LOG" | tr -d ' ')
+  printf '\n=== %s test(s) skipped\n' "$n"
+  [ "$n" = 0 ] || sed 's/^/  /' "$PEFT_SKIP_LOG"
+  if [ "$n" != 0 ] && [ "${PEFT_NO_SKIP:-0}" = 1 ]; then
+    echo "error: PEFT_NO_SKIP=1 and $n test(s) skipped" >&2
+    return 1
+  fi
+}
+trap 'report_skips || exit 1' EXIT
 
 step() {
   printf '\n=== %s (%s; %s free on the target disk)\n' "$1" "$(date +%T)" \
@@ -23,6 +42,9 @@ prune() {
   find "$target/debug/deps" "$target/debug/examples" -maxdepth 1 -type f -perm -u+x \
     ! -name '*.*' -delete 2>/dev/null || true
 }
+
+step "setup (lavapipe, the model)"
+scripts/setup.sh
 
 step "format"
 cargo fmt --all -- --check

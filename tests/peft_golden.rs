@@ -1,7 +1,10 @@
 //! Golden tests against Hugging Face PEFT 0.21 on the real SmolLM2 (fixtures from
 //! scripts/reference/peft_fixture.py): TEXT-initialised soft prompt and fixed prefix adapters
-//! saved by PEFT load here and give PEFT's logits (within 1e-3) and greedy tokens (identical);
-//! adapters saved here were loaded by PEFT, whose logits with them we match too.
+//! saved by PEFT load here and give PEFT's logits and greedy tokens (identical); adapters saved
+//! here were loaded by PEFT, whose logits with them we match too.
+//!
+//! Logit tolerance: 1e-4 absolute, under twice the worst adapter seen (6.1e-5 on an Intel Xeon
+//! with AVX-512, docs/measured/2026-12-05-test-figures.log; f32 throughout).
 
 mod common;
 
@@ -21,7 +24,7 @@ use peft_models::{
 };
 use serde_json::Value;
 
-const TOL: f32 = 1e-3;
+const TOL: f64 = 1e-4;
 
 fn fixture_dir() -> PathBuf {
     model::repo_root().join("tests/fixtures/peft")
@@ -58,7 +61,10 @@ fn check_adapter(ckpt: &Checkpoint, model: &Llama<Flex>, adapter: &Adapter<Flex>
     .expect("generate");
     let worst = model::max_logit_error(&out.prompt_logits, &r[key], stride);
     eprintln!("{key}: max |Δlogit| vs PEFT = {worst:e}");
-    assert!(worst < TOL, "{key}: max |Δlogit| = {worst}");
+    assert!(
+        worst <= TOL,
+        "{key}: max |Δlogit| = {worst} (tolerance {TOL})"
+    );
     assert_eq!(
         out.ids,
         model::ids(&r[key]["greedy"]),
@@ -179,14 +185,11 @@ fn adapters_saved_here_load_in_peft_with_equal_logits() {
                 Adapter::Prefix(p) => p.flat().into_data().to_vec().expect("f32"),
             }
         };
-        let diff = flat(&fresh)
-            .iter()
-            .zip(flat(&loaded))
-            .map(|(a, b)| (a - b).abs())
-            .fold(0.0f32, f32::max);
-        assert!(
-            diff < 1e-4,
-            "{name}: committed adapter differs from a fresh save by {diff}"
+        peft_testing::assert_close(
+            &flat(&loaded),
+            &flat(&fresh),
+            1e-4,
+            &format!("{name}: a fresh save against the committed adapter"),
         );
         // PEFT loaded the committed adapter; its logits are the reference.
         check_adapter(&ckpt, &model, &loaded, name);

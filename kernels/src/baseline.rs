@@ -93,8 +93,13 @@ mod tests {
             if prefix > 0 {
                 op = op.with_prefix(pk, pv);
             }
-            let diff: f32 = (burn - op.forward()).abs().max().into_scalar();
-            assert!(diff < 1e-5, "prefix {prefix}: max difference {diff}");
+            let values = |t: Tensor<Flex, 4>| t.into_data().to_vec::<f32>().expect("f32");
+            peft_testing::assert_close(
+                &values(burn),
+                &values(op.forward()),
+                1e-5,
+                &format!("prefix {prefix}"),
+            );
         }
     }
 }

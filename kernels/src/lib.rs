@@ -43,6 +43,7 @@
 mod autodiff;
 pub mod backends;
 pub mod baseline;
+mod counts;
 mod layout;
 mod op;
 mod path;
@@ -51,6 +52,7 @@ mod reference;
 #[cfg(feature = "cube")]
 pub mod cube;
 
+pub use counts::{PathCounts, path_counts};
 pub use layout::{
     BLOCK_SIZES, KernelPass, KernelShape, LANE_COUNTS, LayoutError, ROW_COUNTS,
     kernel_shape_override, lanes_per_row_override, rows_per_unit_override, set_kernel_shape,

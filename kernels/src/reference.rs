@@ -8,7 +8,10 @@
 
 use burn::tensor::{Bool, Int, Tensor, backend::Backend};
 
-use crate::op::{ArgTensors, AttentionGrads};
+use crate::{
+    counts::{Ran, record},
+    op::{ArgTensors, AttentionGrads},
+};
 
 /// Keys and values with the prefix in front, `[B, Hkv, P + S, d]`.
 fn full_kv<B: Backend>(a: &ArgTensors<B>) -> (Tensor<B, 4>, Tensor<B, 4>) {
@@ -102,6 +105,7 @@ fn stable_exp<B: Backend>(scores: Tensor<B, 5>) -> (Tensor<B, 5>, Tensor<B, 5>) 
 /// Attention output `[B, H, L, d]`, composed of tensor ops and differentiated by the autodiff
 /// graph like any other composition.
 pub(crate) fn forward<B: Backend>(a: &ArgTensors<B>) -> Tensor<B, 4> {
+    record(Ran::ReferenceForward);
     let [b, h, l, d] = a.query.dims();
     let hkv = a.key.dims()[1];
     let (keys, values) = full_kv(a);
@@ -114,6 +118,7 @@ pub(crate) fn forward<B: Backend>(a: &ArgTensors<B>) -> Tensor<B, 4> {
 
 /// Attention output `[B, H, L, d]` and log-sum-exp `[B, H, L]` of the scaled scores.
 pub(crate) fn forward_with_lse<B: Backend>(a: &ArgTensors<B>) -> (Tensor<B, 4>, Tensor<B, 3>) {
+    record(Ran::ReferenceForward);
     let [b, h, l, d] = a.query.dims();
     let hkv = a.key.dims()[1];
     let (keys, values) = full_kv(a);
@@ -134,6 +139,7 @@ pub(crate) fn backward<B: Backend>(
     lse: Tensor<B, 3>,
     grad_out: Tensor<B, 4>,
 ) -> AttentionGrads<B> {
+    record(Ran::ReferenceBackward);
     let [b, h, l, d] = a.query.dims();
     let [_, hkv, s, _] = a.key.dims();
     let g = h / hkv;

@@ -8,7 +8,7 @@ use burn::backend::Cuda;
 use burn_cubecl::CubeBackend;
 use common::*;
 use cubecl::cuda::CudaRuntime;
-use peft_kernels::{AttentionPath, PrefixAttentionBackend};
+use peft_kernels::AttentionPath;
 
 type Bare = CubeBackend<CudaRuntime, f32, i32, u8>;
 

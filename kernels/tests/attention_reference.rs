@@ -62,15 +62,7 @@ fn empty_prefix_is_plain_causal_attention() {
         };
         values(attention(q, rep(k), rep(v), None, None, opts))
     };
-    let diff = with
-        .iter()
-        .zip(&plain)
-        .map(|(a, b)| (a - b).abs())
-        .fold(0.0f32, f32::max);
-    assert!(
-        diff < 1e-5,
-        "P = 0 differs from burn's causal attention by {diff}"
-    );
+    peft_testing::assert_close(&plain, &with, 1e-5, "P = 0 against burn's causal attention");
 }
 
 #[test]

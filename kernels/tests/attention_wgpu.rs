@@ -23,9 +23,7 @@ use burn::{
 };
 use common::*;
 use cubecl::{Runtime, wgpu::WgpuDevice};
-use peft_kernels::{
-    AttentionPath, PrefixAttentionBackend, set_lanes_per_row, set_rows_per_unit, set_step_block,
-};
+use peft_kernels::{AttentionPath, set_lanes_per_row, set_rows_per_unit, set_step_block};
 
 type Bare = CubeBackend<WgpuRuntime, f32, i32, u32>;
 
@@ -91,12 +89,14 @@ fn rows_split_over_lanes_match_the_oracle() {
         set_step_block(Some(2)).unwrap();
         assert_matches_the_oracle(&cases, "R = 1, W = 8, C = 2");
         // Two rows of eight lanes: about the registers of R = 1, W = 4 on a GPU, with half the
-        // shared-memory reads per row (docs/kernels.md, *Registers per thread*).
+        // shared-memory reads per row (docs/measured/kernels-2026-11-27-registers.md).
         set_rows_per_unit(Some(2)).unwrap();
         set_step_block(Some(1)).unwrap();
         assert_matches_the_oracle(&cases, "R = 2, W = 8, C = 1");
     } else {
-        eprintln!("SKIPPED: eight lanes per row, this device's planes are {plane} wide");
+        peft_testing::skip(format!(
+            "eight lanes per row not checked: this device's planes are {plane} wide"
+        ));
         // Blocks of two still run.
         set_step_block(Some(2)).unwrap();
         assert_matches_the_oracle(&cases, "R = 2, W = 2, C = 2");
@@ -112,7 +112,9 @@ fn tiled_kernels_match_the_oracle_and_are_the_kernels_taken() {
     if plane < 8 {
         // The kernels reduce their row maxima and sums over eight lanes; the launch takes the
         // row kernels on narrower planes.
-        eprintln!("SKIPPED: the tiled kernels need planes of eight, this device's are {plane}");
+        peft_testing::skip(format!(
+            "the tiled kernels need planes of eight, this device's are {plane}"
+        ));
         return;
     }
     check_tiled_kernels::<Wgpu>();
@@ -154,5 +156,10 @@ fn f16_runs_the_kernels_and_matches_the_oracle() {
 #[test]
 fn fused_forward_and_backward_allocate_no_score_matrix() {
     let _settings = exclusive();
-    assert_fused_path_allocates_no_score_matrix::<Wgpu>();
+    assert_fused_path_allocates_no_score_matrix::<Wgpu>(|dev| {
+        WgpuRuntime::client(dev)
+            .memory_usage()
+            .expect("memory usage")
+            .bytes_reserved
+    });
 }

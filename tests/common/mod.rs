@@ -98,15 +98,17 @@ pub fn loss<B: AutodiffBackend + PrefixAttentionBackend>(
         .div_scalar(targets.len() as f32)
 }
 
-/// One AdamW step on each kind of adapter: the frozen base gets no gradient and keeps its
-/// exact bits, most adapter values move.
+/// One AdamW step on each kind of adapter: the loss is finite, the frozen base gets no gradient
+/// and keeps its exact bits, most adapter values move and stay finite.
 pub fn one_step_changes_only_the_adapter<B: PrefixAttentionAutodiffBackend>() {
     let base = PeftModel::new(tiny::<B>());
     let before = all_params(base.base());
     for adapter in adapters(base.base()) {
         let method = adapter.method();
         let adapter_before = all_params(&adapter);
-        let mut grads = loss(base.base(), &adapter).backward();
+        let objective = loss(base.base(), &adapter);
+        peft_testing::assert_finite(&values(objective.clone()), "loss");
+        let mut grads = objective.backward();
         let base_grads = GradientsParams::from_module(&mut grads, base.base());
         assert_eq!(
             base_grads.len(),
@@ -121,6 +123,8 @@ pub fn one_step_changes_only_the_adapter<B: PrefixAttentionAutodiffBackend>() {
         let mut optim = AdamWConfig::new().init::<B, Adapter<B>>();
         let adapter = optim.step(1e-2, adapter, grads);
         let after = all_params(&adapter);
+        // A NaN differs from every value: without this a NaN step would count as movement.
+        peft_testing::assert_finite(&after, &format!("{method:?}: adapter after one step"));
         let changed = adapter_before
             .iter()
             .zip(&after)

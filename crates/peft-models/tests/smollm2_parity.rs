@@ -1,7 +1,9 @@
 //! SmolLM2-135M (the real GGUF) against Hugging Face transformers, on the CPU backend.
 //!
 //! Reference values: scripts/reference/model_fixture.py (transformers dequantises the same GGUF
-//! to f32). Tolerance: 1e-3 absolute on logits of magnitude up to ~30, f32 throughout.
+//! to f32). Tolerance: 1e-4 absolute on logits of magnitude up to ~30, f32 throughout, about
+//! twice the worst prompt seen (4.4e-5 on an Intel Xeon with AVX-512,
+//! docs/measured/2026-12-05-test-figures.log; other CPUs sum in other orders).
 
 mod common;
 
@@ -13,7 +15,7 @@ use peft_models::{
     generate::{Conditioning, GenerationConfig, generate},
 };
 
-const LOGIT_TOL: f32 = 1e-3;
+const LOGIT_TOL: f64 = 1e-4;
 
 #[test]
 fn tokenizer_matches_hugging_face() {

@@ -15,7 +15,10 @@ use burn_fusion::{
 };
 use burn_ir::{CustomOpIr, HandleContainer, OperationIr, TensorIr};
 
-use crate::op::{AttentionGrads, PrefixAttentionArgs, PrefixAttentionBackend};
+use crate::{
+    counts::Caller,
+    op::{AttentionGrads, PrefixAttentionArgs, PrefixAttentionBackend},
+};
 
 /// Which optional inputs are real.
 #[derive(Debug, Clone, Copy)]
@@ -87,6 +90,8 @@ fn fetch_args<B: FusionBackend>(
 struct ForwardOp<B> {
     desc: CustomOpIr,
     present: Present,
+    /// The thread that queued the call: the path it takes is counted there.
+    caller: Caller,
     _b: PhantomData<B>,
 }
 
@@ -96,7 +101,7 @@ impl<B: FusionBackend + PrefixAttentionBackend> Operation<B::FusionRuntime> for 
             unreachable!("the forward op registers two outputs")
         };
         let args = fetch_args::<B>(h, self.present, &self.desc.inputs);
-        let (o, l) = B::prefix_attention_forward(args);
+        let (o, l) = self.caller.run(|| B::prefix_attention_forward(args));
         h.register_float_tensor::<B>(&out.id, o);
         h.register_float_tensor::<B>(&lse.id, l);
     }
@@ -106,6 +111,8 @@ impl<B: FusionBackend + PrefixAttentionBackend> Operation<B::FusionRuntime> for 
 struct BackwardOp<B> {
     desc: CustomOpIr,
     present: Present,
+    /// The thread that queued the call: the path it takes is counted there.
+    caller: Caller,
     _b: PhantomData<B>,
 }
 
@@ -121,7 +128,9 @@ impl<B: FusionBackend + PrefixAttentionBackend> Operation<B::FusionRuntime> for 
         let out = h.get_float_tensor::<B>(&inputs[extra]);
         let lse = h.get_float_tensor::<B>(&inputs[extra + 1]);
         let grad_out = h.get_float_tensor::<B>(&inputs[extra + 2]);
-        let g = B::prefix_attention_backward(args, out, lse, grad_out);
+        let g = self
+            .caller
+            .run(|| B::prefix_attention_backward(args, out, lse, grad_out));
         let device = B::float_device(&g.query);
         h.register_float_tensor::<B>(&dq.id, g.query);
         h.register_float_tensor::<B>(&dk.id, g.key);
@@ -166,6 +175,7 @@ impl<B: FusionBackend + PrefixAttentionBackend> PrefixAttentionBackend for Fusio
         let op = ForwardOp::<B> {
             desc: desc.clone(),
             present,
+            caller: Caller::current(),
             _b: PhantomData,
         };
         let [out, lse] = two(client.register(streams, OperationIr::Custom(desc), op));
@@ -211,6 +221,7 @@ impl<B: FusionBackend + PrefixAttentionBackend> PrefixAttentionBackend for Fusio
         let op = BackwardOp::<B> {
             desc: desc.clone(),
             present,
+            caller: Caller::current(),
             _b: PhantomData,
         };
         let mut it = client

@@ -13,8 +13,6 @@ mod kernels;
 mod launch;
 mod tiled;
 
-use std::sync::atomic::{AtomicUsize, Ordering};
-
 use burn::tensor::{
     DType, Shape,
     ops::{FloatTensorOps, IntTensorOps},
@@ -26,6 +24,7 @@ use burn_cubecl::{
 use cubecl::{CubeCount, CubeDim};
 
 use crate::{
+    counts::{Ran, record},
     op::{AttentionDims, AttentionGrads, PrefixAttentionArgs, PrefixAttentionBackend},
     reference,
 };
@@ -89,25 +88,9 @@ struct Prepared<R: CubeRuntime> {
     io_dtype: DType,
 }
 
-/// Largest buffer the fused kernels have allocated in this process (bytes).
-static LARGEST_ALLOCATION: AtomicUsize = AtomicUsize::new(0);
-
-/// The largest buffer, in bytes, that the fused forward or backward has allocated in this
-/// process since the last [`reset_largest_allocation`]. Every buffer the kernels write is
-/// allocated through one function that records its size here, so tests can check that the
-/// fused path never builds a `[B, H, L, P + L]` score matrix.
-pub fn largest_allocation() -> usize {
-    LARGEST_ALLOCATION.load(Ordering::Relaxed)
-}
-
-/// Resets [`largest_allocation`] to zero.
-pub fn reset_largest_allocation() {
-    LARGEST_ALLOCATION.store(0, Ordering::Relaxed);
-}
-
+/// A new contiguous buffer on `like`'s device (contents undefined: the kernels write all of it).
 fn empty<R: CubeRuntime>(like: &CubeTensor<R>, shape: Shape, dtype: DType) -> CubeTensor<R> {
     let bytes = shape.num_elements() * dtype.size();
-    LARGEST_ALLOCATION.fetch_max(bytes, Ordering::Relaxed);
     CubeTensor::new_contiguous(
         like.client.clone(),
         like.device.clone(),
@@ -184,6 +167,7 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> PrefixAtte
             let lse = cast(lse.into_primitive().tensor(), DType::F32);
             return (out.into_primitive().tensor(), lse);
         }
+        record(Ran::FusedForward);
         let p = prepare(args);
         let d = p.dims;
         let dtype = DType::F32;
@@ -262,6 +246,7 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> PrefixAtte
                 Tensor::from_primitive(TensorPrimitive::Float(grad_out)),
             );
         }
+        record(Ran::FusedBackward);
         let p = prepare(args);
         let d = p.dims;
         let dtype = DType::F32;
@@ -405,8 +390,9 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> PrefixAtte
         // Sum each pair of partials (contiguous, in f32) over its `summed` leading slices — the
         // group's heads, and the batch rows too for a prefix shared by the batch — into `shape`,
         // then back to the inputs' dtype. One launch per pair (Burn's `sum_dim` over a leading
-        // dimension took 80 µs for each of dK and dV at the shape on an H200, where
-        // reading their 10.6 MB of partials takes a few microseconds). Nothing to sum is a
+        // dimension took 83 and 79 µs for dK and dV at the shape on an H200,
+        // docs/measured/h200-2026-11-28-run1-profile.txt, where reading their 10.6 MB of
+        // partials takes a few microseconds). Nothing to sum is a
         // reshape: one slice, or no elements (the kernel divides by the sum's length).
         let io_dtype = p.io_dtype;
         let sum_pair = |a: CubeTensor<R>, b: CubeTensor<R>, summed: usize, shape: Shape| {

@@ -232,7 +232,7 @@ pub fn backward(c: &Case, x: &Inputs, dout: &[f64]) -> Inputs {
 }
 
 /// Checks the analytic f64 backward against central differences on a few coordinates of each
-/// input; returns the worst relative error.
+/// input; returns the worst relative error (and fails on any NaN or infinity).
 pub fn finite_difference_error(c: &Case, x: &Inputs, dout: &[f64]) -> f64 {
     let g = backward(c, x, dout);
     let loss = |y: &Inputs| {
@@ -255,34 +255,33 @@ pub fn finite_difference_error(c: &Case, x: &Inputs, dout: &[f64]) -> f64 {
     ];
     for (field, grad) in fields {
         let len = grad.len();
-        let scale = grad.iter().fold(1e-12_f64, |a, b| a.max(b.abs()));
+        let (mut numeric, mut analytic) = (Vec::new(), Vec::new());
         for idx in (0..len).step_by((len / 7).max(1)) {
             let mut plus = x.clone();
             field(&mut plus)[idx] += eps;
             let mut minus = x.clone();
             field(&mut minus)[idx] -= eps;
-            let numeric = (loss(&plus) - loss(&minus)) / (2.0 * eps);
-            worst = worst.max((numeric - grad[idx]).abs() / scale);
+            numeric.push((loss(&plus) - loss(&minus)) / (2.0 * eps));
+            analytic.push(grad[idx]);
         }
+        // Finite values only (max skips NaN): the comparison below checks both sides.
+        peft_testing::assert_finite(grad, "analytic gradient");
+        let scale = grad.iter().fold(1e-12_f64, |a, b| a.max(b.abs()));
+        worst = worst.max(peft_testing::max_abs_diff(&numeric, &analytic) / scale);
     }
     worst
 }
 
-/// Largest absolute difference.
-pub fn max_abs_diff(a: &[f64], b: &[f32]) -> f64 {
-    assert_eq!(a.len(), b.len());
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| (x - *y as f64).abs())
-        .fold(0.0, f64::max)
-}
+/// Largest absolute difference; fails on any NaN or infinity on either side
+/// (`peft_testing::max_abs_diff`).
+pub use peft_testing::max_abs_diff;
 
-/// Largest absolute difference relative to the reference's largest magnitude (floored at 0.01,
-/// so a gradient that is exactly zero, such as dQ of a single visible key, is compared in
-/// absolute terms instead of dividing rounding noise by zero).
-pub fn max_rel_diff(a: &[f64], b: &[f32]) -> f64 {
-    let scale = a.iter().fold(1e-2_f64, |m, x| m.max(x.abs()));
-    max_abs_diff(a, b) / scale
+/// Largest absolute difference relative to the reference's largest magnitude, floored at 0.01
+/// so that a gradient that is exactly zero, such as dQ of a single visible key, is compared in
+/// absolute terms instead of dividing rounding noise by zero. Fails on any NaN or infinity on
+/// either side.
+pub fn max_rel_diff(reference: &[f64], actual: &[f32]) -> f64 {
+    peft_testing::max_rel_diff(reference, actual, 1e-2)
 }
 
 /// An f32 tensor of the given shape from f64 values.
@@ -356,9 +355,12 @@ pub fn sweep_sample(skip: usize, step: usize) -> Vec<Case> {
     cases
 }
 
-use peft_kernels::{AttentionPath, PrefixAttention, PrefixAttentionBackend};
+use peft_kernels::{
+    AttentionPath, PathCounts, PrefixAttention, PrefixAttentionBackend, path_counts,
+};
 
-/// Errors of one backend run against the f64 oracle.
+/// Errors of one backend run against the f64 oracle. A NaN or an infinity anywhere fails the
+/// check that builds the report, before any report exists.
 #[derive(Debug)]
 pub struct Report {
     /// Max |out − ref|.
@@ -366,22 +368,59 @@ pub struct Report {
     /// Worst gradient error relative to that gradient's largest magnitude, over dQ, dK, dV,
     /// dP_k, dP_v.
     pub grad: f64,
-    /// Whether the output contains a NaN or an infinity.
-    pub non_finite: bool,
     /// The storage precision the run was checked at (its tolerances).
     pub precision: Precision,
+    /// The prefix-attention calls the run computed, by path.
+    pub ran: PathCounts,
 }
 
 impl Report {
-    /// Finite, and within the precision's output and gradient tolerances.
+    /// Within the precision's output and gradient tolerances.
     pub fn passes(&self) -> bool {
-        !self.non_finite
-            && self.out < self.precision.out_tol()
-            && self.grad < self.precision.grad_tol()
+        self.out < self.precision.out_tol() && self.grad < self.precision.grad_tol()
     }
 }
 
-fn inputs<B: PrefixAttentionBackend>(c: &Case, x: &Inputs, dev: &B::Device) -> [Tensor<B, 4>; 5] {
+/// Asserts that `ran` is what backend `B` computes on `path` for `forwards` forwards and
+/// `backwards` backwards: its fused kernels where it has them and the path asks for the op, the
+/// reference implementation otherwise, and never the other one (a fused kernel that fell back to
+/// the reference path fails here).
+pub fn assert_ran<B: PrefixAttentionBackend>(
+    ran: PathCounts,
+    path: AttentionPath,
+    forwards: u64,
+    backwards: u64,
+    what: &str,
+) {
+    let fused = path != AttentionPath::Unfused && B::has_fused_prefix_attention();
+    let want = match (fused, path) {
+        (true, _) => PathCounts {
+            fused_forward: forwards,
+            fused_backward: backwards,
+            ..Default::default()
+        },
+        // The unfused composition is differentiated by Burn's autodiff graph: no backward op.
+        (false, AttentionPath::Unfused) => PathCounts {
+            reference_forward: forwards,
+            ..Default::default()
+        },
+        (false, _) => PathCounts {
+            reference_forward: forwards,
+            reference_backward: backwards,
+            ..Default::default()
+        },
+    };
+    assert_eq!(
+        ran, want,
+        "{what}: {path:?} ran other implementations than expected"
+    );
+}
+
+pub fn inputs<B: PrefixAttentionBackend>(
+    c: &Case,
+    x: &Inputs,
+    dev: &B::Device,
+) -> [Tensor<B, 4>; 5] {
     // Without a prefix the prefix tensors are never passed to the op; they get one zero slot
     // because CUDA cannot upload a zero-sized tensor (its strides are 0).
     let prefix = |data: &[f64]| {
@@ -400,7 +439,7 @@ fn inputs<B: PrefixAttentionBackend>(c: &Case, x: &Inputs, dev: &B::Device) -> [
     ]
 }
 
-fn op<B: PrefixAttentionBackend>(
+pub fn op<B: PrefixAttentionBackend>(
     c: &Case,
     t: &[Tensor<B, 4>; 5],
     dev: &B::Device,
@@ -421,31 +460,40 @@ fn op<B: PrefixAttentionBackend>(
 }
 
 /// Output of backend `B` on the given path, as f32.
+/// Asserts that the call ran on `path`'s implementation ([`assert_ran`]).
 pub fn run_forward<B: PrefixAttentionBackend>(
     c: &Case,
     x: &Inputs,
     dev: &B::Device,
     path: AttentionPath,
 ) -> Vec<f32> {
-    values(op::<B>(c, &inputs::<B>(c, x, dev), dev, path).forward())
+    let before = path_counts();
+    let out = values(op::<B>(c, &inputs::<B>(c, x, dev), dev, path).forward());
+    assert_ran::<B>(path_counts().since(before), path, 1, 0, &format!("{c:?}"));
+    out
 }
 
 /// Runs forward and backward of backend `B` on `path` for the loss `Σ out ∘ dout`: the output,
 /// and the gradients of the query, keys, values, prefix keys and prefix values (`None` for one
-/// the graph did not reach), as f32.
-fn run_backward<B: PrefixAttentionBackend>(
+/// the graph did not reach), as f32. Asserts that the forward and the backward ran on `path`'s
+/// implementation ([`assert_ran`]).
+pub fn run_backward<B: PrefixAttentionBackend>(
     c: &Case,
     x: &Inputs,
     dout: &[f64],
     dev: &B::Device,
     path: AttentionPath,
-) -> (Vec<f32>, [Option<Vec<f32>>; 5]) {
+) -> (Vec<f32>, [Option<Vec<f32>>; 5], PathCounts) {
+    let before = path_counts();
     let tracked = inputs::<Autodiff<B>>(c, x, dev).map(|t| t.require_grad());
     let out = op::<Autodiff<B>>(c, &tracked, dev, path).forward();
     let dout_t = tensor::<Autodiff<B>, 4>(dout, [c.b, c.h, c.l, c.d], dev);
     let grads = out.clone().mul(dout_t).sum().backward();
     let out_v = values(out.inner());
-    (out_v, tracked.map(|t| t.grad(&grads).map(values)))
+    let grads = tracked.map(|t| t.grad(&grads).map(values));
+    let ran = path_counts().since(before);
+    assert_ran::<B>(ran, path, 1, 1, &format!("{c:?}"));
+    (out_v, grads, ran)
 }
 
 /// Runs forward and backward of backend `B` on `path` and compares with the oracle (f32 inputs).
@@ -520,8 +568,10 @@ pub fn check_at<B: PrefixAttentionBackend>(
     let (ref_out, _) = forward(c, &x);
     let ref_grad = backward(c, &x, &dout);
 
-    let (out_v, grads) = run_backward::<B>(c, &x, &dout, dev, path);
-    let non_finite = out_v.iter().any(|x| !x.is_finite());
+    let (out_v, grads, ran) = run_backward::<B>(c, &x, &dout, dev, path);
+    let out = peft_testing::compare(&ref_out, &out_v)
+        .unwrap_or_else(|e| panic!("{c:?}, {path:?}, output: {e}"))
+        .max_abs;
     let mut grad_err = 0.0f64;
     let refs = [
         &ref_grad.q,
@@ -535,25 +585,27 @@ pub fn check_at<B: PrefixAttentionBackend>(
             continue;
         }
         let g = g.unwrap_or_else(|| vec![0.0; r.len()]);
-        grad_err = grad_err.max(max_rel_diff(r, &g));
+        let err = peft_testing::compare(r, &g)
+            .unwrap_or_else(|e| panic!("{c:?}, {path:?}, gradient {i}: {e}"))
+            .relative(1e-2);
+        grad_err = grad_err.max(err);
     }
     Report {
-        out: max_abs_diff(&ref_out, &out_v),
+        out,
         grad: grad_err,
-        non_finite,
         precision,
+        ran,
     }
 }
 
 /// Runs the fused path on a backend whose floats are f16 or bf16 (`precision`) over a part of
-/// the sweep plus padded cases, and asserts that the kernels ran (they computed in f32 between
-/// casts), that the output and the gradients come back in the backend's dtype, and that they
+/// the sweep plus padded cases, and asserts that the kernels ran (they compute in f32 between
+/// casts; [`check_at`] asserts the path of every case), that the output and the gradients come back in the backend's dtype, and that they
 /// match the oracle within the precision's tolerances. One precision per process (see the
 /// first assertion).
 #[cfg(feature = "cube")]
 pub fn assert_half_precision_matches_the_oracle<B: PrefixAttentionBackend>(precision: Precision) {
     use burn::tensor::DType;
-    use peft_kernels::cube::{largest_allocation, reset_largest_allocation};
     let dev = Default::default();
     let dtype = match precision {
         Precision::F16 => DType::F16,
@@ -568,7 +620,6 @@ pub fn assert_half_precision_matches_the_oracle<B: PrefixAttentionBackend>(preci
         "{precision:?}: the device's float dtype is {probe:?}; run one precision per test binary"
     );
     let cases = sweep_sample(0, 4);
-    reset_largest_allocation();
     let (mut worst_out, mut worst_grad) = (0.0f64, 0.0f64);
     for c in &cases {
         let r = check_at::<B>(c, 17, &dev, AttentionPath::Fused, precision);
@@ -580,10 +631,6 @@ pub fn assert_half_precision_matches_the_oracle<B: PrefixAttentionBackend>(preci
          error {worst_grad:.2e} (tolerance {:.2e})",
         precision.out_tol(),
         precision.grad_tol()
-    );
-    assert!(
-        largest_allocation() > 0,
-        "{precision:?}: the fused kernels did not run"
     );
     // The output and the gradients are in the backend's dtype.
     let c = &cases[0];
@@ -601,11 +648,44 @@ pub fn assert_half_precision_matches_the_oracle<B: PrefixAttentionBackend>(preci
 #[macro_export]
 macro_rules! fused_kernel_suite {
     ($fused:ty, $bare:ty) => {
+        /// The kernels run on both backend types by default (`AttentionPath::Auto`), and a
+        /// head dimension over their limit takes the reference path, counted as such.
         #[test]
         fn fused_kernels_are_used() {
             let _settings = shared();
-            assert!(<$fused as PrefixAttentionBackend>::has_fused_prefix_attention());
-            assert!(<$bare as PrefixAttentionBackend>::has_fused_prefix_attention());
+            let dev = Default::default();
+            let c = Case::new(2, 6, 2, 9, 32, 3);
+            let x = Inputs::random(&c, 2);
+            let dout = Rng::new(3).vec(c.q_len());
+            for ran in [
+                run_backward::<$fused>(&c, &x, &dout, &dev, AttentionPath::Auto).2,
+                run_backward::<$bare>(&c, &x, &dout, &dev, AttentionPath::Auto).2,
+            ] {
+                assert_eq!((ran.fused_forward, ran.fused_backward), (1, 1), "{ran:?}");
+                assert_eq!((ran.reference_forward, ran.reference_backward), (0, 0));
+            }
+            let wide = Case::new(1, 2, 1, 3, peft_kernels::cube::MAX_HEAD_DIM + 8, 2);
+            let x = Inputs::random(&wide, 4);
+            let before = peft_kernels::path_counts();
+            let tracked = inputs::<burn::backend::Autodiff<$fused>>(&wide, &x, &dev)
+                .map(|t| t.require_grad());
+            let out =
+                op::<burn::backend::Autodiff<$fused>>(&wide, &tracked, &dev, AttentionPath::Fused)
+                    .forward();
+            let grads = out.clone().sum().backward();
+            peft_testing::assert_finite(&values(out.inner()), "output");
+            peft_testing::assert_finite(&values(tracked[0].grad(&grads).expect("dQ")), "dQ");
+            let ran = peft_kernels::path_counts().since(before);
+            assert_eq!(
+                ran,
+                peft_kernels::PathCounts {
+                    reference_forward: 1,
+                    reference_backward: 1,
+                    ..Default::default()
+                },
+                "d = {} is over the kernels' limit: the reference path must run",
+                wide.d
+            );
         }
 
         #[test]
@@ -656,28 +736,52 @@ macro_rules! fused_kernel_suite {
     };
 }
 
-/// Runs a fused forward and backward on backend `B` and asserts that the largest buffer the
-/// kernels allocated is the `[B, H, L, d]` output size, far below the `[B, H, L, P + L]` score
-/// matrix. Hold [`exclusive`] (or run it in a test binary of its own): the allocation record is
-/// process-wide.
+/// What the device reserved for a fused forward and backward, against the unfused path on the
+/// same shape: the unfused path's `[B, H, L, P + L]` score matrix shows in the device's memory
+/// (so the measurement sees such a buffer), the fused path's growth stays under half of it.
+///
+/// `reserved` reads the bytes the device's memory pools hold (`MemoryUsage::bytes_reserved` of
+/// the runtime's client): pages allocated, whether in use or free. Each path starts after
+/// `memory_cleanup`, which returns every free page, so its growth is the pages it had to add:
+/// at least the most it held at once, rounded up to pages. Hold [`exclusive`] (or run it in a
+/// test binary of its own): another test's tensors would count.
 #[cfg(feature = "cube")]
-pub fn assert_fused_path_allocates_no_score_matrix<B: PrefixAttentionBackend>() {
-    use peft_kernels::cube::{largest_allocation, reset_largest_allocation};
+pub fn assert_fused_path_allocates_no_score_matrix<B: PrefixAttentionBackend>(
+    reserved: impl Fn(&B::Device) -> u64,
+) {
     let dev = Default::default();
-    let c = Case::new(2, 6, 2, 113, 32, 64).key_lengths(vec![113, 50]);
-    reset_largest_allocation();
-    let r = check::<B>(&c, 11, &dev, AttentionPath::Fused);
-    assert!(r.passes(), "{r:?}");
-    let scores = c.b * c.h * c.l * (c.p + c.l) * 4;
-    let largest = largest_allocation();
-    // The kernels' buffers: the output and dQ [B, H, L, d], the log-sum-exp and D rows
-    // [2, B·H·L], the per-head dK/dV partials [g, B, Hkv, L, d] (as large as dQ) and the
-    // per-head, per-row prefix partials [g, B, Hkv, P, d].
-    let expected = c.b * c.h * c.l * c.d * 4;
-    assert!(largest > 0, "the fused kernels did not run");
+    // A score matrix of 53 MB against 1.6 MB of queries (and of output and dQ).
+    let c = Case::new(2, 6, 2, 1024, 32, 64).key_lengths(vec![1024, 500]);
+    let x = Inputs::random(&c, 11);
+    let dout = Rng::new(12).vec(c.q_len());
+    let scores = (c.b * c.h * c.l * (c.p + c.l) * 4) as u64;
+    let growth = |path| {
+        B::memory_cleanup(&dev);
+        let before = reserved(&dev);
+        let (out, grads, _) = run_backward::<B>(&c, &x, &dout, &dev, path);
+        let after = reserved(&dev);
+        peft_testing::assert_finite(&out, "output");
+        for g in grads.iter().flatten() {
+            peft_testing::assert_finite(g, "gradient");
+        }
+        after.saturating_sub(before)
+    };
+    let fused = growth(AttentionPath::Fused);
+    let unfused = growth(AttentionPath::Unfused);
+    eprintln!(
+        "device memory added: fused {fused} bytes, unfused {unfused} bytes; score matrix {scores} bytes"
+    );
     assert!(
-        largest <= expected && largest * 4 < scores,
-        "largest kernel buffer {largest} bytes; the score matrix would be {scores}"
+        unfused >= scores,
+        "the unfused path added {unfused} bytes, less than its {scores}-byte score matrix: \
+         the measurement does not see it"
+    );
+    // The pools reserve whole pages (16 MiB on lavapipe): the fused path's own buffers (the
+    // output, dQ, the per-head dK/dV partials, 1.6 MB each) fit in one, a score matrix in
+    // none.
+    assert!(
+        fused * 2 < scores,
+        "the fused path added {fused} bytes of device memory; the score matrix is {scores}"
     );
 }
 
