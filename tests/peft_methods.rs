@@ -16,12 +16,14 @@ use common::{adapters, loss, one_step_changes_only_the_adapter, rows, tiny, valu
 use peft_core::{
     Adapter, CausalLm, PeftModel,
     adapter::{SaveOptions, load_adapter, save_adapter},
+    loss::{Targets, nll_sum},
     peft_model::{Routing, forward},
     prefix::{Prefix, PrefixLayout},
     prompt::SoftPrompt,
 };
 use peft_kernels::AttentionPath;
 use peft_models::Llama;
+use peft_testing::{assert_close, max_rel_diff};
 
 type Ad = Autodiff<Flex>;
 
@@ -70,16 +72,81 @@ fn mixed_batch_equals_separate_forwards() {
         for t in 0..rows[r].len() {
             let a = values(model.logits(mixed.gather(&[mixed.flat_index(r, t)])));
             let b = values(model.logits(alone.gather(&[alone.flat_index(0, t)])));
-            let diff = a
-                .iter()
-                .zip(&b)
-                .map(|(x, y)| (x - y).abs())
-                .fold(0.0f32, f32::max);
-            assert!(
-                diff < 1e-5,
-                "row {r} ({name:?}) token {t}: mixed and separate logits differ by {diff}"
+            assert_close(
+                &b,
+                &a,
+                1e-5,
+                &format!("row {r} ({name:?}) token {t}: mixed against separate logits"),
             );
         }
+    }
+}
+
+/// The gradient of every float parameter of `adapter`, flattened in visiting order.
+fn grads_of<B: AutodiffBackend>(adapter: &Adapter<B>, grads: &B::Gradients) -> Vec<f32> {
+    struct Grads<'a, B: AutodiffBackend>(&'a B::Gradients, &'a mut Vec<f32>);
+    impl<B: AutodiffBackend> burn::module::ModuleVisitor<B> for Grads<'_, B> {
+        fn visit_float<const D: usize>(&mut self, p: &burn::module::Param<Tensor<B, D>>) {
+            let g = p.val().grad(self.0).expect("adapter gradient");
+            self.1.extend(
+                g.into_data()
+                    .convert::<f32>()
+                    .into_vec::<f32>()
+                    .expect("f32"),
+            );
+        }
+    }
+    let mut flat = Vec::new();
+    adapter.visit(&mut Grads::<B>(grads, &mut flat));
+    flat
+}
+
+/// Summed loss of `rows` (every token a target) under `routing`.
+fn summed_loss(model: &Llama<Ad>, rows: &[Vec<u32>], routing: Routing<'_, Ad>) -> Tensor<Ad, 1> {
+    let mask: Vec<Vec<bool>> = rows.iter().map(|r| vec![true; r.len()]).collect();
+    let out = forward(model, rows, routing).expect("forward");
+    nll_sum(model, &out, &Targets::from_rows(rows, &mask)).expect("loss")
+}
+
+/// The backward of a mixed batch: each adapter's gradient from the summed loss of a batch whose
+/// rows use different adapters (one of them in two rows, one row none) equals the sum of its
+/// gradients from its rows run alone.
+#[test]
+fn mixed_batch_gradients_equal_separate_runs() {
+    let model = tiny::<Ad>().no_grad();
+    let rows = [rows(), vec![vec![7, 8, 9, 10], vec![11, 12, 13]]].concat();
+    let adapters = adapters(&model);
+    // The soft prompt, the prefix (rows 1 and 3), the prefix MLP, and no adapter.
+    let choice: [Option<&Adapter<Ad>>; 5] = [
+        Some(&adapters[0]),
+        Some(&adapters[1]),
+        Some(&adapters[2]),
+        Some(&adapters[1]),
+        None,
+    ];
+    let mixed = summed_loss(&model, &rows, Routing::PerRow(&choice)).backward();
+    for (a, adapter) in adapters.iter().enumerate() {
+        let got = grads_of(adapter, &mixed);
+        let mut want = vec![0.0f32; got.len()];
+        for (r, row) in rows.iter().enumerate() {
+            if choice[r].is_some_and(|c| std::ptr::eq(c, adapter)) {
+                let alone = summed_loss(
+                    &model,
+                    std::slice::from_ref(row),
+                    Routing::All(Some(adapter)),
+                )
+                .backward();
+                for (w, g) in want.iter_mut().zip(grads_of(adapter, &alone)) {
+                    *w += g;
+                }
+            }
+        }
+        let err = max_rel_diff(&want, &got, 1e-12);
+        assert!(
+            err < 1e-5,
+            "adapter {a}: mixed-batch gradient differs from the separate runs' by {err} of \
+             their largest"
+        );
     }
 }
 
@@ -89,24 +156,7 @@ fn adapter_grads<C: CheckpointStrategy>(path: AttentionPath) -> Vec<Vec<f32>> {
         .with_attention_path(path);
     adapters(&model)
         .iter()
-        .map(|adapter| {
-            let grads = loss(&model, adapter).backward();
-            let mut flat = Vec::new();
-            struct Grads<'a, B: AutodiffBackend>(&'a B::Gradients, &'a mut Vec<f32>);
-            impl<B: AutodiffBackend> burn::module::ModuleVisitor<B> for Grads<'_, B> {
-                fn visit_float<const D: usize>(&mut self, p: &burn::module::Param<Tensor<B, D>>) {
-                    let g = p.val().grad(self.0).expect("adapter gradient");
-                    self.1.extend(
-                        g.into_data()
-                            .convert::<f32>()
-                            .into_vec::<f32>()
-                            .expect("f32"),
-                    );
-                }
-            }
-            adapter.visit(&mut Grads::<Autodiff<Flex, C>>(&grads, &mut flat));
-            flat
-        })
+        .map(|adapter| grads_of(adapter, &loss(&model, adapter).backward()))
         .collect()
 }
 
@@ -117,15 +167,10 @@ fn checkpointed_gradients_equal_plain_ones() {
             adapter_grads::<burn::backend::autodiff::checkpoint::strategy::NoCheckpointing>(path);
         let ckpt = adapter_grads::<BalancedCheckpointing>(path);
         for (a, b) in plain.iter().zip(&ckpt) {
-            let scale = a.iter().fold(1e-12f32, |m, x| m.max(x.abs()));
-            let diff = a
-                .iter()
-                .zip(b)
-                .map(|(x, y)| (x - y).abs())
-                .fold(0.0f32, f32::max);
+            let err = max_rel_diff(a, b, 1e-12);
             assert!(
-                diff / scale < 1e-5,
-                "{path:?}: checkpointed gradients differ by {diff} (max {scale})"
+                err < 1e-5,
+                "{path:?}: checkpointed gradients differ by {err} of their largest"
             );
         }
     }
@@ -140,15 +185,10 @@ fn attention_paths_give_the_same_gradients() {
         AttentionPath::Fused,
     );
     for (a, b) in unfused.iter().zip(&fused) {
-        let scale = a.iter().fold(1e-12f32, |m, x| m.max(x.abs()));
-        let diff = a
-            .iter()
-            .zip(b)
-            .map(|(x, y)| (x - y).abs())
-            .fold(0.0f32, f32::max);
+        let err = max_rel_diff(a, b, 1e-12);
         assert!(
-            diff / scale < 1e-4,
-            "op-path gradients differ from the composed path by {diff} (max {scale})"
+            err < 1e-4,
+            "op-path gradients differ from the composed path by {err} of their largest"
         );
     }
 }
@@ -171,14 +211,11 @@ fn adapters_round_trip_through_peft_files_and_mlp_collapses() {
         let rows = rows();
         let a = forward(&model, &rows, Routing::All(Some(&adapter))).expect("fwd");
         let b = forward(&model, &rows, Routing::All(Some(&loaded))).expect("fwd");
-        let diff = values(a.hidden)
-            .iter()
-            .zip(values(b.hidden))
-            .map(|(x, y)| (x - y).abs())
-            .fold(0.0f32, f32::max);
-        assert!(
-            diff < 1e-6,
-            "adapter {i}: reloaded (collapsed) adapter changes the output by {diff}"
+        assert_close(
+            &values(a.hidden),
+            &values(b.hidden),
+            1e-6,
+            &format!("adapter {i}: the reloaded (collapsed) adapter's output"),
         );
     }
     let _ = std::fs::remove_dir_all(&dir);
