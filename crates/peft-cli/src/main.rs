@@ -3,6 +3,7 @@
 mod backend;
 mod commands;
 mod plot;
+mod validate;
 
 use std::process::ExitCode;
 

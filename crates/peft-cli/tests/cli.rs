@@ -42,6 +42,19 @@ fn fail(args: &[&str]) -> String {
     String::from_utf8(out.stderr).expect("utf-8")
 }
 
+/// Runs `peft` expecting it to refuse the input cleanly: a non-zero exit status, an error that
+/// contains `flag` (the option at fault) and `says`, and no panic.
+fn refused(args: &[&str], flag: &str, says: &str) {
+    let out = peft(args);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "peft {args:?} should fail");
+    assert!(
+        err.contains(flag) && err.contains(says),
+        "peft {args:?}: the error should name {flag} and say {says:?}:\n{err}"
+    );
+    assert!(!err.contains("panicked"), "peft {args:?} panicked:\n{err}");
+}
+
 fn json(text: &str) -> Value {
     let line = text
         .lines()
@@ -213,12 +226,42 @@ fn config_file_supplies_options() {
     )
     .expect("write");
     ok(&["train", "--config", &cfg.display().to_string()]);
-    let settings: Value = serde_json::from_str(
-        &std::fs::read_to_string(out.join("train_config.json")).expect("settings"),
-    )
-    .expect("json");
+    let settings_file = out.join("train_config.json");
+    let mut settings: Value =
+        serde_json::from_str(&std::fs::read_to_string(&settings_file).expect("settings"))
+            .expect("json");
     assert_eq!(settings["train"]["steps"], 2);
     assert_eq!(settings["virtual_tokens"], 2);
+
+    // A resumed run's saved settings get the flags' range checks, naming the file and field.
+    settings["train"]["checkpoint_every"] = 0.into();
+    std::fs::write(&settings_file, settings.to_string()).expect("write");
+    refused(
+        &["train", "--resume", &out.display().to_string()],
+        "train_config.json: train.checkpoint_every = 0",
+        "at least 1",
+    );
+
+    // Config-file options go through the same range checks as the flags, naming the file.
+    let cfg_s = cfg.display().to_string();
+    for (text, flag, says) in [
+        ("lr = nan\n", "--lr", "expected a finite number above 0"),
+        ("lr = -0.5\n", "--lr", "expected a finite number above 0"),
+        ("eval_every = 0\n", "--eval-every", "at least 1"),
+        ("top-p = 0.5\n", "unknown option `top-p`", "run.toml"),
+        ("steps = [1, 2]\n", "option `steps`", "one value"),
+    ] {
+        std::fs::write(&cfg, text).expect("write");
+        refused(&["train", "--config", &cfg_s], flag, says);
+        refused(&["train", "--config", &cfg_s], "run.toml", "");
+    }
+    let cfg_json = dir.join("run.json");
+    std::fs::write(&cfg_json, r#"{"batch_size": 0}"#).expect("write");
+    refused(
+        &["train", "--config", &cfg_json.display().to_string()],
+        "run.json: invalid value '0' for '--batch-size",
+        "at least 1",
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -399,4 +442,141 @@ fn bad_input_is_a_clear_error() {
     let err = fail(&["inspect", &dir.display().to_string()]);
     assert!(err.contains("adapter_config.json"), "{err}");
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn numbers_out_of_range_are_clear_errors() {
+    let model = tiny().display().to_string();
+    let whole = "expected a whole number, at least 1";
+    let positive = "expected a finite number above 0";
+    // The case from the issue: 0 heads passed `0.is_multiple_of(0)` and hit a kernel assert.
+    refused(
+        &["bench", "attention", "--heads", "0", "--kv-heads", "0"],
+        "--heads",
+        whole,
+    );
+    fn attention<'a>(extra: &[&'a str]) -> Vec<&'a str> {
+        let mut args = vec!["bench", "attention"];
+        args.extend_from_slice(extra);
+        args
+    }
+    refused(&attention(&["--kv-heads", "0"]), "--kv-heads", whole);
+    refused(
+        &attention(&["--heads", "4", "--kv-heads", "3"]),
+        "--heads 4 is not a multiple of --kv-heads 3",
+        "",
+    );
+    for flag in ["--batch", "--seq", "--head-dim", "--repeats"] {
+        refused(&attention(&[flag, "0"]), flag, whole);
+    }
+    refused(
+        &attention(&["--prefix", "-1"]),
+        "--prefix",
+        "expected a whole number, 0 or more",
+    );
+    refused(
+        &[
+            "bench",
+            "attention",
+            "--batch",
+            "1000000",
+            "--heads",
+            "1000000",
+            "--kv-heads",
+            "1",
+            "--seq",
+            "1000000",
+        ],
+        "--batch 1000000",
+        "too many elements",
+    );
+    for (flag, value, says) in [
+        ("--batch-size", "0", whole),
+        ("--seq-len", "1", "expected a whole number, at least 2"),
+        ("--virtual-tokens", "0", whole),
+        ("--steps", "0", whole),
+        ("--warmup", "-1", "expected a whole number, 0 or more"),
+    ] {
+        refused(
+            &["bench", "train", "--model", &model, flag, value],
+            flag,
+            says,
+        );
+    }
+    for flag in ["--prompt-len", "--new-tokens", "--repeats"] {
+        refused(
+            &["bench", "generate", "--model", &model, flag, "0"],
+            flag,
+            whole,
+        );
+    }
+    for (flag, value, says) in [
+        ("--temperature", "-1", positive),
+        ("--temperature", "0", positive),
+        ("--temperature", "nan", positive),
+        ("--temperature", "inf", positive),
+        ("--top-p", "0", "expected a number above 0 and at most 1"),
+        ("--top-p", "1.5", "expected a number above 0 and at most 1"),
+        ("--top-p", "NaN", "expected a number above 0 and at most 1"),
+        ("--top-k", "0", whole),
+        ("--top-logits", "0", whole),
+        (
+            "--max-new-tokens",
+            "-1",
+            "expected a whole number, 0 or more",
+        ),
+        ("--seed", "-1", "expected a whole number from 0"),
+    ] {
+        refused(
+            &["generate", "--model", &model, "--prompt", "x", flag, value],
+            flag,
+            says,
+        );
+    }
+    for (flag, value, says) in [
+        ("--batch-size", "0", whole),
+        ("--max-len", "1", "expected a whole number, at least 2"),
+    ] {
+        refused(
+            &["eval", "--model", &model, "--data", "d.jsonl", flag, value],
+            flag,
+            says,
+        );
+    }
+    for (flag, value, says) in [
+        ("--steps", "0", whole),
+        ("--epochs", "0", positive),
+        ("--epochs", "inf", positive),
+        ("--batch-size", "0", whole),
+        ("--grad-accum", "0", whole),
+        ("--lr", "0", positive),
+        ("--lr", "-1e-3", positive),
+        ("--lr", "nan", positive),
+        ("--warmup", "-1", "expected a whole number, 0 or more"),
+        (
+            "--weight-decay",
+            "-0.1",
+            "expected a finite number, 0 or more",
+        ),
+        (
+            "--max-grad-norm",
+            "nan",
+            "expected a finite number, 0 or more",
+        ),
+        ("--virtual-tokens", "0", whole),
+        ("--mlp-hidden", "0", whole),
+        ("--max-len", "1", "expected a whole number, at least 2"),
+        ("--eval-every", "0", whole),
+        ("--checkpoint-every", "0", whole),
+        ("--keep-checkpoints", "0", whole),
+        ("--seed", "1e3", "expected a whole number from 0"),
+    ] {
+        refused(
+            &[
+                "train", "--model", &model, "--data", "d.jsonl", "--out", "o", flag, value,
+            ],
+            flag,
+            says,
+        );
+    }
 }

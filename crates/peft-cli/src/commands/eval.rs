@@ -23,7 +23,7 @@ use peft_models::{
 };
 use serde_json::json;
 
-use crate::backend::parse_backend;
+use crate::{backend::parse_backend, validate::at_least};
 
 /// Arguments of `peft eval`.
 #[derive(Debug, Args)]
@@ -38,10 +38,10 @@ pub struct EvalArgs {
     #[arg(long)]
     pub data: PathBuf,
     /// Examples per forward pass for the loss.
-    #[arg(long, default_value_t = 8)]
+    #[arg(long, default_value_t = 8, allow_hyphen_values = true, value_parser = at_least::<1>)]
     pub batch_size: usize,
-    /// Longest example in tokens (longer inputs lose their start).
-    #[arg(long, default_value_t = 512)]
+    /// Longest example in tokens, virtual tokens included (longer inputs lose their start).
+    #[arg(long, default_value_t = 512, allow_hyphen_values = true, value_parser = at_least::<2>)]
     pub max_len: usize,
     /// Skip the greedy completions (loss and perplexity only).
     #[arg(long)]
@@ -75,7 +75,14 @@ impl BackendVisitor for Run {
         let limit = a
             .max_len
             .min(ckpt.config.max_position_embeddings)
-            .saturating_sub(virtual_tokens);
+            .checked_sub(virtual_tokens)
+            .filter(|l| *l >= 2)
+            .with_context(|| {
+                format!(
+                    "--max-len {} leaves no room for tokens after the adapter's {virtual_tokens} virtual tokens",
+                    a.max_len
+                )
+            })?;
         let data = Dataset::tokenize(
             &a.data,
             read_jsonl(&a.data)?,

@@ -15,7 +15,10 @@ use peft_models::{
 };
 use serde_json::json;
 
-use crate::backend::parse_backend;
+use crate::{
+    backend::parse_backend,
+    validate::{at_least, fraction, positive, seed},
+};
 
 /// Arguments of `peft generate`.
 #[derive(Debug, Args)]
@@ -26,20 +29,21 @@ pub struct GenerateArgs {
     /// Prompt text (special tokens such as <|im_start|> are recognised).
     #[arg(long)]
     pub prompt: String,
-    /// Most tokens to generate.
-    #[arg(long, default_value_t = 64)]
+    /// Most tokens to generate (0: only the prompt's logits, with --json --top-logits).
+    #[arg(long, default_value_t = 64, allow_hyphen_values = true, value_parser = at_least::<0>)]
     pub max_new_tokens: usize,
-    /// Sample with this temperature instead of decoding greedily.
-    #[arg(long)]
+    /// Sample with this temperature (above 0) instead of decoding greedily.
+    #[arg(long, allow_hyphen_values = true, value_parser = positive::<f32>)]
     pub temperature: Option<f32>,
-    /// Nucleus sampling: keep the most likely tokens up to this total probability (implies sampling).
-    #[arg(long)]
+    /// Nucleus sampling: keep the most likely tokens up to this total probability, above 0 and
+    /// at most 1 (implies sampling).
+    #[arg(long, allow_hyphen_values = true, value_parser = fraction::<f32>)]
     pub top_p: Option<f32>,
     /// Keep only the K most likely tokens (implies sampling).
-    #[arg(long)]
+    #[arg(long, allow_hyphen_values = true, value_parser = at_least::<1>)]
     pub top_k: Option<usize>,
     /// Random seed for sampling.
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = 0, allow_hyphen_values = true, value_parser = seed)]
     pub seed: u64,
     /// Stop when this string appears (repeatable).
     #[arg(long = "stop")]
@@ -52,7 +56,7 @@ pub struct GenerateArgs {
     pub json: bool,
     /// With --json: include the K largest logits at the last prompt position (with an adapter,
     /// also the base model's, so its effect is visible).
-    #[arg(long, value_name = "K")]
+    #[arg(long, value_name = "K", allow_hyphen_values = true, value_parser = at_least::<1>)]
     pub top_logits: Option<usize>,
     /// Adapter directory (adapter_config.json + adapter_model.safetensors, PEFT layout).
     #[arg(long)]

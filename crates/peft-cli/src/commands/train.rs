@@ -12,7 +12,7 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 use burn::backend::{Autodiff, autodiff::checkpoint::strategy::BalancedCheckpointing};
-use clap::Args;
+use clap::{Args, FromArgMatches};
 use indicatif::{ProgressBar, ProgressStyle};
 use peft_core::{
     Adapter, CausalLm, Method,
@@ -34,12 +34,14 @@ use peft_kernels::{
 use peft_models::{DEFAULT_MODEL_PATH, Tokenizer};
 use serde::{Deserialize, Serialize};
 
-use crate::backend::parse_backend;
+use crate::{
+    backend::parse_backend,
+    validate::{at_least, non_negative, positive, seed},
+};
 
 /// Arguments of `peft train`. Every option can also come from `--config FILE` (TOML or JSON,
-/// same names with `-` or `_`); the command line wins.
-#[derive(Debug, Clone, Default, Args, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+/// same names with `-` or `_`, same range checks); the command line wins.
+#[derive(Debug, Clone, Default, Args)]
 pub struct TrainArgs {
     /// Model: a .gguf file or a Hugging Face directory. [default: models/SmolLM2-135M-Instruct.Q4_1.gguf]
     #[arg(long)]
@@ -57,76 +59,202 @@ pub struct TrainArgs {
     #[arg(long)]
     pub out: Option<PathBuf>,
     /// Optimizer steps (or use --epochs). [default: 100]
-    #[arg(long, conflicts_with = "epochs")]
+    #[arg(long, conflicts_with = "epochs", allow_hyphen_values = true, value_parser = at_least::<1>)]
     pub steps: Option<usize>,
-    /// Passes over the training data instead of --steps.
-    #[arg(long)]
+    /// Passes over the training data instead of --steps (above 0; fractions allowed).
+    #[arg(long, allow_hyphen_values = true, value_parser = positive::<f64>)]
     pub epochs: Option<f64>,
     /// Examples per micro-batch. [default: 8]
-    #[arg(long)]
+    #[arg(long, allow_hyphen_values = true, value_parser = at_least::<1>)]
     pub batch_size: Option<usize>,
     /// Micro-batches per optimizer step; gradients are averaged. [default: 1]
-    #[arg(long)]
+    #[arg(long, allow_hyphen_values = true, value_parser = at_least::<1>)]
     pub grad_accum: Option<usize>,
-    /// Peak learning rate. [default: 3e-2 prompt, 5e-3 prefix, 1e-3 prefix-mlp]
-    #[arg(long)]
+    /// Peak learning rate, above 0. [default: 3e-2 prompt, 5e-3 prefix, 1e-3 prefix-mlp]
+    #[arg(long, allow_hyphen_values = true, value_parser = positive::<f64>)]
     pub lr: Option<f64>,
     /// Linear warmup steps. [default: 10% of the steps]
-    #[arg(long)]
+    #[arg(long, allow_hyphen_values = true, value_parser = at_least::<0>)]
     pub warmup: Option<usize>,
     /// Decay after warmup: cosine, linear or constant. [default: cosine]
     #[arg(long)]
     pub schedule: Option<String>,
-    /// AdamW decoupled weight decay. [default: 0]
-    #[arg(long)]
+    /// AdamW decoupled weight decay, 0 or more. [default: 0]
+    #[arg(long, allow_hyphen_values = true, value_parser = non_negative::<f64>)]
     pub weight_decay: Option<f64>,
     /// Clip the global gradient norm (0 disables). [default: 1.0]
-    #[arg(long)]
+    #[arg(long, allow_hyphen_values = true, value_parser = non_negative::<f64>)]
     pub max_grad_norm: Option<f64>,
     /// Virtual tokens (prompt) or prefix slots (prefix). [default: 20]
-    #[arg(long)]
+    #[arg(long, allow_hyphen_values = true, value_parser = at_least::<1>)]
     pub virtual_tokens: Option<usize>,
     /// Initialisation: random, vocab (prompt), or text:"..." (prompt: its token embeddings;
     /// prefix: the keys/values the model computes for it). [default: vocab for prompt, random for prefix]
     #[arg(long)]
     pub init: Option<String>,
     /// prefix-mlp: hidden width of the MLP. [default: 512]
-    #[arg(long)]
+    #[arg(long, allow_hyphen_values = true, value_parser = at_least::<1>)]
     pub mlp_hidden: Option<usize>,
     /// Longest example in tokens, virtual tokens included. [default: 256]
-    #[arg(long)]
+    #[arg(long, allow_hyphen_values = true, value_parser = at_least::<2>)]
     pub max_len: Option<usize>,
     /// Longer examples: left (drop the start of the input), drop, or error. [default: left]
     #[arg(long)]
     pub truncation: Option<String>,
     /// Evaluate every N steps. [default: steps / 5]
-    #[arg(long)]
+    #[arg(long, allow_hyphen_values = true, value_parser = at_least::<1>)]
     pub eval_every: Option<usize>,
     /// Checkpoint every N steps (always at the end and on Ctrl-C). [default: steps / 5]
-    #[arg(long)]
+    #[arg(long, allow_hyphen_values = true, value_parser = at_least::<1>)]
     pub checkpoint_every: Option<usize>,
     /// Checkpoints to keep. [default: 2]
-    #[arg(long)]
+    #[arg(long, allow_hyphen_values = true, value_parser = at_least::<1>)]
     pub keep_checkpoints: Option<usize>,
     /// Seed of the initialisation and the data order. [default: 42]
-    #[arg(long)]
+    #[arg(long, allow_hyphen_values = true, value_parser = seed)]
     pub seed: Option<u64>,
     /// Recompute activations in the backward pass instead of storing them (less memory).
     #[arg(long)]
     pub gradient_checkpointing: Option<bool>,
     /// Compute backend. [default: flex]
     #[arg(long, value_parser = parse_backend)]
-    #[serde(skip)]
     pub backend: Option<BackendKind>,
     /// Read options from this TOML or JSON file.
     #[arg(long)]
-    #[serde(skip)]
     pub config: Option<PathBuf>,
     /// Continue the run in this directory from its latest checkpoint (with its saved settings;
     /// --steps may extend it).
     #[arg(long)]
-    #[serde(skip)]
     pub resume: Option<PathBuf>,
+}
+
+/// The options of a `--config` file (TOML, or JSON for a `.json` file), parsed by the command
+/// line's own parsers: every range check applies as it does to the flag, and an error names the
+/// file and the option.
+fn read_config(path: &Path) -> Result<TrainArgs> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    type Entry = (String, Result<Option<String>, &'static str>);
+    let entries: Vec<Entry> = if path.extension().is_some_and(|e| e == "json") {
+        let value: serde_json::Value = serde_json::from_str(&text)
+            .with_context(|| format!("{}: invalid JSON config", path.display()))?;
+        let serde_json::Value::Object(map) = value else {
+            bail!(
+                "{}: the config must be an object of options",
+                path.display()
+            )
+        };
+        map.into_iter()
+            .map(|(key, v)| {
+                let text = match v {
+                    serde_json::Value::Null => Ok(None),
+                    serde_json::Value::String(s) => Ok(Some(s)),
+                    serde_json::Value::Number(n) => Ok(Some(n.to_string())),
+                    serde_json::Value::Bool(b) => Ok(Some(b.to_string())),
+                    serde_json::Value::Array(_) => Err("a list"),
+                    serde_json::Value::Object(_) => Err("an object"),
+                };
+                (key, text)
+            })
+            .collect()
+    } else {
+        // Parsed as TOML values, not JSON ones, so `nan` and `inf` reach the range checks.
+        let table: toml::Table = toml::from_str(&text)
+            .with_context(|| format!("{}: invalid TOML config", path.display()))?;
+        table
+            .into_iter()
+            .map(|(key, v)| {
+                let text = match v {
+                    toml::Value::String(s) => Ok(Some(s)),
+                    toml::Value::Integer(n) => Ok(Some(n.to_string())),
+                    toml::Value::Float(x) => Ok(Some(x.to_string())),
+                    toml::Value::Boolean(b) => Ok(Some(b.to_string())),
+                    toml::Value::Datetime(d) => Ok(Some(d.to_string())),
+                    toml::Value::Array(_) => Err("a list"),
+                    toml::Value::Table(_) => Err("a table"),
+                };
+                (key, text)
+            })
+            .collect()
+    };
+    let cmd =
+        TrainArgs::augment_args(clap::Command::new("peft train --config")).no_binary_name(true);
+    let mut argv = Vec::new();
+    for (key, text) in entries {
+        // Accept snake_case keys as well as the kebab-case of the command line.
+        let key = key.replace('_', "-");
+        if COMMAND_LINE_ONLY.contains(&key.as_str()) {
+            bail!(
+                "{}: `{key}` can only be given on the command line (--{key})",
+                path.display()
+            );
+        }
+        if !cmd.get_arguments().any(|a| a.get_long() == Some(&key)) {
+            bail!("{}: unknown option `{key}`", path.display());
+        }
+        match text {
+            Ok(Some(text)) => argv.push(format!("--{key}={text}")),
+            Ok(None) => {}
+            Err(kind) => bail!(
+                "{}: option `{key}` takes one value, not {kind}",
+                path.display()
+            ),
+        }
+    }
+    let clap_error = |e: clap::Error| {
+        // clap's first line names the option and says what it expects; the rest is usage.
+        let text = e.to_string();
+        let first = text.lines().next().unwrap_or_default();
+        anyhow::anyhow!(
+            "{}: {}",
+            path.display(),
+            first.strip_prefix("error: ").unwrap_or(first)
+        )
+    };
+    let matches = cmd.try_get_matches_from(&argv).map_err(clap_error)?;
+    TrainArgs::from_arg_matches(&matches).map_err(clap_error)
+}
+
+/// Refuses saved settings outside the range of the option they come from (a hand-edited
+/// `train_config.json` of a resumed run), naming the file and the field.
+fn check_settings(s: &Settings, file: &Path) -> Result<()> {
+    use crate::validate::{Real, check_at_least};
+    let t = &s.train;
+    let counts = [
+        ("virtual_tokens", Some(s.virtual_tokens), 1),
+        ("mlp_hidden", Some(s.mlp_hidden), 1),
+        ("max_len", Some(s.max_len), 2),
+        ("train.steps", Some(t.steps), 1),
+        ("train.batch_size", Some(t.batch_size), 1),
+        ("train.grad_accum", Some(t.grad_accum), 1),
+        ("train.eval_every", t.eval_every, 1),
+        ("train.checkpoint_every", t.checkpoint_every, 1),
+        ("train.keep_checkpoints", Some(t.keep_checkpoints), 1),
+    ];
+    for (field, value, min) in counts {
+        if let Some(v) = value {
+            check_at_least(v, min)
+                .map_err(|e| anyhow::anyhow!("{}: {field} = {v}: {e}", file.display()))?;
+        }
+    }
+    let reals = [
+        ("epochs", s.epochs, Real::Positive),
+        ("train.lr", Some(t.lr), Real::Positive),
+        (
+            "train.weight_decay",
+            Some(t.weight_decay),
+            Real::NonNegative,
+        ),
+        ("train.max_grad_norm", t.max_grad_norm, Real::Positive),
+    ];
+    for (field, value, range) in reals {
+        if let Some(v) = value {
+            range
+                .check(v)
+                .map_err(|e| anyhow::anyhow!("{}: {field} = {v}: {e}", file.display()))?;
+        }
+    }
+    Ok(())
 }
 
 /// Settings with every default filled in; saved as `train_config.json` in the run directory.
@@ -162,29 +290,14 @@ pub struct Settings {
 
 const SETTINGS_FILE: &str = "train_config.json";
 
+/// Options a config file cannot set: where the options come from, and the device.
+const COMMAND_LINE_ONLY: [&str; 3] = ["config", "resume", "backend"];
+
 fn merge(cli: TrainArgs) -> Result<TrainArgs> {
     let Some(path) = &cli.config else {
         return Ok(cli);
     };
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    let value: serde_json::Value = if path.extension().is_some_and(|e| e == "json") {
-        serde_json::from_str(&text)
-            .with_context(|| format!("{}: invalid JSON config", path.display()))?
-    } else {
-        toml::from_str(&text).with_context(|| format!("{}: invalid TOML config", path.display()))?
-    };
-    // Accept snake_case keys as well as the kebab-case of the command line.
-    let value = match value {
-        serde_json::Value::Object(map) => serde_json::Value::Object(
-            map.into_iter()
-                .map(|(k, v)| (k.replace('_', "-"), v))
-                .collect(),
-        ),
-        _ => bail!("{}: the config must be a table of options", path.display()),
-    };
-    let file: TrainArgs = serde_json::from_value(value)
-        .with_context(|| format!("{}: invalid option", path.display()))?;
+    let file = read_config(path)?;
     macro_rules! pick {
         ($($f:ident),*) => { TrainArgs { $($f: cli.$f.or(file.$f),)* backend: cli.backend, config: cli.config.clone(), resume: cli.resume.clone() } };
     }
@@ -571,6 +684,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
             if let Some(steps) = args.steps {
                 s.train.steps = steps;
             }
+            check_settings(&s, &dir.join(SETTINGS_FILE))?;
             s.out = dir.clone();
             let ckpt = latest_checkpoint(dir).with_context(|| {
                 format!("{} has no complete checkpoint to resume", dir.display())

@@ -17,7 +17,7 @@ use peft_kernels::{
 use serde_json::json;
 
 use super::median;
-use crate::backend::parse_backend;
+use crate::{backend::parse_backend, validate::at_least};
 
 /// Arguments of `peft bench attention`.
 #[derive(Debug, Args)]
@@ -26,25 +26,25 @@ pub struct AttentionBench {
     #[arg(long, default_value = "flex", value_parser = parse_backend)]
     pub backend: BackendKind,
     /// Batch size.
-    #[arg(long, default_value_t = 8)]
+    #[arg(long, default_value_t = 8, allow_hyphen_values = true, value_parser = at_least::<1>)]
     pub batch: usize,
     /// Sequence length (queries = keys).
-    #[arg(long, default_value_t = 512)]
+    #[arg(long, default_value_t = 512, allow_hyphen_values = true, value_parser = at_least::<1>)]
     pub seq: usize,
-    /// Prefix slots.
-    #[arg(long, default_value_t = 64)]
+    /// Prefix slots (0: no prefix).
+    #[arg(long, default_value_t = 64, allow_hyphen_values = true, value_parser = at_least::<0>)]
     pub prefix: usize,
-    /// Query heads.
-    #[arg(long, default_value_t = 9)]
+    /// Query heads (a multiple of --kv-heads).
+    #[arg(long, default_value_t = 9, allow_hyphen_values = true, value_parser = at_least::<1>)]
     pub heads: usize,
     /// Key/value heads.
-    #[arg(long, default_value_t = 3)]
+    #[arg(long, default_value_t = 3, allow_hyphen_values = true, value_parser = at_least::<1>)]
     pub kv_heads: usize,
     /// Head dimension.
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, default_value_t = 64, allow_hyphen_values = true, value_parser = at_least::<1>)]
     pub head_dim: usize,
     /// Timed repetitions (the median is reported).
-    #[arg(long, default_value_t = 5)]
+    #[arg(long, default_value_t = 5, allow_hyphen_values = true, value_parser = at_least::<1>)]
     pub repeats: usize,
     /// Print one JSON object.
     #[arg(long)]
@@ -101,11 +101,32 @@ impl BackendVisitor for Attn {
     type Output = Result<()>;
     fn visit<B: PrefixAttentionBackend>(self, device: B::Device) -> Result<()> {
         let a = self.0;
-        if !a.heads.is_multiple_of(a.kv_heads) {
+        // The parsers refuse 0 already; checked again here, as the kernels assert it.
+        if a.kv_heads == 0 || !a.heads.is_multiple_of(a.kv_heads) {
             bail!(
                 "--heads {} is not a multiple of --kv-heads {}",
                 a.heads,
                 a.kv_heads
+            );
+        }
+        // The largest tensors are the queries `[batch, heads, seq, head_dim]` and Burn
+        // attention's mask and scores `[batch, heads, seq, prefix + seq]`: a shape whose f32
+        // bytes do not fit in memory's address range is refused before anything is built.
+        let rows = [a.heads, a.seq]
+            .into_iter()
+            .try_fold(a.batch, usize::checked_mul);
+        let largest = rows.and_then(|rows| {
+            let scores = rows.checked_mul(a.prefix.checked_add(a.seq)?)?;
+            Some(scores.max(rows.checked_mul(a.head_dim)?))
+        });
+        if largest.is_none_or(|n| n > isize::MAX as usize / 4) {
+            bail!(
+                "--batch {} × --heads {} × --seq {} × (--prefix {} + --seq, or --head-dim {}) is too many elements to allocate",
+                a.batch,
+                a.heads,
+                a.seq,
+                a.prefix,
+                a.head_dim
             );
         }
         // Checked before the long timing runs, not when the layout is set.

@@ -16,7 +16,7 @@ use peft_models::{
 use serde_json::json;
 
 use super::{median, peak_rss_mb};
-use crate::backend::parse_backend;
+use crate::{backend::parse_backend, validate::at_least};
 
 /// Arguments of `peft bench generate`.
 #[derive(Debug, Args)]
@@ -31,13 +31,13 @@ pub struct GenerateBench {
     #[arg(long)]
     pub adapter: Option<PathBuf>,
     /// Prompt length in tokens.
-    #[arg(long, default_value_t = 32)]
+    #[arg(long, default_value_t = 32, allow_hyphen_values = true, value_parser = at_least::<1>)]
     pub prompt_len: usize,
     /// Tokens to generate.
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, default_value_t = 64, allow_hyphen_values = true, value_parser = at_least::<1>)]
     pub new_tokens: usize,
     /// Timed repetitions (the median is reported).
-    #[arg(long, default_value_t = 3)]
+    #[arg(long, default_value_t = 3, allow_hyphen_values = true, value_parser = at_least::<1>)]
     pub repeats: usize,
     /// Print one JSON object.
     #[arg(long)]
@@ -62,9 +62,15 @@ impl BackendVisitor for Gen {
             }
             None => Conditioning::default(),
         };
+        // Ids spread over the vocabulary, away from the special tokens at its ends (on a
+        // vocabulary of 200 or fewer, anywhere in it).
         let vocab = model.dims().vocab_size;
+        let (first, span) = match vocab.checked_sub(200) {
+            Some(span) if span > 0 => (100, span),
+            _ => (0, vocab.max(1)),
+        };
         let prompt: Vec<u32> = (0..a.prompt_len)
-            .map(|t| (100 + t * 7919 % (vocab - 200)) as u32)
+            .map(|t| (first + t * 7919 % span) as u32)
             .collect();
         let config = GenerationConfig {
             max_new_tokens: a.new_tokens,

@@ -25,7 +25,7 @@ use peft_models::DEFAULT_MODEL_PATH;
 use serde_json::json;
 
 use super::{median, peak_rss_mb};
-use crate::backend::parse_backend;
+use crate::{backend::parse_backend, validate::at_least};
 
 /// Arguments of `peft bench train`.
 #[derive(Debug, Args)]
@@ -40,19 +40,19 @@ pub struct TrainBench {
     #[arg(long, default_value = "prompt")]
     pub method: String,
     /// Rows per step.
-    #[arg(long, default_value_t = 8)]
+    #[arg(long, default_value_t = 8, allow_hyphen_values = true, value_parser = at_least::<1>)]
     pub batch_size: usize,
-    /// Tokens per row.
-    #[arg(long, default_value_t = 128)]
+    /// Tokens per row (at least 2: each token predicts the next).
+    #[arg(long, default_value_t = 128, allow_hyphen_values = true, value_parser = at_least::<2>)]
     pub seq_len: usize,
     /// Virtual tokens / prefix slots.
-    #[arg(long, default_value_t = 20)]
+    #[arg(long, default_value_t = 20, allow_hyphen_values = true, value_parser = at_least::<1>)]
     pub virtual_tokens: usize,
     /// Timed steps.
-    #[arg(long, default_value_t = 5)]
+    #[arg(long, default_value_t = 5, allow_hyphen_values = true, value_parser = at_least::<1>)]
     pub steps: usize,
     /// Untimed steps first.
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = 1, allow_hyphen_values = true, value_parser = at_least::<0>)]
     pub warmup: usize,
     /// Attention implementation: auto, fused or unfused.
     #[arg(long, default_value = "auto")]
