@@ -3,8 +3,11 @@
 //! Each target takes arbitrary bytes and must return normally — an `Err` is the expected
 //! outcome for garbage — never panic, and never allocate more than the input justifies (the
 //! harness checks both). File-based loaders get the bytes through a temporary file, so the
-//! whole path a user's file takes is exercised.
+//! whole path a user's file takes is exercised. [`watchdog`] ends a run whose call hangs, with
+//! the input saved.
 #![warn(missing_docs)]
+
+pub mod watchdog;
 
 use std::{
     io::Cursor,
@@ -25,8 +28,10 @@ pub struct Target {
     pub name: &'static str,
     /// What it feeds.
     pub about: &'static str,
-    /// Runs one input; returns a short description of the outcome (for corpus diversity).
-    pub run: fn(&[u8], &Path) -> String,
+    /// Runs one input; returns a short description of the outcome (for corpus diversity). An
+    /// `Err` is a failure of the harness itself (writing into the scratch directory), not an
+    /// outcome of the input.
+    pub run: fn(&[u8], &Path) -> std::io::Result<String>,
 }
 
 /// All targets.
@@ -93,23 +98,27 @@ fn outcome<T, E: std::fmt::Display>(dir: &Path, r: Result<T, E>) -> String {
     }
 }
 
-fn write(dir: &Path, name: &str, data: &[u8]) -> PathBuf {
+fn write(dir: &Path, name: &str, data: &[u8]) -> std::io::Result<PathBuf> {
     let p = dir.join(name);
-    std::fs::write(&p, data).expect("writing into the fuzz scratch directory");
-    p
+    std::fs::write(&p, data)
+        .map_err(|e| std::io::Error::new(e.kind(), format!("writing {}: {e}", p.display())))?;
+    Ok(p)
 }
 
 fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../crates/peft-models/tests/fixtures")
 }
 
-fn gguf_header(data: &[u8], dir: &Path) -> String {
-    outcome(dir, GgufHeader::read(Cursor::new(data), data.len() as u64))
+fn gguf_header(data: &[u8], dir: &Path) -> std::io::Result<String> {
+    Ok(outcome(
+        dir,
+        GgufHeader::read(Cursor::new(data), data.len() as u64),
+    ))
 }
 
-fn gguf_model(data: &[u8], dir: &Path) -> String {
-    let path = write(dir, "model.gguf", data);
-    outcome(
+fn gguf_model(data: &[u8], dir: &Path) -> std::io::Result<String> {
+    let path = write(dir, "model.gguf", data)?;
+    Ok(outcome(
         dir,
         Checkpoint::open(&path).and_then(|c| {
             let model = c.load::<Flex>(&Default::default())?;
@@ -118,21 +127,21 @@ fn gguf_model(data: &[u8], dir: &Path) -> String {
             let _ = model;
             Ok(())
         }),
-    )
+    ))
 }
 
-fn dequant(data: &[u8], dir: &Path) -> String {
+fn dequant(data: &[u8], dir: &Path) -> std::io::Result<String> {
     use peft_models::gguf::{GgmlType, dequantize};
     let Some((&code, rest)) = data.split_first() else {
-        return "empty".into();
+        return Ok("empty".into());
     };
     let Some(ty) = GgmlType::from_code(u32::from(code % 42)) else {
-        return "unknown type".into();
+        return Ok("unknown type".into());
     };
     let (block, bytes) = ty.block();
     let elements = (rest.len() as u64 / bytes * block) as usize;
     let usable = (elements as u64 / block * bytes) as usize;
-    outcome(dir, dequantize(ty, &rest[..usable], elements))
+    Ok(outcome(dir, dequantize(ty, &rest[..usable], elements)))
 }
 
 /// The bytes of a safetensors file from a fuzz input. An input that starts with `{` is taken as
@@ -151,32 +160,37 @@ fn safetensors_file(data: &[u8]) -> std::borrow::Cow<'_, [u8]> {
     std::borrow::Cow::Owned(file)
 }
 
-fn safetensors_model(data: &[u8], dir: &Path) -> String {
+fn safetensors_model(data: &[u8], dir: &Path) -> std::io::Result<String> {
     let src = fixtures().join("tiny-llama");
     for f in ["config.json", "tokenizer.json"] {
-        let _ = std::fs::copy(src.join(f), dir.join(f));
+        std::fs::copy(src.join(f), dir.join(f)).map_err(|e| {
+            std::io::Error::new(
+                e.kind(),
+                format!("copying {f} into the scratch directory: {e}"),
+            )
+        })?;
     }
-    write(dir, "model.safetensors", &safetensors_file(data));
-    outcome(
+    write(dir, "model.safetensors", &safetensors_file(data))?;
+    Ok(outcome(
         dir,
         Checkpoint::open(dir).and_then(|c| c.load::<Flex>(&Default::default()).map(|_| ())),
-    )
+    ))
 }
 
-fn config_json(data: &[u8], dir: &Path) -> String {
-    let path = write(dir, "config.json", data);
-    outcome(dir, LlamaConfig::from_hf_json(&path))
+fn config_json(data: &[u8], dir: &Path) -> std::io::Result<String> {
+    let path = write(dir, "config.json", data)?;
+    Ok(outcome(dir, LlamaConfig::from_hf_json(&path)))
 }
 
-fn tokenizer_json(data: &[u8], dir: &Path) -> String {
-    let path = write(dir, "tokenizer.json", data);
-    outcome(
+fn tokenizer_json(data: &[u8], dir: &Path) -> std::io::Result<String> {
+    let path = write(dir, "tokenizer.json", data)?;
+    Ok(outcome(
         dir,
         Tokenizer::from_file(&path).and_then(|t| {
             let ids = t.encode("fuzz <|im_start|> 42\n\n  x")?;
             t.decode(&ids)
         }),
-    )
+    ))
 }
 
 /// The tiny model's sizes, which the adapter targets load against.
@@ -194,24 +208,31 @@ fn dims() -> ModelDims {
 
 const ADAPTER_CONFIG: &str = r#"{"peft_type":"PREFIX_TUNING","task_type":"CAUSAL_LM","num_virtual_tokens":2,"token_dim":16,"num_attention_heads":2,"num_layers":2,"num_transformer_submodules":1,"inference_mode":true}"#;
 
-fn adapter_tensor() -> Vec<u8> {
+/// A valid adapter tensor file for [`ADAPTER_CONFIG`]'s shape (`[2, 64]` f32).
+fn adapter_tensor() -> std::io::Result<Vec<u8>> {
     let values = vec![0.5f32; 2 * 64];
     let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
     let view = safetensors::tensor::TensorView::new(safetensors::Dtype::F32, vec![2, 64], &bytes)
-        .expect("valid view");
-    safetensors::serialize([("prompt_embeddings", view)], None).expect("serialise")
+        .map_err(std::io::Error::other)?;
+    safetensors::serialize([("prompt_embeddings", view)], None).map_err(std::io::Error::other)
 }
 
-fn adapter_config(data: &[u8], dir: &Path) -> String {
-    write(dir, "adapter_config.json", data);
-    write(dir, "adapter_model.safetensors", &adapter_tensor());
-    outcome(dir, load_adapter::<Flex>(dir, &dims(), &Default::default()))
+fn adapter_config(data: &[u8], dir: &Path) -> std::io::Result<String> {
+    write(dir, "adapter_config.json", data)?;
+    write(dir, "adapter_model.safetensors", &adapter_tensor()?)?;
+    Ok(outcome(
+        dir,
+        load_adapter::<Flex>(dir, &dims(), &Default::default()),
+    ))
 }
 
-fn adapter_tensors(data: &[u8], dir: &Path) -> String {
-    write(dir, "adapter_config.json", ADAPTER_CONFIG.as_bytes());
-    write(dir, "adapter_model.safetensors", &safetensors_file(data));
-    outcome(dir, load_adapter::<Flex>(dir, &dims(), &Default::default()))
+fn adapter_tensors(data: &[u8], dir: &Path) -> std::io::Result<String> {
+    write(dir, "adapter_config.json", ADAPTER_CONFIG.as_bytes())?;
+    write(dir, "adapter_model.safetensors", &safetensors_file(data))?;
+    Ok(outcome(
+        dir,
+        load_adapter::<Flex>(dir, &dims(), &Default::default()),
+    ))
 }
 
 struct Bytes;
@@ -224,14 +245,14 @@ impl Tokenize for Bytes {
     }
 }
 
-fn jsonl(data: &[u8], dir: &Path) -> String {
+fn jsonl(data: &[u8], dir: &Path) -> std::io::Result<String> {
     let text = String::from_utf8_lossy(data);
     let path = Path::new("fuzz.jsonl");
-    outcome(
+    Ok(outcome(
         dir,
         parse_jsonl(path, &text)
             .and_then(|r| Dataset::tokenize(path, r, &Bytes, 64, Truncation::Left)),
-    )
+    ))
 }
 
 /// The committed seed files of a target (real and truncated files).

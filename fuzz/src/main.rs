@@ -12,19 +12,24 @@
 //!
 //! A run fails when a target panics, allocates more than the input can justify
 //! (`256 MiB + 64 × input size` in one allocation) or takes more than 10 s on one input; the
-//! input is written to `fuzz/crashes/<target>/` and the process exits non-zero.
+//! input is written to `fuzz/crashes/<target>/` and the process exits non-zero. The time limit
+//! is enforced by a watchdog thread while the call runs (`peft_fuzz::watchdog`), so a call that
+//! never returns still saves its input (`hang-<target>-<hash>`) and ends the run with exit
+//! status 3.
 
 use std::{
     alloc::{GlobalAlloc, Layout, System},
     collections::{HashMap, HashSet},
-    hash::{Hash, Hasher},
     panic::AssertUnwindSafe,
     path::PathBuf,
     sync::atomic::{AtomicUsize, Ordering},
     time::{Duration, Instant},
 };
 
-use peft_fuzz::{TARGETS, Target, seed_dir};
+use peft_fuzz::{
+    TARGETS, Target, seed_dir,
+    watchdog::{HANG_LIMIT, Watchdog, hash, save_input},
+};
 use rand::{Rng, SeedableRng, rngs::StdRng};
 
 /// Records the largest single allocation request.
@@ -135,27 +140,36 @@ fn mutate(rng: &mut StdRng, input: &[u8], corpus: &[Vec<u8>]) -> Vec<u8> {
     v
 }
 
-fn hash(data: &[u8]) -> u64 {
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    data.hash(&mut h);
-    h.finish()
-}
-
 struct Failure {
     what: String,
-    input: Vec<u8>,
+    /// The failing input and the kind of finding its file is named after (`crash`, `hang`);
+    /// `None` for a failure of the harness itself, which no input reproduces.
+    input: Option<(&'static str, Vec<u8>)>,
 }
 
-fn run_one(target: &Target, input: &[u8], scratch: &std::path::Path) -> Result<String, Failure> {
+impl Failure {
+    fn harness(what: String) -> Self {
+        Self { what, input: None }
+    }
+}
+
+fn run_one(
+    target: &Target,
+    input: &[u8],
+    scratch: &std::path::Path,
+    watchdog: &Watchdog,
+) -> Result<String, Failure> {
     let budget = (256usize << 20) + 64 * input.len();
     LARGEST.store(0, Ordering::Relaxed);
-    let started = Instant::now();
+    let armed = watchdog.arm(target.name, input);
     let result = std::panic::catch_unwind(AssertUnwindSafe(|| (target.run)(input, scratch)));
-    let elapsed = started.elapsed();
+    // A call that never returns is caught by the watchdog thread; one that returns after the
+    // limit but before the watchdog noticed is caught here.
+    let elapsed = armed.finish();
     let largest = LARGEST.load(Ordering::Relaxed);
-    let fail = |what: String| Failure {
+    let fail = |kind: &'static str, what: String| Failure {
         what,
-        input: input.to_vec(),
+        input: Some((kind, input.to_vec())),
     };
     match result {
         Err(payload) => {
@@ -164,26 +178,38 @@ fn run_one(target: &Target, input: &[u8], scratch: &std::path::Path) -> Result<S
                 .cloned()
                 .or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string()))
                 .unwrap_or_else(|| "non-string panic".into());
-            Err(fail(format!("panic: {msg}")))
+            Err(fail("crash", format!("panic: {msg}")))
         }
-        Ok(_) if largest > budget => Err(fail(format!(
-            "allocation of {largest} bytes from a {}-byte input",
-            input.len()
-        ))),
-        Ok(_) if elapsed > Duration::from_secs(10) => {
-            Err(fail(format!("{:.1} s on one input", elapsed.as_secs_f64())))
-        }
-        Ok(outcome) => Ok(outcome),
+        Ok(Err(e)) => Err(Failure::harness(format!("harness: {e}"))),
+        Ok(_) if largest > budget => Err(fail(
+            "crash",
+            format!(
+                "allocation of {largest} bytes from a {}-byte input",
+                input.len()
+            ),
+        )),
+        Ok(_) if elapsed > watchdog.limit() => Err(fail(
+            "hang",
+            format!(
+                "hang: {:.1} s on one input, past the {:.1} s limit",
+                elapsed.as_secs_f64(),
+                watchdog.limit().as_secs_f64()
+            ),
+        )),
+        Ok(Ok(outcome)) => Ok(outcome),
     }
 }
 
-fn fuzz(target: &Target, seconds: f64, seed: u64) -> Result<(u64, usize, usize), Failure> {
+fn fuzz(
+    target: &Target,
+    seconds: f64,
+    seed: u64,
+    watchdog: &Watchdog,
+) -> Result<(u64, usize, usize), Failure> {
     let scratch =
         std::env::temp_dir().join(format!("peft-fuzz-{}-{}", target.name, std::process::id()));
-    std::fs::create_dir_all(&scratch).map_err(|e| Failure {
-        what: format!("scratch dir: {e}"),
-        input: vec![],
-    })?;
+    std::fs::create_dir_all(&scratch)
+        .map_err(|e| Failure::harness(format!("scratch dir {}: {e}", scratch.display())))?;
     let mut corpus: Vec<Vec<u8>> = std::fs::read_dir(seed_dir(target.name))
         .map(|d| {
             d.filter_map(|e| e.ok())
@@ -197,7 +223,7 @@ fn fuzz(target: &Target, seconds: f64, seed: u64) -> Result<(u64, usize, usize),
     let seeds = corpus.len();
     let mut outcomes: HashSet<String> = HashSet::new();
     for input in corpus.clone() {
-        outcomes.insert(run_one(target, &input, &scratch)?);
+        outcomes.insert(run_one(target, &input, &scratch, watchdog)?);
     }
     let mut rng = StdRng::seed_from_u64(seed ^ hash(target.name.as_bytes()));
     let deadline = Instant::now() + Duration::from_secs_f64(seconds);
@@ -207,7 +233,7 @@ fn fuzz(target: &Target, seconds: f64, seed: u64) -> Result<(u64, usize, usize),
         let base = &corpus[rng.random_range(0..corpus.len())];
         let input = mutate(&mut rng, base, &corpus);
         execs += 1;
-        let outcome = run_one(target, &input, &scratch)?;
+        let outcome = run_one(target, &input, &scratch, watchdog)?;
         if outcomes.insert(outcome) && seen.insert(hash(&input), ()).is_none() {
             // Bounded corpus: past the cap a new input replaces a random mutated one.
             if corpus.len() < MAX_CORPUS {
@@ -222,6 +248,26 @@ fn fuzz(target: &Target, seconds: f64, seed: u64) -> Result<(u64, usize, usize),
     Ok((execs, outcomes.len(), corpus.len() - seeds))
 }
 
+/// The value after `flag`, or exit status 2 with a message naming the flag.
+fn flag_value<T>(
+    flag: &str,
+    value: Option<String>,
+    expected: &str,
+    parse: impl Fn(&str) -> Option<T>,
+) -> T {
+    match value.as_deref().map(|v| (v, parse(v))) {
+        Some((_, Some(v))) => v,
+        Some((v, None)) => {
+            eprintln!("{flag} {v}: expected {expected}");
+            std::process::exit(2)
+        }
+        None => {
+            eprintln!("{flag} needs a value: {expected}");
+            std::process::exit(2)
+        }
+    }
+}
+
 fn main() {
     let mut seconds = 10.0;
     let mut seed = 1u64;
@@ -229,8 +275,18 @@ fn main() {
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
-            "--seconds" => seconds = args.next().and_then(|s| s.parse().ok()).unwrap_or(seconds),
-            "--seed" => seed = args.next().and_then(|s| s.parse().ok()).unwrap_or(seed),
+            "--seconds" => {
+                seconds = flag_value(&a, args.next(), "a number of seconds, 0 or more", |s| {
+                    s.parse::<f64>()
+                        .ok()
+                        .filter(|v| v.is_finite() && *v >= 0.0 && *v <= 1e9)
+                })
+            }
+            "--seed" => {
+                seed = flag_value(&a, args.next(), "a whole number, 0 or more", |s| {
+                    s.parse().ok()
+                })
+            }
             "--list" => {
                 for t in TARGETS {
                     println!("{:18} {}", t.name, t.about);
@@ -255,27 +311,31 @@ fn main() {
     };
     // Panics are the findings; report them ourselves instead of on stderr.
     std::panic::set_hook(Box::new(|_| {}));
+    let crashes = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("crashes");
+    let watchdog = Watchdog::start(crashes.clone(), HANG_LIMIT).unwrap_or_else(|e| {
+        eprintln!("cannot start the watchdog thread: {e}");
+        std::process::exit(2)
+    });
     let mut failed = false;
     for target in selected {
-        match fuzz(target, seconds, seed) {
+        match fuzz(target, seconds, seed, &watchdog) {
             Ok((execs, outcomes, added)) => println!(
                 "{:18} {execs:>9} executions in {seconds:.0} s, {outcomes} distinct outcomes, corpus +{added}: ok",
                 target.name
             ),
             Err(f) => {
                 failed = true;
-                let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-                    .join("crashes")
-                    .join(target.name);
-                let _ = std::fs::create_dir_all(&dir);
-                let path = dir.join(format!("crash-{:016x}", hash(&f.input)));
-                let _ = std::fs::write(&path, &f.input);
-                println!(
-                    "{:18} FAILED: {} (input saved to {})",
-                    target.name,
-                    f.what,
-                    path.display()
-                );
+                let saved = match &f.input {
+                    Some((kind, input)) => match save_input(&crashes, target.name, kind, input) {
+                        Ok(path) => format!(" (input saved to {})", path.display()),
+                        Err(e) => format!(
+                            " (the input could not be saved under {}: {e})",
+                            crashes.join(target.name).display()
+                        ),
+                    },
+                    None => String::new(),
+                };
+                println!("{:18} FAILED: {}{saved}", target.name, f.what);
             }
         }
     }
