@@ -83,9 +83,11 @@ pub(crate) fn linears<B: PrefixAttentionBackend, const N: usize>(
     // Burn's `[in, out]` weight is a transposed view of the stored `[out, in]` matrix.
     let ws = layers.map(|layer| layer.weight.val().transpose());
     let ys = super::matmul::matmul_wt_many(x.reshape([b * l, d_in]), ws);
-    let mut layers = layers.into_iter();
+    // `[T; N]::map` calls the closure once per element, in order: product `i` is layer `i`'s.
+    let mut i = 0;
     ys.map(|y| {
-        let layer = layers.next().expect("one layer per product");
+        let layer = layers[i];
+        i += 1;
         let d_out = y.dims()[1];
         let y = match &layer.bias {
             Some(bias) => y + bias.val().unsqueeze::<2>(),
@@ -115,8 +117,8 @@ impl<B: PrefixAttentionBackend> Attention<B> {
         let (h, kv, d) = (self.heads, self.kv_heads, self.head_dim);
         let heads = |t: Tensor<B, 3>, n: usize| t.reshape([b, l, n, d]).swap_dims(1, 2);
         let [q, k, v] = linears([&self.q, &self.k, &self.v], x);
-        let q = heads(rope.apply(q, h), h);
-        let k = heads(rope.apply(k, kv), kv);
+        let q = heads(rope.rotate_queries(q), h);
+        let k = heads(rope.rotate_keys(k), kv);
         let v = heads(v, kv);
         (q, k, v)
     }

@@ -106,9 +106,9 @@ pub(crate) fn matmul_wt_many<B: PrefixAttentionBackend, const N: usize>(
     for (&(j, ..), product) in pieces.iter().zip(products) {
         grouped[j].push(product);
     }
-    grouped.map(|mut parts| match parts.len() {
-        1 => parts.pop().expect("one part").transpose(),
-        _ => Tensor::cat(parts, 0).transpose(),
+    grouped.map(|parts| match <[_; 1]>::try_from(parts) {
+        Ok([part]) => part.transpose(),
+        Err(parts) => Tensor::cat(parts, 0).transpose(),
     })
 }
 

@@ -218,7 +218,8 @@ impl<B: PrefixAttentionBackend> Llama<B> {
             positions,
             b,
             l,
-            &[self.config.num_heads, self.config.num_kv_heads],
+            self.config.num_heads,
+            self.config.num_kv_heads,
         );
         let cache_lengths = cache.as_ref().and_then(|c| c.prefix_lengths().cloned());
         let prefix_lengths = prefix

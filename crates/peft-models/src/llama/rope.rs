@@ -35,10 +35,11 @@ struct Flat<B: Backend> {
     sin: Tensor<B, 2>,
 }
 
-/// The tables of one forward pass, for the query and key head counts.
+/// The tables of one forward pass, laid out for the query heads and for the key heads.
 #[derive(Debug, Clone)]
 pub struct RopeSlice<B: Backend> {
-    tables: Vec<Flat<B>>,
+    query: Flat<B>,
+    key: Flat<B>,
     rotate_half: Tensor<B, 2>,
 }
 
@@ -68,18 +69,20 @@ impl<B: Backend> Rope<B> {
         self.max_positions
     }
 
-    /// The tables for `len` consecutive positions of each row, laid out for each of the given
-    /// head counts.
+    /// The tables for `len` consecutive positions of each row, laid out for `heads` query heads
+    /// and `kv_heads` key heads.
     ///
     /// # Panics
     ///
-    /// If a position is past the model's context; callers check lengths first.
+    /// If a position is past the model's context (callers check lengths first), or if
+    /// per-row positions do not have one entry per row of the batch.
     pub fn slice(
         &self,
         positions: &Positions,
         batch: usize,
         len: usize,
-        head_counts: &[usize],
+        heads: usize,
+        kv_heads: usize,
     ) -> RopeSlice<B> {
         let max = self.max_positions;
         assert!(
@@ -96,62 +99,64 @@ impl<B: Backend> Rope<B> {
         };
         let device = self.rotate_half.device();
         let half = self.inv_freq.len();
-        let mut counts = head_counts.to_vec();
-        counts.dedup();
-        let tables = counts
-            .into_iter()
-            .map(|heads| {
-                let width = len * heads * 2 * half;
-                let mut cos = Vec::with_capacity(starts.len() * width);
-                let mut sin = Vec::with_capacity(starts.len() * width);
-                for &start in &starts {
-                    for pos in start..start + len {
-                        let (c, s): (Vec<f32>, Vec<f32>) = self
-                            .inv_freq
-                            .iter()
-                            .map(|f| {
-                                let angle = pos as f32 * f;
-                                (angle.cos(), angle.sin())
-                            })
-                            .unzip();
-                        for _ in 0..heads {
-                            for _ in 0..2 {
-                                cos.extend_from_slice(&c);
-                                sin.extend_from_slice(&s);
-                            }
+        let table = |heads: usize| {
+            let width = len * heads * 2 * half;
+            let mut cos = Vec::with_capacity(starts.len() * width);
+            let mut sin = Vec::with_capacity(starts.len() * width);
+            for &start in &starts {
+                for pos in start..start + len {
+                    let (c, s): (Vec<f32>, Vec<f32>) = self
+                        .inv_freq
+                        .iter()
+                        .map(|f| {
+                            let angle = pos as f32 * f;
+                            (angle.cos(), angle.sin())
+                        })
+                        .unzip();
+                    for _ in 0..heads {
+                        for _ in 0..2 {
+                            cos.extend_from_slice(&c);
+                            sin.extend_from_slice(&s);
                         }
                     }
                 }
-                let shape = [starts.len(), width];
-                Flat {
-                    heads,
-                    cos: Tensor::from_data(TensorData::new(cos, shape), &device),
-                    sin: Tensor::from_data(TensorData::new(sin, shape), &device),
-                }
-            })
-            .collect();
+            }
+            let shape = [starts.len(), width];
+            Flat {
+                heads,
+                cos: Tensor::from_data(TensorData::new(cos, shape), &device),
+                sin: Tensor::from_data(TensorData::new(sin, shape), &device),
+            }
+        };
+        let query = table(heads);
+        let key = if kv_heads == heads {
+            query.clone()
+        } else {
+            table(kv_heads)
+        };
         RopeSlice {
-            tables,
+            query,
+            key,
             rotate_half: self.rotate_half.clone(),
         }
     }
 }
 
 impl<B: Backend> RopeSlice<B> {
-    /// Rotates the projection output `x` `[B, L, heads·d]` (heads must be one of the counts the
-    /// slice was made for).
-    ///
-    /// # Panics
-    ///
-    /// If the slice has no tables for `heads`.
-    pub fn apply(&self, x: Tensor<B, 3>, heads: usize) -> Tensor<B, 3> {
+    /// Rotates the query projection `x` `[B, L, heads·d]`.
+    pub fn rotate_queries(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
+        self.rotate(&self.query, x)
+    }
+
+    /// Rotates the key projection `x` `[B, L, kv_heads·d]`.
+    pub fn rotate_keys(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
+        self.rotate(&self.key, x)
+    }
+
+    fn rotate(&self, t: &Flat<B>, x: Tensor<B, 3>) -> Tensor<B, 3> {
         let [b, l, width] = x.dims();
         let d = self.rotate_half.dims()[0];
-        let t = self
-            .tables
-            .iter()
-            .find(|t| t.heads == heads)
-            .unwrap_or_else(|| panic!("RoPE tables were not prepared for {heads} heads"));
+        let heads = t.heads;
         let rotated = x
             .clone()
             .reshape([b * l * heads, d])
