@@ -252,7 +252,7 @@ impl Visibility {
 /// `W` lanes read `W` adjacent vectors of a staged tile), and a dot product is the lane's partial
 /// sum reduced over the `W` lanes with plane shuffles. Fewer registers per unit (a row's vectors
 /// are spread over `W` units) for `W` times the units and the reductions; the GPU layout for the
-/// backward kernels, whose whole rows exceed the register file at `d = 64` (docs/kernels.md).
+/// backward kernels, whose whole rows exceed the register file at `d = 64` (docs/measured/kernels-2026-11-27-registers.md).
 #[derive(CubeType, Clone, Copy)]
 pub(super) struct Lanes {
     /// This unit's lane within its row, `UNIT_POS % lanes`.

@@ -34,7 +34,7 @@ pub(super) fn query_tile(head_dim: usize, max_shared: usize) -> usize {
 /// default: with rows read as 4-float vectors the loops are `d / 4` long, and lavapipe (LLVM)
 /// compiles the four kernels of one head size in about 15 s with eight rows per unit.
 /// `PEFT_KERNEL_UNROLL=0` rolls them (the per-row arrays then live in per-lane memory, which
-/// measured slower on lavapipe; figures in `docs/kernels.md`).
+/// measured slower on lavapipe; figures in `docs/measured/kernels-2026-11-27-lavapipe.md`).
 pub(super) fn unroll_loops() -> bool {
     !matches!(std::env::var("PEFT_KERNEL_UNROLL").as_deref(), Ok("0"))
 }
@@ -99,7 +99,7 @@ pub(super) fn env_choice(name: &str, allowed: &[usize]) -> Option<usize> {
 /// Query rows (forward, dQ) or key columns (dK/dV) per unit. On a CPU Vulkan driver such as
 /// lavapipe, where a shader's shared-memory reads cost far more than its arithmetic, eight: each
 /// vector read from shared memory then serves eight rows (on lavapipe the forward measured
-/// 172 ms with 1 row, 78 ms with 4 and 49 ms with 8; `docs/kernels.md`). On GPUs one, which
+/// 172 ms with 1 row, 78 ms with 4 and 49 ms with 8; `docs/measured/kernels-2026-11-27-lavapipe.md`). On GPUs one, which
 /// keeps a unit's vectors in registers. [`crate::set_rows_per_unit`], else
 /// `PEFT_KERNEL_ROWS=1|2|4|8|16`, overrides.
 pub(super) fn rows_per_unit<R: CubeRuntime>(t: &CubeTensor<R>) -> usize {
@@ -122,7 +122,7 @@ pub(super) fn rows_per_unit<R: CubeRuntime>(t: &CubeTensor<R>) -> usize {
 /// `d / (4·lanes)` dependent vector multiply-adds — and the forward rescales a row's sums at most
 /// once per step. One by default: on an H200 at `d = 64` eight columns a step left the forward
 /// unchanged and slowed forward + backward (3.12 against 2.11 ms with one lane, 1.64 against
-/// 1.42 ms with two; `docs/kernels.md`). [`crate::set_step_block`], else
+/// 1.42 ms with two; `docs/measured/h200-2026-11-28-run2.jsonl`). [`crate::set_step_block`], else
 /// `PEFT_KERNEL_BLOCK=1|2|4|8`, overrides.
 pub(super) fn step_block() -> usize {
     crate::step_block_override()
@@ -131,7 +131,7 @@ pub(super) fn step_block() -> usize {
 }
 
 /// Row floats per unit the default lanes aim for (see [`default_lanes`]). Measured on an H200
-/// at `d = 64` (`docs/kernels.md`): the forward was as fast with one lane (128 floats) as with
+/// at `d = 64` (`docs/measured/h200-2026-11-28-run1.jsonl`): the forward was as fast with one lane (128 floats) as with
 /// four, and the backward fastest with two lanes (96 and 128 floats), 1.6× faster than with the
 /// four that a bound of 64 floats gave.
 pub(super) const ROW_FLOATS_PER_UNIT: usize = 128;

@@ -7,7 +7,7 @@
 //! registers (`2·d` floats, 164 registers at `d = 64` on sm_90a), so the compiler has room for
 //! only three or four vector loads in flight, each of its dot products is one chain of
 //! dependent additions, and an H200 ran it with about two warps per scheduler, issuing an
-//! instruction every 4.3 cycles per warp (docs/kernels.md). Here a unit holds 16 independent
+//! instruction every 4.3 cycles per warp (docs/measured/h200-2026-11-28-run3-ncu-forward.txt). Here a unit holds 16 independent
 //! score sums and `4·d/8` output sums: each step of the head-dimension walk loads two vectors
 //! from shared memory for 16 multiply-adds, and each step of the column walk three for 32.
 //!
