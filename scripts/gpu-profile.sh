@@ -22,6 +22,14 @@ source "$(dirname "${BASH_SOURCE[0]}")/cuda-env.sh"
 issue=(--heads 9 --kv-heads 3 --head-dim 64 --batch 8 --seq 512 --prefix 64)
 status=0
 
+# A run that panics, also after its work is done (a CUDA teardown), fails the script.
+panicked() {
+    if grep -q -F 'panicked' "$1"; then
+        echo "error: $1 contains \"panicked\"" >&2
+        status=1
+    fi
+}
+
 date -u +%T
 ncu="$(command -v ncu || ls "$CUDA_PATH"/bin/ncu /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1)"
 if [[ -n "$ncu" ]]; then
@@ -33,6 +41,7 @@ if [[ -n "$ncu" ]]; then
         "$bin/peft" bench attention --backend cuda "${issue[@]}" --repeats 1 --forward tiles --dq tiles \
         --dkdv tiles \
         >"$out/ncu.txt" 2>&1 || status=1
+    panicked "$out/ncu.txt"
     # kernel, grid x cube, device time, registers, achieved occupancy; in launch order (the
     # default layout first, then the three tiled kernels; in each, the forward pass then
     # forward + backward).
@@ -56,11 +65,13 @@ date -u +%T
 echo "== CubeCL profile at B=1, L=16, P=4 (each launch timed on the device)"
 CUBECL_DEBUG_LOG="$out/tiny-profile.log" timeout 80 "$bin/peft" bench attention --backend cuda \
     --heads 9 --kv-heads 3 --head-dim 64 --batch 1 --seq 16 --prefix 4 --repeats 2 --json \
-    | tee "$out/tiny-bench.json" || status=1
+    2>"$out/tiny-bench.err" | tee "$out/tiny-bench.json" || status=1
+panicked "$out/tiny-bench.err"
 grep -E '^\|' "$out/tiny-profile.log" >"$out/tiny-profile.txt" || true
 xz -f "$out/tiny-profile.log" || true
 grep -E '^\| [0-9.]+(µs|ms) +\| (Forward|ForwardTiled|Dq|Dkdv|SumPartials|Full|SharedSum|KernelBinop)' \
     "$out/tiny-profile.txt" | tail -24 || true
 
 date -u +%T
+[ "$status" = 0 ] || echo "gpu-profile: FAILED (see the errors above)" >&2
 exit $status
