@@ -53,7 +53,7 @@ fn main() -> ExitCode {
     // Before any thread exists (parsing starts none). On the CPU backends it took 15–25% off a
     // training step; on wgpu over lavapipe it made Burn's unfused attention about 15% slower
     // and left the fused kernels unchanged, so it is not applied where a GPU backend is named
-    // on the command line (docs/benchmarks.md).
+    // on the command line (docs/measured/history-benchmarks-2026-11-28-page-faults.md).
     use peft_kernels::backends::BackendKind;
     if !matches!(
         cli.command.backend(),

@@ -21,7 +21,9 @@
 ///
 /// Measured (`peft bench train --steps 3 --warmup 1`, SmolLM2-135M, Flex, 2 cores; release
 /// builds before and after, alternated): prompt tuning 8.1–8.6 s → 6.0–6.5 s a step, page faults
-/// 2.34 M → 0.80 M, peak RSS 2856 → 3022 MiB (`docs/benchmarks.md`). The cost is memory that
+/// 2.34 M → 0.80 M, peak RSS 2856 → 3022 MiB (dated records without a raw log:
+/// `docs/measured/history-benchmarks-2026-11-28-page-faults.md` and
+/// `docs/measured/history-benchmarks-2026-12-03-heap-trim.md`). The cost is memory that
 /// is never handed back to the OS while the process runs.
 ///
 /// Does nothing outside Linux with glibc.
