@@ -40,6 +40,9 @@ def run_json(cmd, env):
     if out.returncode != 0:
         sys.exit(f"failed ({out.returncode}): {' '.join(cmd)}\n{out.stderr[-4000:]}")
     line = [l for l in out.stdout.splitlines() if l.startswith("{")][-1]
+    # The raw result, so that `compare.py | tee docs/measured/DATE-compare.log` keeps every
+    # figure the tables are made of.
+    print("  ", line, flush=True)
     return json.loads(line)
 
 
