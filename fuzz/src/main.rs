@@ -18,11 +18,9 @@
 //! status 3.
 
 use std::{
-    alloc::{GlobalAlloc, Layout, System},
     collections::{HashMap, HashSet},
     panic::AssertUnwindSafe,
     path::PathBuf,
-    sync::atomic::{AtomicUsize, Ordering},
     time::{Duration, Instant},
 };
 
@@ -30,38 +28,12 @@ use peft_fuzz::{
     TARGETS, Target, seed_dir,
     watchdog::{HANG_LIMIT, Watchdog, hash, save_input},
 };
+use peft_testing::{AllocStats, CountingAllocator};
 use rand::{Rng, SeedableRng, rngs::StdRng};
 
-/// Records the largest single allocation request.
-struct Tracking;
-
-static LARGEST: AtomicUsize = AtomicUsize::new(0);
-
-// SAFETY: every call forwards to the system allocator unchanged; only a counter is updated.
-unsafe impl GlobalAlloc for Tracking {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        LARGEST.fetch_max(layout.size(), Ordering::Relaxed);
-        // SAFETY: same layout as requested.
-        unsafe { System.alloc(layout) }
-    }
-    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        LARGEST.fetch_max(layout.size(), Ordering::Relaxed);
-        // SAFETY: same layout as requested.
-        unsafe { System.alloc_zeroed(layout) }
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: ptr was allocated by System with this layout.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        LARGEST.fetch_max(new_size, Ordering::Relaxed);
-        // SAFETY: ptr was allocated by System with this layout.
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-}
-
+/// Counts allocations; the harness reads the largest single request of each call.
 #[global_allocator]
-static ALLOC: Tracking = Tracking;
+static ALLOC: CountingAllocator = CountingAllocator;
 
 /// Most inputs kept per target.
 const MAX_CORPUS: usize = 4096;
@@ -160,13 +132,13 @@ fn run_one(
     watchdog: &Watchdog,
 ) -> Result<String, Failure> {
     let budget = (256usize << 20) + 64 * input.len();
-    LARGEST.store(0, Ordering::Relaxed);
+    AllocStats::reset_peak();
     let armed = watchdog.arm(target.name, input);
     let result = std::panic::catch_unwind(AssertUnwindSafe(|| (target.run)(input, scratch)));
     // A call that never returns is caught by the watchdog thread; one that returns after the
     // limit but before the watchdog noticed is caught here.
     let elapsed = armed.finish();
-    let largest = LARGEST.load(Ordering::Relaxed);
+    let largest = AllocStats::now().largest;
     let fail = |kind: &'static str, what: String| Failure {
         what,
         input: Some((kind, input.to_vec())),
