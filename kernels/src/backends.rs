@@ -29,6 +29,10 @@ impl PrefixAttentionBackend for burn::backend::NdArray {
     }
 }
 
+/// NdArray multiplies frozen weights with its own matmul (the trait's defaults).
+#[cfg(feature = "ndarray")]
+impl crate::FrozenLinearBackend for burn::backend::NdArray {}
+
 /// A backend selectable at run time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum BackendKind {

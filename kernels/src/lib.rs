@@ -45,6 +45,7 @@ pub mod backends;
 pub mod baseline;
 mod counts;
 mod layout;
+pub mod linear;
 mod op;
 mod path;
 mod reference;
@@ -58,6 +59,7 @@ pub use layout::{
     kernel_shape_override, lanes_per_row_override, rows_per_unit_override, set_kernel_shape,
     set_lanes_per_row, set_rows_per_unit, set_step_block, step_block_override,
 };
+pub use linear::{FrozenLinearBackend, FrozenWeight, WeightPrecision};
 pub use op::{
     AttentionGrads, PrefixAttention, PrefixAttentionArgs, PrefixAttentionAutodiffBackend,
     PrefixAttentionBackend,

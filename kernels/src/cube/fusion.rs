@@ -142,6 +142,9 @@ impl<B: FusionBackend + PrefixAttentionBackend> Operation<B::FusionRuntime> for 
     }
 }
 
+/// Frozen products through Burn's fused matmul (the trait's defaults).
+impl<B: FusionBackend> crate::FrozenLinearBackend for Fusion<B> {}
+
 impl<B: FusionBackend + PrefixAttentionBackend> PrefixAttentionBackend for Fusion<B> {
     fn has_fused_prefix_attention() -> bool {
         B::has_fused_prefix_attention()

@@ -152,6 +152,13 @@ fn prepare<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement>(
     }
 }
 
+/// The CubeCL backends multiply frozen weights with Burn's matmul in the weight's dtype (the
+/// trait's defaults; bf16 runs Burn's bf16 matmul).
+impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> crate::FrozenLinearBackend
+    for Cube<R, F, I, BT>
+{
+}
+
 impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> PrefixAttentionBackend
     for Cube<R, F, I, BT>
 {

@@ -1,0 +1,422 @@
+//! Products `x·Wᵀ` with a frozen weight `W` packed once, on the host CPU, in bf16 with f32
+//! accumulation: AMX (`TDPBF16PS`) where the CPU and the OS allow it, else AVX512-BF16
+//! (`VDPBF16PS`), else a portable path (bf16-rounded values multiplied in f32 by the `gemm`
+//! crate). The three compute the same product of bf16-rounded inputs; they differ only in the
+//! order of the f32 sums.
+//!
+//! `x` is rounded to bf16 (nearest, ties to even) on the way in, once per call; the weight once,
+//! at packing. All `unsafe` is in [`simd`].
+
+mod simd;
+
+use std::{cell::Cell, sync::OnceLock};
+
+use rayon::prelude::*;
+
+/// A CPU kernel for bf16 products.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum CpuKernel {
+    /// Intel AMX tiles (`TDPBF16PS`): 32 × 32 blocks of the output per instruction sequence.
+    Amx,
+    /// AVX512-BF16 (`VDPBF16PS`): 8 rows × 48 columns of the output in registers.
+    Avx512Bf16,
+    /// Any CPU: bf16-rounded values widened to f32, multiplied by the `gemm` crate.
+    Portable,
+}
+
+impl CpuKernel {
+    /// Every kernel, fastest first.
+    pub const ALL: [CpuKernel; 3] = [Self::Amx, Self::Avx512Bf16, Self::Portable];
+
+    /// The fastest kernel this CPU and OS allow (probed once per process; for AMX this requests
+    /// the tile-data permission from Linux).
+    pub fn best() -> Self {
+        Self::ALL
+            .into_iter()
+            .find(|k| k.is_available())
+            .unwrap_or(Self::Portable)
+    }
+
+    /// Whether this CPU and OS can run the kernel.
+    pub fn is_available(self) -> bool {
+        static AMX: OnceLock<bool> = OnceLock::new();
+        match self {
+            Self::Amx => *AMX.get_or_init(simd::request_amx),
+            Self::Avx512Bf16 => simd::has_avx512_bf16(),
+            Self::Portable => true,
+        }
+    }
+
+    /// Its name, as benchmarks and errors print it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Amx => "amx",
+            Self::Avx512Bf16 => "avx512-bf16",
+            Self::Portable => "portable",
+        }
+    }
+}
+
+impl std::fmt::Display for CpuKernel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+thread_local! {
+    static CALLS: Cell<[u64; 3]> = const { Cell::new([0; 3]) };
+}
+
+/// Products computed by each kernel of [`CpuKernel::ALL`] (in that order) for the calling
+/// thread so far: tests assert the kernel they meant to test.
+pub fn kernel_calls() -> [u64; 3] {
+    CALLS.with(Cell::get)
+}
+
+fn count(kernel: CpuKernel) {
+    CALLS.with(|c| {
+        let mut v = c.get();
+        v[kernel as usize] += 1;
+        c.set(v);
+    });
+}
+
+/// A kernel this CPU cannot run was asked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the {0} kernel is not available on this CPU/OS")]
+pub struct Unavailable(pub CpuKernel);
+
+/// Output columns per panel of the packed weight.
+const PANEL: usize = 16;
+/// Contraction elements per AMX step (one A tile row of 64 bytes).
+const KBLOCK: usize = 32;
+/// Output rows per AMX block.
+const AMX_ROWS: usize = 32;
+/// Output rows per AVX512-BF16 block.
+const AVX_ROWS: usize = 8;
+/// Panels per AVX512-BF16 block.
+const AVX_PANELS: usize = 3;
+
+/// `f` rounded to bf16 (nearest, ties to even; NaN stays NaN), as its bits.
+pub fn bf16_bits(f: f32) -> u16 {
+    let b = f.to_bits();
+    if f.is_nan() {
+        return ((b >> 16) as u16) | 0x0040;
+    }
+    let round = 0x7FFF + ((b >> 16) & 1);
+    (b.wrapping_add(round) >> 16) as u16
+}
+
+/// The f32 value of bf16 bits.
+pub fn bf16_value(bits: u16) -> f32 {
+    f32::from_bits(u32::from(bits) << 16)
+}
+
+/// A weight `[n, k]` packed for products `x·Wᵀ` by one [`CpuKernel`].
+#[derive(Debug, Clone)]
+pub struct PackedWeight {
+    n: usize,
+    k: usize,
+    kernel: CpuKernel,
+    data: Packed,
+}
+
+#[derive(Debug, Clone)]
+enum Packed {
+    /// bf16 panels of 16 columns (see [`simd`]), `kpad` (a multiple of 32) contraction
+    /// elements each, zero beyond `k` and `n`; an even number of panels (AMX takes two at once).
+    Panels {
+        kpad: usize,
+        panels: usize,
+        data: Vec<u16>,
+    },
+    /// `[n, k]` row-major, each value rounded to bf16 and held in f32.
+    Rows(Vec<f32>),
+}
+
+impl PackedWeight {
+    /// Packs `w` (`[n, k]` row-major, the `[out, in]` layout of weight files) for `kernel`.
+    ///
+    /// # Panics
+    ///
+    /// If `w.len() != n·k`.
+    pub fn pack(w: &[f32], n: usize, k: usize, kernel: CpuKernel) -> Result<Self, Unavailable> {
+        assert_eq!(
+            w.len(),
+            n * k,
+            "a weight of {n} × {k} needs {} values",
+            n * k
+        );
+        if !kernel.is_available() {
+            return Err(Unavailable(kernel));
+        }
+        let data = match kernel {
+            CpuKernel::Portable => {
+                Packed::Rows(w.iter().map(|&v| bf16_value(bf16_bits(v))).collect())
+            }
+            CpuKernel::Amx | CpuKernel::Avx512Bf16 => {
+                let kpad = k.div_ceil(KBLOCK).max(1) * KBLOCK;
+                let panels = n.div_ceil(PANEL).next_multiple_of(2);
+                let per_panel = kpad * PANEL;
+                let mut data = vec![0u16; panels * per_panel];
+                data.par_chunks_mut(per_panel)
+                    .enumerate()
+                    .for_each(|(p, panel)| {
+                        for c in 0..PANEL {
+                            let col = p * PANEL + c;
+                            if col >= n {
+                                break;
+                            }
+                            let row = &w[col * k..col * k + k];
+                            for (kk, &v) in row.iter().enumerate() {
+                                // pair-row kk / 2, column c, half kk % 2
+                                panel[(kk / 2) * 2 * PANEL + 2 * c + kk % 2] = bf16_bits(v);
+                            }
+                        }
+                    });
+                Packed::Panels { kpad, panels, data }
+            }
+        };
+        Ok(Self { n, k, kernel, data })
+    }
+
+    /// Output columns `n`.
+    pub fn outputs(&self) -> usize {
+        self.n
+    }
+
+    /// Contraction length `k`.
+    pub fn inputs(&self) -> usize {
+        self.k
+    }
+
+    /// The kernel this weight was packed for.
+    pub fn kernel(&self) -> CpuKernel {
+        self.kernel
+    }
+
+    /// Bytes the packed weight holds.
+    pub fn bytes(&self) -> usize {
+        match &self.data {
+            Packed::Panels { data, .. } => data.len() * 2,
+            Packed::Rows(v) => v.len() * 4,
+        }
+    }
+
+    /// `x·Wᵀ` for `x` `[m, k]` row-major: `[m, n]` row-major, on the Rayon threads.
+    ///
+    /// # Panics
+    ///
+    /// If `x.len() != m·k`.
+    pub fn matmul_wt(&self, x: &[f32], m: usize) -> Vec<f32> {
+        let (n, k) = (self.n, self.k);
+        assert_eq!(x.len(), m * k, "x of {m} rows × {k} needs {} values", m * k);
+        let mut out = vec![0.0f32; m * n];
+        count(self.kernel);
+        if m == 0 || n == 0 {
+            return out;
+        }
+        match &self.data {
+            Packed::Rows(w) => portable(x, m, k, w, n, &mut out),
+            Packed::Panels { kpad, panels, data } => {
+                let rows = match self.kernel {
+                    CpuKernel::Amx => m.next_multiple_of(AMX_ROWS),
+                    _ => m,
+                };
+                let a = to_bf16_rows(x, m, k, rows, *kpad);
+                let p = Panels {
+                    data,
+                    kpad: *kpad,
+                    panels: *panels,
+                    n,
+                };
+                match self.kernel {
+                    CpuKernel::Amx => amx(&a, m, &p, &mut out),
+                    _ => avx512(&a, m, &p, &mut out),
+                }
+            }
+        }
+        out
+    }
+}
+
+/// `x` rounded to bf16, `rows` rows (zero past `m`) of `kpad` elements (zero past `k`).
+fn to_bf16_rows(x: &[f32], m: usize, k: usize, rows: usize, kpad: usize) -> Vec<u16> {
+    let mut a = vec![0u16; rows * kpad];
+    a.par_chunks_mut(kpad)
+        .take(m)
+        .zip(x.par_chunks(k))
+        .for_each(|(dst, src)| {
+            for (d, &s) in dst.iter_mut().zip(src) {
+                *d = bf16_bits(s);
+            }
+        });
+    a
+}
+
+/// A packed weight's panels, borrowed.
+struct Panels<'a> {
+    data: &'a [u16],
+    kpad: usize,
+    panels: usize,
+    n: usize,
+}
+
+impl Panels<'_> {
+    fn panel_len(&self) -> usize {
+        self.kpad * PANEL
+    }
+}
+
+/// The rows of the output each task computes: whole blocks of `block` rows, about four tasks
+/// per thread so that uneven blocks even out.
+fn rows_per_task(m: usize, block: usize) -> usize {
+    let blocks = m.div_ceil(block);
+    let tasks = (4 * rayon::current_num_threads()).max(1);
+    blocks.div_ceil(tasks).max(1) * block
+}
+
+/// The AMX product. `a` holds `m` rows padded to a multiple of 32.
+fn amx(a: &[u16], m: usize, p: &Panels<'_>, out: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        let (n, kpad) = (p.n, p.kpad);
+        let task_rows = rows_per_task(m, AMX_ROWS);
+        out.par_chunks_mut(task_rows * n)
+            .enumerate()
+            .for_each(|(t, out)| {
+                let row0 = t * task_rows;
+                let task_m = out.len() / n;
+                simd::amx_configure();
+                // A 32 × 32 block whose outputs fall partly outside `out` is stored here first.
+                let mut edge = [0.0f32; AMX_ROWS * 2 * PANEL];
+                for pair in 0..p.panels / 2 {
+                    let col0 = pair * 2 * PANEL;
+                    let cols = (n - col0.min(n)).min(2 * PANEL);
+                    if cols == 0 {
+                        break;
+                    }
+                    let b0 = &p.data[2 * pair * p.panel_len()..(2 * pair + 2) * p.panel_len()];
+                    for r in (0..task_m).step_by(AMX_ROWS) {
+                        let rows = (task_m - r).min(AMX_ROWS);
+                        let a_rows = &a[(row0 + r) * kpad..(row0 + r + AMX_ROWS) * kpad];
+                        let whole = rows == AMX_ROWS && cols == 2 * PANEL;
+                        let (c, ldc) = if whole {
+                            (out[r * n + col0..].as_mut_ptr(), n * 4)
+                        } else {
+                            (edge.as_mut_ptr(), 2 * PANEL * 4)
+                        };
+                        // SAFETY: `amx_configure` ran on this thread above; `a_rows` holds 32
+                        // rows of `kpad` bf16 (`kpad / 32` blocks of 64 bytes) at stride
+                        // `2·kpad` bytes; `b0` holds two panels of `kpad / 32` KiB; `c` is either
+                        // `out` at row `r`, column `col0` with 32 rows of 32 columns left in
+                        // `out` (the block is whole), or the 32 × 32 `edge` buffer.
+                        unsafe {
+                            simd::amx_block(
+                                a_rows.as_ptr(),
+                                2 * kpad,
+                                b0.as_ptr(),
+                                b0[p.panel_len()..].as_ptr(),
+                                kpad / KBLOCK,
+                                c,
+                                ldc,
+                            );
+                        }
+                        if !whole {
+                            for i in 0..rows {
+                                out[(r + i) * n + col0..(r + i) * n + col0 + cols]
+                                    .copy_from_slice(&edge[i * 2 * PANEL..i * 2 * PANEL + cols]);
+                            }
+                        }
+                    }
+                }
+                simd::amx_release();
+            });
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    unreachable!(
+        "the AMX kernel is never available off x86_64: {m} {} {}",
+        p.n,
+        out.len()
+    );
+}
+
+/// The AVX512-BF16 product.
+fn avx512(a: &[u16], m: usize, p: &Panels<'_>, out: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        let (n, kpad) = (p.n, p.kpad);
+        let used_panels = n.div_ceil(PANEL);
+        let task_rows = rows_per_task(m, AVX_ROWS);
+        out.par_chunks_mut(task_rows * n)
+            .enumerate()
+            .for_each(|(t, out)| {
+                let row0 = t * task_rows;
+                let task_m = out.len() / n;
+                for p0 in (0..used_panels).step_by(AVX_PANELS) {
+                    let np = (used_panels - p0).min(AVX_PANELS);
+                    let last_cols = n - (p0 + np - 1) * PANEL;
+                    let last_cols = last_cols.min(PANEL);
+                    let b = &p.data[p0 * p.panel_len()..(p0 + np) * p.panel_len()];
+                    for r in (0..task_m).step_by(AVX_ROWS) {
+                        let mr = (task_m - r).min(AVX_ROWS);
+                        let a_rows = &a[(row0 + r) * kpad..(row0 + r + mr) * kpad];
+                        let c = &mut out[r * n + p0 * PANEL..];
+                        // SAFETY: AVX512-BF16 is available (checked when the weight was packed
+                        // for this kernel); `a_rows` holds `mr` rows of `kpad` bf16; `b` holds
+                        // `np` panels of `16·kpad` bf16; `c` starts at row `r`, column
+                        // `16·p0` of `out`, which has `mr` rows of `n` columns from there, so
+                        // `16·(np − 1) + last_cols` columns fit in each.
+                        unsafe { avx512_dispatch(mr, np, a_rows, kpad, b, p, c, n, last_cols) };
+                    }
+                }
+            });
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    unreachable!(
+        "the AVX512-BF16 kernel is never available off x86_64: {m} {} {}",
+        p.n,
+        out.len()
+    );
+}
+
+/// [`simd::avx512_block`] for `mr` rows (1–8) and `np` panels (1–3).
+///
+/// # Safety
+///
+/// As [`simd::avx512_block`] with `MR = mr`, `NP = np`.
+#[cfg(target_arch = "x86_64")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn avx512_dispatch(
+    mr: usize,
+    np: usize,
+    a: &[u16],
+    lda: usize,
+    b: &[u16],
+    p: &Panels<'_>,
+    c: &mut [f32],
+    ldc: usize,
+    last_cols: usize,
+) {
+    macro_rules! call {
+        ($($mr:literal),*) => {
+            match (mr, np) {
+                $(
+                    ($mr, 1) => simd::avx512_block::<$mr, 1>(a.as_ptr(), lda, b.as_ptr(), p.panel_len(), p.kpad / 2, c.as_mut_ptr(), ldc, last_cols),
+                    ($mr, 2) => simd::avx512_block::<$mr, 2>(a.as_ptr(), lda, b.as_ptr(), p.panel_len(), p.kpad / 2, c.as_mut_ptr(), ldc, last_cols),
+                    ($mr, 3) => simd::avx512_block::<$mr, 3>(a.as_ptr(), lda, b.as_ptr(), p.panel_len(), p.kpad / 2, c.as_mut_ptr(), ldc, last_cols),
+                )*
+                _ => unreachable!("blocks are 1–8 rows of 1–3 panels, not {mr} × {np}"),
+            }
+        };
+    }
+    // SAFETY: the caller's contract, passed on.
+    unsafe { call!(1, 2, 3, 4, 5, 6, 7, 8) }
+}
+
+/// The portable product: `x` rounded to bf16, times the bf16-rounded rows `w` `[n, k]`, in f32
+/// by the `gemm` crate on the Rayon threads.
+fn portable(x: &[f32], m: usize, k: usize, w: &[f32], n: usize, out: &mut [f32]) {
+    let xr: Vec<f32> = x.par_iter().map(|&v| bf16_value(bf16_bits(v))).collect();
+    simd::gemm_f32_wt(out, &xr, w, m, n, k);
+}

@@ -1,0 +1,92 @@
+//! Flex: bf16 weights packed for the host CPU's bf16 instructions ([`super::cpu`]).
+
+use std::sync::Arc;
+
+use burn::{
+    backend::Flex,
+    tensor::{DType, Tensor, TensorData, TensorPrimitive},
+};
+
+use super::{
+    CpuPair, FrozenLinearBackend, FrozenWeight, Storage, WeightPrecision, burn_backward,
+    burn_forward,
+    cpu::{CpuKernel, PackedWeight},
+};
+
+impl FrozenLinearBackend for Flex {
+    /// bf16 weights are packed for [`CpuKernel::best`], twice (`W` and `Wᵀ`); f32 weights stay
+    /// tensors for Burn's matmul (the f32 path is numerically the model as loaded).
+    fn frozen_weight(weight: Tensor<Self, 2>, precision: WeightPrecision) -> FrozenWeight<Self> {
+        if precision != WeightPrecision::Bf16 {
+            return FrozenWeight::tensor(weight, precision);
+        }
+        let [n, k] = weight.dims();
+        let Ok(values) = weight
+            .clone()
+            .into_data()
+            .convert::<f32>()
+            .into_vec::<f32>()
+        else {
+            return FrozenWeight::tensor(weight, precision);
+        };
+        let mut transposed = vec![0.0f32; n * k];
+        for (r, row) in values.chunks(k.max(1)).enumerate() {
+            for (c, &v) in row.iter().enumerate() {
+                transposed[c * n + r] = v;
+            }
+        }
+        let kernel = CpuKernel::best();
+        match (
+            PackedWeight::pack(&values, n, k, kernel),
+            PackedWeight::pack(&transposed, k, n, kernel),
+        ) {
+            (Ok(forward), Ok(backward)) => FrozenWeight {
+                shape: [n, k],
+                precision,
+                storage: Storage::Cpu(Arc::new(CpuPair { forward, backward })),
+            },
+            // `best` is available by definition; a weight stays usable regardless.
+            _ => FrozenWeight::tensor(weight, precision),
+        }
+    }
+
+    fn frozen_forward(x: Tensor<Self, 2>, weight: &FrozenWeight<Self>) -> Tensor<Self, 2> {
+        match &weight.storage {
+            Storage::Cpu(p) => product(x, &p.forward),
+            Storage::Tensor(_) => burn_forward(x, weight),
+        }
+    }
+
+    fn frozen_backward(dy: Tensor<Self, 2>, weight: &FrozenWeight<Self>) -> Tensor<Self, 2> {
+        match &weight.storage {
+            Storage::Cpu(p) => product(dy, &p.backward),
+            Storage::Tensor(_) => burn_backward(dy, weight),
+        }
+    }
+}
+
+/// `x·Pᵀ` for a packed `P`, reading `x`'s f32 values in place where it is contiguous.
+fn product(x: Tensor<Flex, 2>, p: &PackedWeight) -> Tensor<Flex, 2> {
+    let [m, _] = x.dims();
+    let device = x.device();
+    let x = if x.dtype() == DType::F32 {
+        x
+    } else {
+        x.cast(DType::F32)
+    };
+    let primitive = x.into_primitive().tensor();
+    let out = match primitive.as_slice::<f32>() {
+        Some(values) => p.matmul_wt(values, m),
+        None => {
+            let x = primitive.to_contiguous();
+            match x.as_slice::<f32>() {
+                Some(values) => p.matmul_wt(values, m),
+                None => unreachable!("a contiguous f32 tensor is a slice of f32"),
+            }
+        }
+    };
+    Tensor::from_primitive(TensorPrimitive::Float(burn_flex::FlexTensor::from_data(
+        TensorData::new(out, [m, p.outputs()]),
+    )))
+    .to_device(&device)
+}

@@ -1,0 +1,220 @@
+//! The CPU bf16 products (`peft_kernels::linear::cpu`) against an f64 reference: every kernel
+//! this machine runs, and the portable one, on odd shapes (sizes that are not multiples of the
+//! 16-column panels, the 32-element contraction blocks or the 32- and 8-row blocks; `k = 1`) and
+//! on SmolLM2-135M's shapes.
+//!
+//! Bounds, from bf16 rounding (unit roundoff `u = 2⁻⁸`) and f32 summation (`2⁻²⁴`), per output
+//! element with `S = Σₖ |xₖ|·|wₖ|`:
+//! * against the product of the bf16-rounded inputs in f64 (the kernels multiply those
+//!   exactly): `|Δ| ≤ (k + 2)·2⁻²⁴·S` — only the order of the f32 sums differs;
+//! * against the product of the unrounded inputs: `|Δ| ≤ (2·2⁻⁸ + 2⁻¹⁶ + (k + 2)·2⁻²⁴)·S`.
+//!
+//! Which kernel this machine must have is read from `/proc/cpuinfo` independently of the
+//! crate's own detection: a CPU whose flags list AMX (or AVX512-BF16) fails the test if the
+//! kernel is not available, so a broken probe cannot fall back to a slower path unnoticed.
+
+use peft_kernels::linear::cpu::{CpuKernel, PackedWeight, bf16_bits, bf16_value, kernel_calls};
+use peft_testing::{assert_finite, check_finite};
+
+/// A small deterministic generator (SplitMix64): values in [-1, 1), away from zero enough that
+/// no product is an f32 subnormal (the bf16 instructions flush those).
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> f32 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^= z >> 31;
+        let u = (z >> 40) as f32 / (1u64 << 24) as f32; // [0, 1)
+        let v = 2.0 * u - 1.0;
+        if v.abs() < 1e-3 {
+            1e-3f32.copysign(v)
+        } else {
+            v
+        }
+    }
+    fn vec(&mut self, n: usize) -> Vec<f32> {
+        (0..n).map(|_| self.next()).collect()
+    }
+}
+
+fn rounded(v: &[f32]) -> Vec<f32> {
+    v.iter().map(|&x| bf16_value(bf16_bits(x))).collect()
+}
+
+/// Worst `|Δ| / bound` over the outputs of `kernel` on `m × k` times `[n, k]ᵀ`, against the
+/// rounded-input and the unrounded-input references; asserts both are at most 1 and that the
+/// product ran on `kernel`.
+fn check(kernel: CpuKernel, m: usize, n: usize, k: usize, seed: u64) -> (f64, f64) {
+    let mut rng = Rng(seed);
+    let (x, w) = (rng.vec(m * k), rng.vec(n * k));
+    let packed = PackedWeight::pack(&w, n, k, kernel).expect("available");
+    let before = kernel_calls();
+    let got = packed.matmul_wt(&x, m);
+    let after = kernel_calls();
+    let ran: Vec<u64> = after.iter().zip(before).map(|(a, b)| a - b).collect();
+    let mut want = [0u64; 3];
+    want[CpuKernel::ALL.iter().position(|&c| c == kernel).unwrap()] = 1;
+    assert_eq!(ran, want, "{kernel}: other kernels ran");
+    assert_eq!(got.len(), m * n);
+    assert_finite(&got, &format!("{kernel} {m}×{n}×{k}"));
+    let (xr, wr) = (rounded(&x), rounded(&w));
+    let (mut worst_rounded, mut worst_exact) = (0.0f64, 0.0f64);
+    for i in 0..m {
+        for j in 0..n {
+            let (mut exact, mut of_rounded, mut s) = (0.0f64, 0.0f64, 0.0f64);
+            for kk in 0..k {
+                let (a, b) = (f64::from(x[i * k + kk]), f64::from(w[j * k + kk]));
+                let (ar, br) = (f64::from(xr[i * k + kk]), f64::from(wr[j * k + kk]));
+                exact += a * b;
+                of_rounded += ar * br;
+                s += (a * b).abs();
+            }
+            let v = f64::from(got[i * n + j]);
+            let acc = (k as f64 + 2.0) * 2f64.powi(-24);
+            let r = (v - of_rounded).abs() / (acc * s);
+            let e = (v - exact).abs() / ((2.0 * 2f64.powi(-8) + 2f64.powi(-16) + acc) * s);
+            assert!(
+                r <= 1.0 && e <= 1.0,
+                "{kernel} {m}×{n}×{k} at ({i}, {j}): {v} against {of_rounded} (rounded inputs, \
+                 {r:.3} of the bound) and {exact} ({e:.3} of the bound)"
+            );
+            (worst_rounded, worst_exact) = (worst_rounded.max(r), worst_exact.max(e));
+        }
+    }
+    (worst_rounded, worst_exact)
+}
+
+/// The kernels this machine must run, from /proc/cpuinfo's flags (Linux), besides the portable.
+fn required() -> Vec<CpuKernel> {
+    let flags: Vec<String> = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .find(|l| l.starts_with("flags"))
+                .map(|l| l.split_whitespace().map(str::to_owned).collect())
+        })
+        .unwrap_or_default();
+    let has = |f: &str| flags.iter().any(|x| x == f);
+    let mut v = vec![CpuKernel::Portable];
+    if has("avx512f") && has("avx512_bf16") {
+        v.push(CpuKernel::Avx512Bf16);
+    }
+    if has("amx_tile") && has("amx_bf16") {
+        v.push(CpuKernel::Amx);
+    }
+    v
+}
+
+const ODD_SHAPES: [(usize, usize, usize); 9] = [
+    (1, 1, 1),
+    (3, 5, 1),
+    (2, 17, 2),
+    (17, 33, 31),
+    (33, 47, 65),
+    (31, 16, 32),
+    (40, 31, 97),
+    (64, 64, 64),
+    (9, 50, 33),
+];
+
+/// SmolLM2-135M's frozen products `(n, k)` forward (q/o, k/v, gate/up, down) and their backward
+/// `dx = dy·W` (the same shapes transposed), at 64 rows.
+const SMOLLM2: [(usize, usize); 6] = [
+    (576, 576),
+    (192, 576),
+    (1536, 576),
+    (576, 1536),
+    (576, 192),
+    (576, 1536),
+];
+
+#[test]
+fn every_available_kernel_matches_the_f64_reference() {
+    let required = required();
+    let mut ran = Vec::new();
+    for kernel in CpuKernel::ALL {
+        if !kernel.is_available() {
+            assert!(
+                !required.contains(&kernel),
+                "this CPU lists the flags of the {kernel} kernel, but it is not available"
+            );
+            eprintln!("{kernel}: not available on this CPU (its flags are not listed)");
+            continue;
+        }
+        let mut worst = (0.0f64, 0.0f64);
+        for (i, &(m, n, k)) in ODD_SHAPES.iter().enumerate() {
+            let w = check(kernel, m, n, k, 100 + i as u64);
+            worst = (worst.0.max(w.0), worst.1.max(w.1));
+        }
+        for (i, &(n, k)) in SMOLLM2.iter().enumerate() {
+            let w = check(kernel, 64, n, k, 200 + i as u64);
+            worst = (worst.0.max(w.0), worst.1.max(w.1));
+        }
+        eprintln!(
+            "{kernel}: worst error {:.3} of the rounded-input bound, {:.3} of the bf16 bound",
+            worst.0, worst.1
+        );
+        ran.push(kernel);
+    }
+    for kernel in required {
+        assert!(ran.contains(&kernel), "{kernel} did not run");
+    }
+}
+
+/// The LM head's shape (49 152 × 576) at a few rows, and a row count that leaves a partial
+/// block on every kernel.
+#[test]
+fn lm_head_shape_matches_the_f64_reference() {
+    for kernel in CpuKernel::ALL.into_iter().filter(|k| k.is_available()) {
+        check(kernel, 3, 49_152, 576, 7);
+        check(kernel, 45, 1_000, 576, 8);
+    }
+}
+
+/// A NaN in the input comes out as NaN in its row (never hidden), on every kernel.
+#[test]
+fn nan_in_the_input_reaches_the_output() {
+    for kernel in CpuKernel::ALL.into_iter().filter(|k| k.is_available()) {
+        let (m, n, k) = (3, 20, 40);
+        let mut x = Rng(1).vec(m * k);
+        x[k + 5] = f32::NAN;
+        let w = Rng(2).vec(n * k);
+        let y = PackedWeight::pack(&w, n, k, kernel)
+            .unwrap()
+            .matmul_wt(&x, m);
+        assert!(check_finite(&y[..n], "row 0").is_ok(), "{kernel}");
+        assert!(
+            y[n..2 * n].iter().all(|v| v.is_nan()),
+            "{kernel}: {:?}",
+            &y[n..2 * n]
+        );
+        assert!(check_finite(&y[2 * n..], "row 2").is_ok(), "{kernel}");
+    }
+}
+
+#[test]
+fn bf16_rounding_is_to_nearest_even() {
+    for v in [
+        1.0f32,
+        -2.5,
+        3.140625 + 2f32.powi(-12),
+        1e-20,
+        65504.0,
+        f32::MAX,
+        f32::MIN_POSITIVE,
+        0.0,
+        -0.0,
+    ] {
+        assert_eq!(bf16_bits(v), half::bf16::from_f32(v).to_bits(), "{v}");
+    }
+    // Ties: 1 + 2⁻⁸ is halfway between 1 and 1 + 2⁻⁷ and goes to the even 1.
+    assert_eq!(bf16_value(bf16_bits(1.0 + 2f32.powi(-8))), 1.0);
+    assert_eq!(
+        bf16_value(bf16_bits(1.0 + 3.0 * 2f32.powi(-8))),
+        1.0 + 2f32.powi(-6)
+    );
+    assert!(bf16_value(bf16_bits(f32::NAN)).is_nan());
+    assert_eq!(bf16_value(bf16_bits(f32::INFINITY)), f32::INFINITY);
+}
