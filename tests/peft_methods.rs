@@ -12,7 +12,7 @@ use burn::{
     module::{AutodiffModule, Module},
     tensor::{Tensor, backend::AutodiffBackend},
 };
-use common::{adapters, loss, one_step_changes_only_the_adapter, rows, tiny, values};
+use common::{adapters, loss, one_step_changes_only_the_adapter, rows, tiny, tiny_in, values};
 use peft_core::{
     Adapter, CausalLm, PeftModel,
     adapter::{SaveOptions, load_adapter, save_adapter},
@@ -21,7 +21,10 @@ use peft_core::{
     prefix::{Prefix, PrefixLayout},
     prompt::SoftPrompt,
 };
-use peft_kernels::AttentionPath;
+use peft_kernels::{
+    AttentionPath, WeightPrecision,
+    linear::cpu::{CpuKernel, kernel_calls},
+};
 use peft_models::Llama;
 use peft_testing::{assert_close, max_rel_diff};
 
@@ -38,7 +41,7 @@ fn trainable_parameter_report_counts_like_peft() {
     let [prompt, prefix, _] = adapters(model.base());
     model.add_adapter("p", prompt).expect("add");
     model.add_adapter("x", prefix).expect("add");
-    let base = model.base().num_params();
+    let base = model.base().parameter_count();
     let report = model.trainable_parameters("p").expect("report");
     assert_eq!(report.trainable, 4 * 32);
     assert_eq!(report.total, base + 4 * 32);
@@ -173,6 +176,48 @@ fn checkpointed_gradients_equal_plain_ones() {
                 "{path:?}: checkpointed gradients differ by {err} of their largest"
             );
         }
+    }
+}
+
+/// `--precision bf16`: the adapters' gradients through a model whose frozen linear weights are
+/// bf16 (products on this CPU's fastest bf16 kernel, forward and backward) stay within
+/// `BF16_GRAD_TOL` of the f32 model's, relative to the largest. The bound comes from bf16
+/// rounding (2⁻⁹ relative on weights and product inputs, a few products deep): about twice the
+/// worst adapter seen (docs/measured/2026-12-05-test-figures.log).
+#[test]
+fn bf16_weights_give_gradients_close_to_f32() {
+    const BF16_GRAD_TOL: f64 = 0.05;
+    let f32_model = tiny::<Ad>().no_grad();
+    let bf16_model = tiny_in::<Ad>(WeightPrecision::Bf16).no_grad();
+    let best = CpuKernel::best();
+    let slot = CpuKernel::ALL
+        .iter()
+        .position(|&k| k == best)
+        .expect("listed");
+    for (a, (adapter32, adapter16)) in adapters(&f32_model)
+        .iter()
+        .zip(adapters(&bf16_model).iter())
+        .enumerate()
+    {
+        let want = grads_of(adapter32, &loss(&f32_model, adapter32).backward());
+        let forward_calls = kernel_calls()[slot];
+        let loss16 = loss(&bf16_model, adapter16);
+        let backward_calls = kernel_calls()[slot];
+        assert!(
+            backward_calls > forward_calls,
+            "no forward product on {best}"
+        );
+        let got = grads_of(adapter16, &loss16.backward());
+        assert!(
+            kernel_calls()[slot] > backward_calls,
+            "no backward product on {best}"
+        );
+        let err = max_rel_diff(&want, &got, 1e-12);
+        eprintln!("adapter {a}: bf16 gradients differ by {err:e} of the largest");
+        assert!(
+            err < BF16_GRAD_TOL,
+            "adapter {a}: bf16 gradients differ from f32's by {err} of their largest"
+        );
     }
 }
 

@@ -109,7 +109,11 @@ pub struct AttentionGrads<B: Backend> {
 /// [`backward`](Self::prefix_attention_backward) and return `true` from
 /// [`has_fused_prefix_attention`](Self::has_fused_prefix_attention); the CubeCL backends'
 /// forward returns the log-sum-exp in f32 for every input dtype.
-pub trait PrefixAttentionBackend: Backend {
+///
+/// It is the backend bound of the models and the training code, so it also requires the frozen
+/// products of [`FrozenLinearBackend`](crate::FrozenLinearBackend) (every backend here
+/// implements both).
+pub trait PrefixAttentionBackend: Backend + crate::FrozenLinearBackend {
     /// Whether this backend runs fused kernels (and so prefers them by default).
     fn has_fused_prefix_attention() -> bool {
         false

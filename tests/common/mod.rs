@@ -31,10 +31,15 @@ pub fn conditioning<B: Backend>(adapter: &Adapter<B>) -> Conditioning<B> {
 }
 
 pub fn tiny<B: PrefixAttentionBackend>() -> Llama<B> {
+    tiny_in(peft_kernels::WeightPrecision::F32)
+}
+
+/// The tiny model with its frozen linear weights in `precision`.
+pub fn tiny_in<B: PrefixAttentionBackend>(precision: peft_kernels::WeightPrecision) -> Llama<B> {
     let dir = model::repo_root().join("crates/peft-models/tests/fixtures/tiny-llama");
     Checkpoint::open(dir)
         .expect("open")
-        .load::<B>(&Default::default())
+        .load_with_precision::<B>(&Default::default(), precision)
         .expect("load")
 }
 

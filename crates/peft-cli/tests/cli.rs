@@ -580,3 +580,138 @@ fn numbers_out_of_range_are_clear_errors() {
         );
     }
 }
+
+fn settings_of(run: &Path) -> Value {
+    let text = std::fs::read_to_string(run.join("train_config.json")).expect("settings");
+    serde_json::from_str(&text).expect("settings JSON")
+}
+
+/// `--precision bf16` on every command that loads the model: the run records it and resumes in
+/// it, the benchmark reports the CPU kernel that ran (this machine's fastest), and a value other
+/// than f32 or bf16 is refused naming the flag.
+#[test]
+fn bf16_precision_on_every_command() {
+    let dir = tmp("bf16");
+    let data = write_data(&dir);
+    let out = dir.join("run");
+    let (model, data_s, out_s) = (
+        tiny().display().to_string(),
+        data.display().to_string(),
+        out.display().to_string(),
+    );
+    ok(&[
+        "train",
+        "--model",
+        &model,
+        "--method",
+        "prompt",
+        "--data",
+        &data_s,
+        "--out",
+        &out_s,
+        "--steps",
+        "2",
+        "--batch-size",
+        "2",
+        "--virtual-tokens",
+        "2",
+        "--precision",
+        "bf16",
+    ]);
+    let settings = settings_of(&out);
+    assert_eq!(settings["precision"], "bf16");
+    ok(&["train", "--resume", &out_s, "--steps", "3"]);
+    let settings = settings_of(&out);
+    assert_eq!(settings["precision"], "bf16", "resume keeps the precision");
+    let metrics = std::fs::read_to_string(out.join("metrics.jsonl")).expect("metrics");
+    let losses: Vec<f64> = metrics
+        .lines()
+        .map(json)
+        .filter(|v| v["event"] == "train")
+        .filter_map(|v| v["loss"].as_f64())
+        .collect();
+    assert_eq!(losses.len(), 3);
+    peft_testing::assert_finite(&losses, "bf16 training losses");
+
+    let eval = json(&ok(&[
+        "eval",
+        "--model",
+        &model,
+        "--data",
+        &data_s,
+        "--adapter",
+        &out_s,
+        "--precision",
+        "bf16",
+        "--json",
+    ]));
+    assert!(eval["loss"].as_f64().is_some_and(f64::is_finite));
+    let generated = json(&ok(&[
+        "generate",
+        "--model",
+        &model,
+        "--adapter",
+        &out_s,
+        "--prompt",
+        "name = Blue",
+        "--max-new-tokens",
+        "3",
+        "--precision",
+        "bf16",
+        "--json",
+    ]));
+    assert!(generated["generated_text"].is_string());
+
+    let bench = json(&ok(&[
+        "bench",
+        "train",
+        "--model",
+        &model,
+        "--steps",
+        "1",
+        "--warmup",
+        "0",
+        "--batch-size",
+        "2",
+        "--seq-len",
+        "8",
+        "--virtual-tokens",
+        "2",
+        "--precision",
+        "bf16",
+        "--json",
+    ]));
+    assert_eq!(bench["precision"], "bf16");
+    assert_eq!(
+        bench["cpu_kernel"],
+        peft_kernels::linear::cpu::CpuKernel::best().name()
+    );
+    assert!(bench["last_loss"].as_f64().is_some_and(f64::is_finite));
+    let g = json(&ok(&[
+        "bench",
+        "generate",
+        "--model",
+        &model,
+        "--prompt-len",
+        "4",
+        "--new-tokens",
+        "2",
+        "--repeats",
+        "1",
+        "--precision",
+        "bf16",
+        "--json",
+    ]));
+    assert!(g["tokens_per_s"].as_f64().is_some_and(|v| v > 0.0));
+
+    for args in [
+        vec!["eval", "--model", &model, "--data", &data_s],
+        vec!["generate", "--model", &model, "--prompt", "x"],
+        vec!["bench", "train", "--model", &model],
+    ] {
+        let mut args = args.clone();
+        args.extend(["--precision", "f16"]);
+        refused(&args, "--precision", "f16");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

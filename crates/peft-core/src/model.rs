@@ -219,6 +219,13 @@ pub trait CausalLm<B: Backend>: Module<B> {
     /// Vocabulary logits `[B, L, vocab]` of hidden states.
     fn logits(&self, hidden: Tensor<B, 3>) -> Tensor<B, 3>;
 
+    /// Every value of the model, frozen weights included (what Hugging Face counts as its
+    /// parameters). The default is Burn's [`Module::num_params`], which sees only `Param`s: a
+    /// model holding frozen weights outside `Param`s counts them itself.
+    fn parameter_count(&self) -> usize {
+        self.num_params()
+    }
+
     /// An empty cache sized for this model.
     fn new_cache(&self) -> KvCache<B> {
         KvCache::new(self.dims().num_layers)

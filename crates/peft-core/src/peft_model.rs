@@ -382,7 +382,7 @@ impl<B: Backend, M: CausalLm<B>> PeftModel<B, M> {
         let adapter = self.lookup(name)?.num_params();
         Ok(ParameterCount {
             trainable: adapter,
-            total: self.base.num_params() + adapter,
+            total: self.base.parameter_count() + adapter,
         })
     }
 }

@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use peft_kernels::PrefixAttentionBackend;
+use peft_kernels::{PrefixAttentionBackend, WeightPrecision};
 
 use crate::{
     config::LlamaConfig,
@@ -78,8 +78,18 @@ impl Checkpoint {
         &self.path
     }
 
-    /// Loads the weights onto `device`.
+    /// Loads the weights onto `device`, the linear layers in f32.
     pub fn load<B: PrefixAttentionBackend>(&self, device: &B::Device) -> Result<Llama<B>> {
-        Llama::load(&self.config, self.source.as_ref(), device)
+        self.load_with_precision(device, WeightPrecision::F32)
+    }
+
+    /// Loads the weights onto `device`, the frozen linear weights in `precision`
+    /// ([`Llama::load_with_precision`]).
+    pub fn load_with_precision<B: PrefixAttentionBackend>(
+        &self,
+        device: &B::Device,
+        precision: WeightPrecision,
+    ) -> Result<Llama<B>> {
+        Llama::load_with_precision(&self.config, self.source.as_ref(), device, precision)
     }
 }

@@ -81,6 +81,17 @@ pub enum ModelError {
         /// `max_position_embeddings`.
         max: usize,
     },
+    /// The backend cannot hold the frozen weights in the precision asked for.
+    #[error(
+        "the {backend} backend cannot multiply frozen weights in {precision} on this device \
+         (use --precision f32, or a CPU or CUDA backend for bf16)"
+    )]
+    UnsupportedPrecision {
+        /// The backend and device, as Burn names them.
+        backend: String,
+        /// The precision asked for.
+        precision: &'static str,
+    },
     /// Invalid generation settings.
     #[error("invalid generation settings: {0}")]
     Generation(String),

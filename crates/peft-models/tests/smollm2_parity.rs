@@ -8,14 +8,20 @@
 mod common;
 
 use burn::backend::Flex;
-use common::{fixture, ids, model_path};
+use common::{fixture, ids, max_logit_error, model_path};
 use peft_core::CausalLm;
+use peft_kernels::{
+    WeightPrecision,
+    linear::cpu::{CpuKernel, kernel_calls},
+};
 use peft_models::{
     Checkpoint,
     generate::{Conditioning, GenerationConfig, generate},
 };
 
 const LOGIT_TOL: f64 = 1e-4;
+/// Logit tolerance with bf16 weights, against the f32 reference (see the test).
+const BF16_LOGIT_TOL: f64 = 0.3;
 
 #[test]
 fn tokenizer_matches_hugging_face() {
@@ -92,4 +98,80 @@ fn kv_cache_decoding_equals_full_recompute() {
         seq[prompt.len()..],
         "cached and recomputed greedy decoding differ"
     );
+}
+
+/// bf16 weights (`--precision bf16`): every frozen linear product runs on the fastest bf16 CPU
+/// kernel of this machine, and the prompts' logits stay within `BF16_LOGIT_TOL` of Hugging
+/// Face's f32 logits. The bound comes from bf16 rounding (relative 2⁻⁹ on every weight and
+/// every product input, through 30 layers): about twice the worst prompt seen (0.148 on an
+/// Intel Xeon with AMX, docs/measured/2026-12-05-test-figures.log). The next token (the
+/// largest logit) is Hugging Face's on every prompt.
+#[test]
+fn bf16_weights_stay_close_to_the_f32_reference() {
+    let Some(path) = model_path() else { return };
+    let ckpt = Checkpoint::open(&path).expect("open");
+    let model = ckpt
+        .load_with_precision::<Flex>(&Default::default(), WeightPrecision::Bf16)
+        .expect("load");
+    let best = CpuKernel::best();
+    let linears = model.layers.iter().flat_map(|l| {
+        [
+            &l.attn.q,
+            &l.attn.k,
+            &l.attn.v,
+            &l.attn.out,
+            &l.mlp.gate,
+            &l.mlp.up,
+            &l.mlp.down,
+        ]
+    });
+    for linear in linears.chain([&model.lm_head]) {
+        assert_eq!(linear.weight.precision(), WeightPrecision::Bf16);
+        assert_eq!(linear.weight.cpu_kernel(), Some(best));
+    }
+
+    let fx = fixture();
+    let stride = fx["sample_stride"].as_u64().expect("stride") as usize;
+    let calls_before = kernel_calls();
+    let mut worst_seen = 0.0f64;
+    for p in fx["prompts"].as_array().expect("prompts") {
+        let prompt = ids(&p["ids"]);
+        let device = Default::default();
+        let t = burn::tensor::Tensor::<Flex, 2, burn::tensor::Int>::from_data(
+            burn::tensor::TensorData::new(
+                prompt.iter().map(|&i| i as i64).collect::<Vec<_>>(),
+                [1, prompt.len()],
+            ),
+            &device,
+        );
+        let hidden = model.forward_hidden(peft_core::DecoderInput::new(model.embed(t)));
+        let row = model
+            .logits(hidden.narrow(1, prompt.len() - 1, 1))
+            .into_data()
+            .convert::<f32>()
+            .into_vec::<f32>()
+            .expect("logits");
+        let worst = max_logit_error(&row, p, stride);
+        eprintln!("bf16 {:?}: max |Δlogit| = {worst:e}", p["prompt"]);
+        assert_eq!(
+            peft_models::generate::argmax(&row) as u64,
+            p["top_logits"][0][0].as_u64().expect("id"),
+            "bf16 next token of {:?}",
+            p["prompt"]
+        );
+        worst_seen = worst_seen.max(worst);
+    }
+    assert!(
+        worst_seen <= BF16_LOGIT_TOL,
+        "bf16 weights: max |Δlogit| = {worst_seen} (tolerance {BF16_LOGIT_TOL})"
+    );
+    let ran = kernel_calls()[CpuKernel::ALL
+        .iter()
+        .position(|&k| k == best)
+        .expect("listed")]
+        - calls_before[CpuKernel::ALL
+            .iter()
+            .position(|&k| k == best)
+            .expect("listed")];
+    assert!(ran > 0, "no product ran on the {best} kernel");
 }

@@ -14,6 +14,10 @@ use burn::{
 use super::{FrozenLinearBackend, FrozenWeight, WeightPrecision};
 
 impl<B: FrozenLinearBackend, C: CheckpointStrategy> FrozenLinearBackend for Autodiff<B, C> {
+    fn supports_precision(device: &Self::Device, precision: WeightPrecision) -> bool {
+        B::supports_precision(device, precision)
+    }
+
     fn frozen_weight(weight: Tensor<Self, 2>, precision: WeightPrecision) -> FrozenWeight<Self> {
         B::frozen_weight(weight.inner(), precision).retensor(Tensor::from_inner)
     }

@@ -14,6 +14,11 @@ use super::{
 };
 
 impl FrozenLinearBackend for Flex {
+    /// Every precision: bf16 products run on the host CPU's kernels (a portable one on any CPU).
+    fn supports_precision(_: &Self::Device, _: WeightPrecision) -> bool {
+        true
+    }
+
     /// bf16 weights are packed for [`CpuKernel::best`], twice (`W` and `Wᵀ`); f32 weights stay
     /// tensors for Burn's matmul (the f32 path is numerically the model as loaded).
     fn frozen_weight(weight: Tensor<Self, 2>, precision: WeightPrecision) -> FrozenWeight<Self> {

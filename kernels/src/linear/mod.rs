@@ -131,6 +131,15 @@ impl<B: Backend> FrozenWeight<B> {
         }
     }
 
+    /// The weight as an f32 tensor `[out, in]`, when it is stored as one (f32 precision on every
+    /// backend): callers with their own f32 products (few-row decoding) use it directly.
+    pub fn f32_tensor(&self) -> Option<&Tensor<B, 2>> {
+        match (&self.storage, self.precision) {
+            (Storage::Tensor(t), WeightPrecision::F32) => Some(t),
+            _ => None,
+        }
+    }
+
     /// Bytes the weight holds (both packings where it is packed for the CPU).
     pub fn bytes(&self) -> usize {
         match &self.storage {
@@ -159,6 +168,12 @@ impl<B: Backend> FrozenWeight<B> {
 /// Backend extension for products with frozen weights. Every method has a default made of Burn's
 /// own ops, so a backend without kernels implements it with an empty `impl` block.
 pub trait FrozenLinearBackend: Backend {
+    /// Whether `device` can hold and multiply frozen weights in `precision`. The default asks
+    /// Burn whether the device computes in that dtype (WGSL has no bf16, so wgpu refuses it).
+    fn supports_precision(device: &Self::Device, precision: WeightPrecision) -> bool {
+        precision == WeightPrecision::F32 || Self::supports_dtype(device, precision.dtype())
+    }
+
     /// Prepares `weight` `[out, in]` (f32 values) for products in `precision`.
     fn frozen_weight(weight: Tensor<Self, 2>, precision: WeightPrecision) -> FrozenWeight<Self> {
         FrozenWeight::tensor(weight, precision)

@@ -13,7 +13,7 @@ use peft_core::{
     },
 };
 use peft_kernels::{
-    PrefixAttentionBackend,
+    PrefixAttentionBackend, WeightPrecision,
     backends::{BackendKind, BackendVisitor, dispatch},
 };
 use peft_models::{
@@ -52,6 +52,10 @@ pub struct EvalArgs {
     /// Compute backend.
     #[arg(long, default_value = "flex", value_parser = parse_backend)]
     pub backend: BackendKind,
+    /// Precision of the frozen linear weights: f32, or bf16 (products in bf16 with f32
+    /// accumulation; on CPU backends AMX or AVX512-BF16 where the CPU has them).
+    #[arg(long, default_value = "f32")]
+    pub precision: WeightPrecision,
 }
 
 struct Run(EvalArgs);
@@ -62,7 +66,7 @@ impl BackendVisitor for Run {
     fn visit<B: PrefixAttentionBackend>(self, device: B::Device) -> Result<()> {
         let a = self.0;
         let ckpt = crate::commands::open_model(&a.model)?;
-        let model = ckpt.load::<B>(&device)?;
+        let model = ckpt.load_with_precision::<B>(&device, a.precision)?;
         let adapter: Option<Adapter<B>> = match &a.adapter {
             Some(dir) => Some(
                 load_adapter(dir, &model.dims(), &device)

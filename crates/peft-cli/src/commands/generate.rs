@@ -6,7 +6,7 @@ use anyhow::{Context, Result};
 use clap::Args;
 use peft_core::{Adapter, CausalLm, adapter::load_adapter};
 use peft_kernels::{
-    PrefixAttentionBackend,
+    PrefixAttentionBackend, WeightPrecision,
     backends::{BackendKind, BackendVisitor, dispatch},
 };
 use peft_models::{
@@ -51,6 +51,10 @@ pub struct GenerateArgs {
     /// Compute backend.
     #[arg(long, default_value = "flex", value_parser = parse_backend)]
     pub backend: BackendKind,
+    /// Precision of the frozen linear weights: f32, or bf16 (products in bf16 with f32
+    /// accumulation; on CPU backends AMX or AVX512-BF16 where the CPU has them).
+    #[arg(long, default_value = "f32")]
+    pub precision: WeightPrecision,
     /// Print one JSON object (prompt_ids, generated_ids, generated_text, ...) instead of streaming text.
     #[arg(long)]
     pub json: bool,
@@ -71,7 +75,7 @@ impl BackendVisitor for Run {
     fn visit<B: PrefixAttentionBackend>(self, device: B::Device) -> Result<()> {
         let args = self.0;
         let ckpt = crate::commands::open_model(&args.model)?;
-        let model = ckpt.load::<B>(&device)?;
+        let model = ckpt.load_with_precision::<B>(&device, args.precision)?;
         let prompt_ids = ckpt.tokenizer.encode(&args.prompt)?;
         let sampling = if args.temperature.is_some() || args.top_p.is_some() || args.top_k.is_some()
         {

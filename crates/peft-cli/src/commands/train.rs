@@ -28,7 +28,7 @@ use peft_core::{
     },
 };
 use peft_kernels::{
-    PrefixAttentionAutodiffBackend, PrefixAttentionBackend,
+    PrefixAttentionAutodiffBackend, PrefixAttentionBackend, WeightPrecision,
     backends::{BackendKind, BackendVisitor, dispatch},
 };
 use peft_models::{DEFAULT_MODEL_PATH, Tokenizer};
@@ -116,6 +116,11 @@ pub struct TrainArgs {
     /// Recompute activations in the backward pass instead of storing them (less memory).
     #[arg(long)]
     pub gradient_checkpointing: Option<bool>,
+    /// Precision of the frozen linear weights: f32, or bf16 (products in bf16 with f32
+    /// accumulation; on CPU backends AMX or AVX512-BF16 where the CPU has them). The adapter,
+    /// its gradients and the optimizer state stay f32. [default: f32]
+    #[arg(long)]
+    pub precision: Option<WeightPrecision>,
     /// Compute backend. [default: flex]
     #[arg(long, value_parser = parse_backend)]
     pub backend: Option<BackendKind>,
@@ -284,11 +289,18 @@ pub struct Settings {
     pub epochs: Option<f64>,
     /// Gradient checkpointing.
     pub gradient_checkpointing: bool,
+    /// Precision of the frozen linear weights (`f32` in runs saved before it existed).
+    #[serde(default = "f32_name")]
+    pub precision: String,
     /// Loop settings.
     pub train: TrainConfig,
 }
 
 const SETTINGS_FILE: &str = "train_config.json";
+
+fn f32_name() -> String {
+    WeightPrecision::F32.name().into()
+}
 
 /// Options a config file cannot set: where the options come from, and the device.
 const COMMAND_LINE_ONLY: [&str; 3] = ["config", "resume", "backend"];
@@ -325,7 +337,8 @@ fn merge(cli: TrainArgs) -> Result<TrainArgs> {
         checkpoint_every,
         keep_checkpoints,
         seed,
-        gradient_checkpointing
+        gradient_checkpointing,
+        precision
     ))
 }
 
@@ -375,6 +388,7 @@ fn resolve(a: &TrainArgs) -> Result<Settings> {
         truncation: a.truncation.as_deref().unwrap_or("left").parse()?,
         epochs: a.epochs,
         gradient_checkpointing: a.gradient_checkpointing.unwrap_or(false),
+        precision: a.precision.unwrap_or_default().name().into(),
         train,
     })
 }
@@ -570,12 +584,16 @@ fn train<B: PrefixAttentionAutodiffBackend>(
             .map(|e| format!("; eval: {} examples", e.len()))
             .unwrap_or_default()
     );
-    let model = ckpt.load::<B>(device)?;
+    let precision: WeightPrecision = s
+        .precision
+        .parse()
+        .map_err(|e| anyhow::anyhow!("{SETTINGS_FILE}: precision: {e}"))?;
+    let model = ckpt.load_with_precision::<B>(device, precision)?;
     let model = peft_core::PeftModel::new(model);
     let (adapter, prompt_init) = init_adapter::<B, _>(&s, model.base(), &ckpt.tokenizer)?;
     let params = peft_core::ParameterCount {
         trainable: burn::module::Module::num_params(&adapter),
-        total: burn::module::Module::num_params(model.base())
+        total: peft_core::CausalLm::parameter_count(model.base())
             + burn::module::Module::num_params(&adapter),
     };
     eprintln!("{} on {} — {params}", s.method, ckpt.config.architecture);

@@ -3,12 +3,15 @@
 
 use burn::{
     module::Module,
-    nn::{Linear, RmsNorm},
+    nn::RmsNorm,
     tensor::{Int, Tensor, activation::silu},
 };
 use peft_kernels::{AttentionPath, PrefixAttention, PrefixAttentionBackend};
 
-use super::rope::RopeSlice;
+use super::{
+    linear::{FrozenLinear, linear, linears},
+    rope::RopeSlice,
+};
 
 /// Self-attention.
 ///
@@ -17,14 +20,14 @@ use super::rope::RopeSlice;
 /// than on strided views.
 #[derive(Module, Debug)]
 pub struct Attention<B: PrefixAttentionBackend> {
+    /// `[heads·head_dim, hidden]` (`[out, in]`).
+    pub q: FrozenLinear<B>,
+    /// `[kv_heads·head_dim, hidden]`.
+    pub k: FrozenLinear<B>,
+    /// `[kv_heads·head_dim, hidden]`.
+    pub v: FrozenLinear<B>,
     /// `[hidden, heads·head_dim]`.
-    pub q: Linear<B>,
-    /// `[hidden, kv_heads·head_dim]`.
-    pub k: Linear<B>,
-    /// `[hidden, kv_heads·head_dim]`.
-    pub v: Linear<B>,
-    /// `[heads·head_dim, hidden]`.
-    pub out: Linear<B>,
+    pub out: FrozenLinear<B>,
     /// Query heads.
     #[module(skip)]
     pub heads: usize,
@@ -42,12 +45,12 @@ pub struct Attention<B: PrefixAttentionBackend> {
 /// SwiGLU MLP: `down(silu(gate(x)) · up(x))`.
 #[derive(Module, Debug)]
 pub struct Mlp<B: PrefixAttentionBackend> {
-    /// `[hidden, intermediate]`.
-    pub gate: Linear<B>,
-    /// `[hidden, intermediate]`.
-    pub up: Linear<B>,
+    /// `[intermediate, hidden]` (`[out, in]`).
+    pub gate: FrozenLinear<B>,
     /// `[intermediate, hidden]`.
-    pub down: Linear<B>,
+    pub up: FrozenLinear<B>,
+    /// `[hidden, intermediate]`.
+    pub down: FrozenLinear<B>,
 }
 
 /// One decoder layer.
@@ -61,40 +64,6 @@ pub struct DecoderLayer<B: PrefixAttentionBackend> {
     pub mlp_norm: RmsNorm<B>,
     /// Feed-forward block.
     pub mlp: Mlp<B>,
-}
-
-/// `x·W + b` on `[B, L, in]` as one `[B·L, in]` matrix product (one large GEMM instead of a
-/// batch of small ones, forward and backward).
-pub(crate) fn linear<B: PrefixAttentionBackend>(
-    layer: &Linear<B>,
-    x: Tensor<B, 3>,
-) -> Tensor<B, 3> {
-    let [y] = linears([layer], x);
-    y
-}
-
-/// [`linear`] of several layers on the same input, their products run together
-/// (`matmul::matmul_wt_many`).
-pub(crate) fn linears<B: PrefixAttentionBackend, const N: usize>(
-    layers: [&Linear<B>; N],
-    x: Tensor<B, 3>,
-) -> [Tensor<B, 3>; N] {
-    let [b, l, d_in] = x.dims();
-    // Burn's `[in, out]` weight is a transposed view of the stored `[out, in]` matrix.
-    let ws = layers.map(|layer| layer.weight.val().transpose());
-    let ys = super::matmul::matmul_wt_many(x.reshape([b * l, d_in]), ws);
-    // `[T; N]::map` calls the closure once per element, in order: product `i` is layer `i`'s.
-    let mut i = 0;
-    ys.map(|y| {
-        let layer = layers[i];
-        i += 1;
-        let d_out = y.dims()[1];
-        let y = match &layer.bias {
-            Some(bias) => y + bias.val().unsqueeze::<2>(),
-            None => y,
-        };
-        y.reshape([b, l, d_out])
-    })
 }
 
 /// What one layer attends to besides the new inputs.

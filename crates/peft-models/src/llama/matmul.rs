@@ -45,11 +45,19 @@ fn boundary(i: usize, parts: usize, outputs: usize) -> usize {
     }
 }
 
-/// `x·wᵀ` for `x` `[M, K]` and `w` `[N, K]`.
+/// Whether a product with `rows` rows is taken by [`matmul_wt_many`]'s split on this backend
+/// (a few rows, ops on the host).
+pub(crate) fn few_rows_on_host<B: PrefixAttentionBackend>(rows: usize) -> bool {
+    B::runs_on_host_thread() && rows <= MAX_ROWS
+}
+
+/// `x·wᵀ` for `x` `[M, K]` and `w` `[N, K]` (the tests' single-product form of
+/// [`matmul_wt_many`]).
 ///
 /// On backends whose ops run on the host, a product with at most [`MAX_ROWS`] rows is taken as
 /// `(w·xᵀ)ᵀ`, split by rows of `w` over the Rayon threads where the backend's own product would
 /// run on one thread.
+#[cfg(test)]
 pub(crate) fn matmul_wt<B: PrefixAttentionBackend>(
     x: Tensor<B, 2>,
     w: Tensor<B, 2>,
@@ -66,7 +74,7 @@ pub(crate) fn matmul_wt_many<B: PrefixAttentionBackend, const N: usize>(
     x: Tensor<B, 2>,
     ws: [Tensor<B, 2>; N],
 ) -> [Tensor<B, 2>; N] {
-    if !B::runs_on_host_thread() || x.dims()[0] > MAX_ROWS {
+    if !few_rows_on_host::<B>(x.dims()[0]) {
         return ws.map(|w| x.clone().matmul(w.transpose()));
     }
     let split = B::single_threaded_matvec();

@@ -1,18 +1,20 @@
 //! A Llama-family decoder (Llama, SmolLM, Mistral, Qwen2), generic over the backend.
 
 mod layer;
+mod linear;
 mod matmul;
 mod rope;
 
 use burn::{
     module::{Module, Param},
-    nn::{Embedding, Linear, RmsNorm},
+    nn::{Embedding, RmsNorm},
     tensor::{Int, Tensor, TensorData},
 };
 use peft_core::{CausalLm, DecoderInput, KvCache, ModelDims, Positions};
-use peft_kernels::{AttentionPath, PrefixAttentionBackend};
+use peft_kernels::{AttentionPath, PrefixAttentionBackend, WeightPrecision};
 
 pub use layer::{Attention, DecoderLayer, Mlp};
+pub use linear::FrozenLinear;
 pub use rope::{Rope, RopeSlice};
 
 use crate::{
@@ -31,19 +33,24 @@ pub struct Llama<B: PrefixAttentionBackend> {
     pub layers: Vec<DecoderLayer<B>>,
     /// Final norm.
     pub norm: RmsNorm<B>,
-    /// Untied LM head `[hidden, vocab]`; `None` when tied to the embedding.
-    pub lm_head: Option<Linear<B>>,
+    /// LM head `[vocab, hidden]`: its own weight, or the embedding table when tied (in f32 the
+    /// same tensor, not a copy).
+    pub lm_head: FrozenLinear<B>,
     /// RoPE tables (constants, not parameters).
     pub rope: Rope<B>,
     /// The configuration the weights were loaded with.
     #[module(skip)]
     pub config: LlamaConfig,
+    /// The precision of the frozen linear weights.
+    #[module(skip)]
+    pub precision: WeightPrecision,
 }
 
 /// Reads weights from a [`TensorSource`], checking every shape against the configuration.
 struct Loader<'a, B: PrefixAttentionBackend> {
     source: &'a dyn TensorSource,
     device: &'a B::Device,
+    precision: WeightPrecision,
 }
 
 impl<B: PrefixAttentionBackend> Loader<'_, B> {
@@ -81,29 +88,24 @@ impl<B: PrefixAttentionBackend> Loader<'_, B> {
         })
     }
 
-    /// A projection stored `[out, in]` (Hugging Face and GGUF order) as Burn's `[in, out]`
-    /// linear weight: a transposed view of the `[out, in]` tensor, as Burn's own
-    /// `LinearLayout::Col` keeps it. Each output's weights stay one contiguous row, which CPU
-    /// backends stream in a few-row product (`matmul.rs`); the matrix products of training take
-    /// either order at the same speed on Flex.
+    /// A projection stored `[out, in]` (Hugging Face and GGUF order), kept in that order as a
+    /// frozen weight in the loader's precision: each output's weights stay one contiguous row,
+    /// which CPU backends stream in a few-row product (`matmul.rs`) and the bf16 kernels pack.
     fn linear(
         &self,
         key: WeightKey,
         rows: usize,
         bias: Option<WeightKey>,
         input: usize,
-    ) -> Result<Linear<B>> {
+    ) -> Result<FrozenLinear<B>> {
         let t = self.read(key, &[rows, input])?;
         let bias = match bias {
             None => None,
-            Some(key) => Some(Param::from_tensor(self.vector(key, rows)?)),
+            Some(key) => Some(self.vector(key, rows)?),
         };
         let stored =
             Tensor::<B, 2>::from_data(TensorData::new(t.values, [rows, input]), self.device);
-        Ok(Linear {
-            weight: Param::from_tensor(stored.transpose()),
-            bias,
-        })
+        Ok(FrozenLinear::new(stored, bias, self.precision))
     }
 
     fn layer(&self, i: usize, c: &LlamaConfig) -> Result<DecoderLayer<B>> {
@@ -137,36 +139,60 @@ impl<B: PrefixAttentionBackend> Loader<'_, B> {
 }
 
 impl<B: PrefixAttentionBackend> Llama<B> {
-    /// Loads the weights described by `config` from `source` onto `device`.
+    /// Loads the weights described by `config` from `source` onto `device`, the linear layers in
+    /// f32 (numerically the model as the files hold it).
     pub fn load(
         config: &LlamaConfig,
         source: &dyn TensorSource,
         device: &B::Device,
     ) -> Result<Self> {
+        Self::load_with_precision(config, source, device, WeightPrecision::F32)
+    }
+
+    /// [`load`](Self::load) with the frozen linear weights (projections, MLP, LM head) stored and
+    /// multiplied in `precision`. Embeddings and norms stay f32, and so do activations between
+    /// the products.
+    pub fn load_with_precision(
+        config: &LlamaConfig,
+        source: &dyn TensorSource,
+        device: &B::Device,
+        precision: WeightPrecision,
+    ) -> Result<Self> {
         config.validate(source.path())?;
-        let loader = Loader::<B> { source, device };
+        if !B::supports_precision(device, precision) {
+            return Err(ModelError::UnsupportedPrecision {
+                backend: B::name(device),
+                precision: precision.name(),
+            });
+        }
+        let loader = Loader::<B> {
+            source,
+            device,
+            precision,
+        };
         let embed = loader.read(
             WeightKey::Embedding,
             &[config.vocab_size, config.hidden_size],
         )?;
+        let embed_table: Tensor<B, 2> = Tensor::from_data(
+            TensorData::new(embed.values, [config.vocab_size, config.hidden_size]),
+            device,
+        );
         let embed = Embedding {
-            weight: Param::from_tensor(Tensor::from_data(
-                TensorData::new(embed.values, [config.vocab_size, config.hidden_size]),
-                device,
-            )),
+            weight: Param::from_tensor(embed_table.clone()),
         };
         let layers = (0..config.num_layers)
             .map(|i| loader.layer(i, config))
             .collect::<Result<Vec<_>>>()?;
         let lm_head = if config.tie_word_embeddings {
-            None
+            FrozenLinear::new(embed_table, None, precision)
         } else {
-            Some(loader.linear(
+            loader.linear(
                 WeightKey::LmHead,
                 config.vocab_size,
                 None,
                 config.hidden_size,
-            )?)
+            )?
         };
         Ok(Self {
             embed,
@@ -184,6 +210,7 @@ impl<B: PrefixAttentionBackend> Llama<B> {
                 device,
             ),
             config: config.clone(),
+            precision,
         })
     }
 
@@ -294,14 +321,27 @@ impl<B: PrefixAttentionBackend> CausalLm<B> for Llama<B> {
     }
 
     fn logits(&self, hidden: Tensor<B, 3>) -> Tensor<B, 3> {
-        match &self.lm_head {
-            Some(head) => layer::linear(head, hidden),
-            None => {
-                let [b, l, h] = hidden.dims();
-                let vocab = self.config.vocab_size;
-                matmul::matmul_wt(hidden.reshape([b * l, h]), self.embed.weight.val())
-                    .reshape([b, l, vocab])
-            }
-        }
+        linear::linear(&self.lm_head, hidden)
+    }
+
+    fn parameter_count(&self) -> usize {
+        let frozen: usize = self
+            .layers
+            .iter()
+            .map(|l| {
+                let (a, m) = (&l.attn, &l.mlp);
+                [&a.q, &a.k, &a.v, &a.out, &m.gate, &m.up, &m.down]
+                    .iter()
+                    .map(|x| x.weight_values())
+                    .sum::<usize>()
+            })
+            .sum();
+        let head = match self.config.tie_word_embeddings {
+            true => 0,
+            false => self.lm_head.weight_values(),
+        };
+        // The parameters Burn sees (embedding, norms, biases) plus the frozen weights; a tied
+        // head is the embedding, counted once.
+        self.num_params() + frozen + head
     }
 }

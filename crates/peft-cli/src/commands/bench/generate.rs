@@ -6,7 +6,7 @@ use anyhow::Result;
 use clap::Args;
 use peft_core::{CausalLm, adapter::load_adapter};
 use peft_kernels::{
-    PrefixAttentionBackend,
+    PrefixAttentionBackend, WeightPrecision,
     backends::{BackendKind, BackendVisitor},
 };
 use peft_models::{
@@ -27,6 +27,10 @@ pub struct GenerateBench {
     /// Compute backend.
     #[arg(long, default_value = "flex", value_parser = parse_backend)]
     pub backend: BackendKind,
+    /// Precision of the frozen linear weights: f32, or bf16 (products in bf16 with f32
+    /// accumulation; on CPU backends AMX or AVX512-BF16 where the CPU has them).
+    #[arg(long, default_value = "f32")]
+    pub precision: WeightPrecision,
     /// Adapter directory (a prefix adapter pre-fills the cache).
     #[arg(long)]
     pub adapter: Option<PathBuf>,
@@ -51,7 +55,7 @@ impl BackendVisitor for Gen {
     fn visit<B: PrefixAttentionBackend>(self, device: B::Device) -> Result<()> {
         let a = self.0;
         let ckpt = crate::commands::open_model(&a.model)?;
-        let model = ckpt.load::<B>(&device)?;
+        let model = ckpt.load_with_precision::<B>(&device, a.precision)?;
         let cond = match &a.adapter {
             Some(dir) => {
                 let (adapter, _) = load_adapter::<B>(dir, &model.dims(), &device)?;
@@ -90,7 +94,7 @@ impl BackendVisitor for Gen {
         if a.json {
             println!(
                 "{}",
-                json!({"backend": a.backend.name(), "prompt_len": a.prompt_len, "new_tokens": a.new_tokens,
+                json!({"backend": a.backend.name(), "precision": a.precision.name(), "prompt_len": a.prompt_len, "new_tokens": a.new_tokens,
                        "adapter": a.adapter.as_ref().map(|p| p.display().to_string()),
                        "ms_per_token_median": ms_per_token, "tokens_per_s": tokens_per_s, "peak_rss_mb": peak_rss_mb()})
             );

@@ -7,6 +7,7 @@ use burn::{
     backend::Autodiff,
     module::Module,
     optim::{GradientsParams, Optimizer},
+    tensor::ElementConversion,
 };
 use clap::Args;
 use peft_core::{
@@ -18,7 +19,7 @@ use peft_core::{
     train::optimizer,
 };
 use peft_kernels::{
-    AttentionPath, PrefixAttentionAutodiffBackend, PrefixAttentionBackend,
+    AttentionPath, PrefixAttentionAutodiffBackend, PrefixAttentionBackend, WeightPrecision,
     backends::{BackendKind, BackendVisitor},
 };
 use peft_models::DEFAULT_MODEL_PATH;
@@ -36,6 +37,10 @@ pub struct TrainBench {
     /// Compute backend.
     #[arg(long, default_value = "flex", value_parser = parse_backend)]
     pub backend: BackendKind,
+    /// Precision of the frozen linear weights: f32, or bf16 (products in bf16 with f32
+    /// accumulation; on CPU backends AMX or AVX512-BF16 where the CPU has them).
+    #[arg(long, default_value = "f32")]
+    pub precision: WeightPrecision,
     /// prompt, prefix or prefix-mlp.
     #[arg(long, default_value = "prompt")]
     pub method: String,
@@ -84,7 +89,9 @@ fn bench_train<B: PrefixAttentionAutodiffBackend>(a: TrainBench, device: &B::Dev
     let method: Method = a.method.parse()?;
     peft_kernels::set_attention_path(parse_path(&a.attention)?);
     let ckpt = crate::commands::open_model(&a.model)?;
-    let model = ckpt.load::<B>(device)?.no_grad();
+    let model = ckpt
+        .load_with_precision::<B>(device, a.precision)?
+        .no_grad();
     let dims = model.dims();
     let layout = PrefixLayout::of(&dims);
     let mut adapter = match method {
@@ -114,10 +121,12 @@ fn bench_train<B: PrefixAttentionAutodiffBackend>(a: TrainBench, device: &B::Dev
         .collect();
     let targets = Targets::from_rows(&rows, &vec![vec![true; a.seq_len]; a.batch_size]);
     let mut times = Vec::new();
+    let mut last_loss = f64::NAN;
     for step in 0..a.warmup + a.steps {
         let start = Instant::now();
         let out = forward(&model, &rows, Routing::All(Some(&adapter)))?;
         let loss = nll_sum(&model, &out, &targets)?.div_scalar(targets.len() as f64);
+        last_loss = loss.clone().into_scalar().elem::<f64>();
         let grads = GradientsParams::from_grads(loss.backward(), &adapter);
         adapter = optim.step(1e-3, adapter, grads);
         // Wait for the device so the time covers the whole step.
@@ -133,9 +142,10 @@ fn bench_train<B: PrefixAttentionAutodiffBackend>(a: TrainBench, device: &B::Dev
         println!(
             "{}",
             json!({
-                "backend": a.backend.name(), "method": method.name(), "batch_size": a.batch_size, "seq_len": a.seq_len,
+                "backend": a.backend.name(), "precision": a.precision.name(), "method": method.name(), "batch_size": a.batch_size, "seq_len": a.seq_len,
                 "virtual_tokens": a.virtual_tokens, "steps": a.steps, "step_ms_median": step_ms,
                 "tokens_per_s": tokens_per_s, "peak_rss_mb": rss, "trainable_params": adapter.num_params(),
+                "last_loss": last_loss, "cpu_kernel": model.lm_head.weight.cpu_kernel().map(|k| k.name()),
             })
         );
     } else {
