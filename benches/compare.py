@@ -197,7 +197,7 @@ def write(a, train, backends, gen, attn, batch, seq, vt):
     L = [BEGIN, "", f"Produced by `{cmd}` on {date}.", "", f"* Machine: {machine()}",
          f"* Versions: {versions()}", f"* Threads: {a.threads} per side (Rayon / torch)",
          f"* Model: SmolLM2-135M-Instruct (Q4_1 GGUF dequantised to f32 by both sides; PEFT's bf16 base "
-         "columns convert it to bfloat16)",
+         "columns convert it to bfloat16, burn-peft's bf16 columns its linear layers' weights)",
          "* PyTorch precisions (`bench_peft.py --precision`): " + "; ".join(PRECISION_NOTE[x] for x in precs), "",
          f"### Training step, batch {batch} × {seq}, {vt} virtual tokens, CPU (Flex) vs PEFT on PyTorch", "",
          "| method | burn-peft f32 tokens/s | burn-peft bf16 tokens/s | "
