@@ -59,7 +59,8 @@ pub fn nll_sum<B: Backend, M: CausalLm<B>>(
 /// label words of a classifier.
 ///
 /// Only the target positions go through the LM head, which for short outputs after long inputs
-/// saves most of the `[positions, vocab]` logits.
+/// saves most of the `[positions, vocab]` logits, and through [`CausalLm::target_log_probs`],
+/// which a model can compute without any `[targets, vocab]` tensor.
 pub fn token_log_probs<B: Backend, M: CausalLm<B>>(
     base: &M,
     out: &PeftOutput<B>,
@@ -74,13 +75,21 @@ pub fn token_log_probs<B: Backend, M: CausalLm<B>>(
         .map(|&(r, t)| out.flat_index(r, t))
         .collect();
     let hidden = out.gather(&flat);
-    let [n, h] = hidden.dims();
-    let vocab = base.dims().vocab_size;
-    let logits = base.logits(hidden.reshape([1, n, h])).reshape([n, vocab]);
-    let device = logits.device();
+    let n = hidden.dims()[0];
     let ids: Vec<i64> = targets.tokens.iter().map(|&t| i64::from(t)).collect();
-    let ids = Tensor::<B, 2, Int>::from_data(TensorData::new(ids, [n, 1]), &device);
-    Ok(log_softmax(logits, 1).gather(1, ids).reshape([n]))
+    let ids = Tensor::<B, 1, Int>::from_data(TensorData::new(ids, [n]), &hidden.device());
+    Ok(base.target_log_probs(hidden, ids))
+}
+
+/// `log softmax(logits)[i, targets[i]]` `[n]` of logits `[n, vocab]` and target ids `[n]`.
+pub fn log_probs_of_logits<B: Backend>(
+    logits: Tensor<B, 2>,
+    targets: Tensor<B, 1, Int>,
+) -> Tensor<B, 1> {
+    let n = targets.dims()[0];
+    log_softmax(logits, 1)
+        .gather(1, targets.unsqueeze_dim::<2>(1))
+        .reshape([n])
 }
 
 #[cfg(test)]

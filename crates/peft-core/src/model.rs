@@ -219,6 +219,17 @@ pub trait CausalLm<B: Backend>: Module<B> {
     /// Vocabulary logits `[B, L, vocab]` of hidden states.
     fn logits(&self, hidden: Tensor<B, 3>) -> Tensor<B, 3>;
 
+    /// Log-probability `[n]` of each target id `targets` `[n]` after the hidden states `hidden`
+    /// `[n, hidden]` (one position each): `log softmax(logits)[i, targets[i]]`. The default
+    /// computes the `[n, vocab]` logits; a model can compute it without them (the Llama decoder
+    /// does, chunk by chunk, `peft_kernels::FrozenLinearBackend::frozen_log_probs`).
+    fn target_log_probs(&self, hidden: Tensor<B, 2>, targets: Tensor<B, 1, Int>) -> Tensor<B, 1> {
+        let [n, h] = hidden.dims();
+        let logits = self.logits(hidden.reshape([1, n, h]));
+        let vocab = logits.dims()[2];
+        crate::loss::log_probs_of_logits(logits.reshape([n, vocab]), targets)
+    }
+
     /// Every value of the model, frozen weights included (what Hugging Face counts as its
     /// parameters). The default is Burn's [`Module::num_params`], which sees only `Param`s: a
     /// model holding frozen weights outside `Param`s counts them itself.

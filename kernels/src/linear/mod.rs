@@ -18,12 +18,13 @@
 
 mod autodiff;
 pub mod cpu;
+pub mod cross_entropy;
 #[cfg(feature = "flex")]
 mod flex;
 
 use std::{fmt, str::FromStr, sync::Arc};
 
-use burn::tensor::{DType, Tensor, backend::Backend};
+use burn::tensor::{DType, Int, Tensor, backend::Backend};
 
 /// The precision frozen weights are stored and multiplied in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
@@ -188,6 +189,30 @@ pub trait FrozenLinearBackend: Backend {
     /// [`frozen_forward`](Self::frozen_forward)).
     fn frozen_backward(dy: Tensor<Self, 2>, weight: &FrozenWeight<Self>) -> Tensor<Self, 2> {
         burn_backward(dy, weight)
+    }
+
+    /// `log softmax(x·Wᵀ)[i, targets[i]]` `[n]` for `x` `[n, in]`: the log-likelihood of each
+    /// target through an output layer such as the LM head, without a `[n, out]` tensor
+    /// (computed in chunks of rows, [`cross_entropy`]). Under `Autodiff` its backward gives the
+    /// input gradient only, again chunk by chunk.
+    fn frozen_log_probs(
+        x: Tensor<Self, 2>,
+        weight: &FrozenWeight<Self>,
+        targets: Tensor<Self, 1, Int>,
+    ) -> Tensor<Self, 1> {
+        cross_entropy::log_probs_forward(x, weight, targets).0
+    }
+
+    /// The input gradient of [`frozen_log_probs`](Self::frozen_log_probs) for upstream
+    /// gradient `dlp` `[n]`, from the forward's per-row log-sum-exp `lse` `[n]`.
+    fn frozen_log_probs_backward(
+        x: Tensor<Self, 2>,
+        weight: &FrozenWeight<Self>,
+        targets: Tensor<Self, 1, Int>,
+        lse: Tensor<Self, 1>,
+        dlp: Tensor<Self, 1>,
+    ) -> Tensor<Self, 2> {
+        cross_entropy::log_probs_backward(x, weight, targets, lse, dlp)
     }
 }
 

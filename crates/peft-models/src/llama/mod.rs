@@ -324,6 +324,18 @@ impl<B: PrefixAttentionBackend> CausalLm<B> for Llama<B> {
         linear::linear(&self.lm_head, hidden)
     }
 
+    /// Through the frozen head in chunks of rows (`FrozenLinearBackend::frozen_log_probs`): no
+    /// `[n, vocab]` tensor, forward or backward. (A head with a bias, which no supported file
+    /// has, takes the logits.)
+    fn target_log_probs(&self, hidden: Tensor<B, 2>, targets: Tensor<B, 1, Int>) -> Tensor<B, 1> {
+        if self.lm_head.bias.is_none() {
+            return B::frozen_log_probs(hidden, &self.lm_head.weight, targets);
+        }
+        let [n, h] = hidden.dims();
+        let logits = self.logits(hidden.reshape([1, n, h]));
+        peft_core::loss::log_probs_of_logits(logits.reshape([n, self.config.vocab_size]), targets)
+    }
+
     fn parameter_count(&self) -> usize {
         let frozen: usize = self
             .layers
