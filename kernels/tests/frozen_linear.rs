@@ -80,9 +80,19 @@ fn bf16_weights_run_the_best_cpu_kernel_forward_and_backward() {
     assert_eq!(weight.dims(), [n, k]);
     let xt = tensor::<Ad>(&x, [m, k]).require_grad();
     let before = kernel_calls();
+    let forward_only = weight.bytes();
     let y = Ad::frozen_forward(xt.clone(), &weight);
+    assert_eq!(
+        weight.bytes(),
+        forward_only,
+        "Wᵀ is packed before any backward"
+    );
     let loss = (y.clone() * tensor::<Ad>(&g, [m, n])).sum();
     let grads = loss.backward();
+    assert!(
+        weight.bytes() > forward_only,
+        "the backward did not pack Wᵀ"
+    );
     let dx = xt.grad(&grads).expect("the input's gradient");
     let ran: Vec<u64> = kernel_calls()
         .iter()

@@ -218,3 +218,41 @@ fn bf16_rounding_is_to_nearest_even() {
     assert!(bf16_value(bf16_bits(f32::NAN)).is_nan());
     assert_eq!(bf16_value(bf16_bits(f32::INFINITY)), f32::INFINITY);
 }
+
+/// `PackedWeight::unpack` gives the bf16-rounded values, and `transposed` (how the backward's
+/// `Wᵀ` is packed, on the first backward product) is bit for bit the packing of the transposed
+/// values: its products equal those of a weight packed from `Wᵀ` directly.
+#[test]
+fn transposed_packing_equals_packing_the_transpose() {
+    for kernel in CpuKernel::ALL.into_iter().filter(|k| k.is_available()) {
+        for (seed, &(m, n, k)) in ODD_SHAPES.iter().enumerate() {
+            let mut rng = Rng(500 + seed as u64);
+            let w = rng.vec(n * k);
+            let packed = PackedWeight::pack(&w, n, k, kernel).expect("available");
+            let unpacked = packed.unpack();
+            assert_eq!(
+                unpacked.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                rounded(&w).iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                "{kernel} {n}×{k}: unpack"
+            );
+            let mut wt = vec![0.0f32; n * k];
+            for r in 0..n {
+                for c in 0..k {
+                    wt[c * n + r] = w[r * k + c];
+                }
+            }
+            let direct = PackedWeight::pack(&wt, k, n, kernel).expect("available");
+            let derived = packed.transposed();
+            assert_eq!((derived.outputs(), derived.inputs()), (k, n));
+            assert_eq!(derived.kernel(), kernel);
+            let dy = rng.vec(m * n);
+            let (a, b) = (direct.matmul_wt(&dy, m), derived.matmul_wt(&dy, m));
+            assert_finite(&a, "direct");
+            assert_eq!(
+                a.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                b.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                "{kernel} {m}×{n}×{k}: products with the transposed packing"
+            );
+        }
+    }
+}

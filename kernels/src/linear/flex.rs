@@ -19,8 +19,9 @@ impl FrozenLinearBackend for Flex {
         true
     }
 
-    /// bf16 weights are packed for [`CpuKernel::best`], twice (`W` and `Wᵀ`); f32 weights stay
-    /// tensors for Burn's matmul (the f32 path is numerically the model as loaded).
+    /// bf16 weights are packed for [`CpuKernel::best`] (`W`; `Wᵀ` on the first backward
+    /// product); f32 weights stay tensors for Burn's matmul (the f32 path is numerically the
+    /// model as loaded).
     fn frozen_weight(weight: Tensor<Self, 2>, precision: WeightPrecision) -> FrozenWeight<Self> {
         if precision != WeightPrecision::Bf16 {
             return FrozenWeight::tensor(weight, precision);
@@ -34,24 +35,14 @@ impl FrozenLinearBackend for Flex {
         else {
             return FrozenWeight::tensor(weight, precision);
         };
-        let mut transposed = vec![0.0f32; n * k];
-        for (r, row) in values.chunks(k.max(1)).enumerate() {
-            for (c, &v) in row.iter().enumerate() {
-                transposed[c * n + r] = v;
-            }
-        }
-        let kernel = CpuKernel::best();
-        match (
-            PackedWeight::pack(&values, n, k, kernel),
-            PackedWeight::pack(&transposed, k, n, kernel),
-        ) {
-            (Ok(forward), Ok(backward)) => FrozenWeight {
+        match PackedWeight::pack(&values, n, k, CpuKernel::best()) {
+            Ok(forward) => FrozenWeight {
                 shape: [n, k],
                 precision,
-                storage: Storage::Cpu(Arc::new(CpuPair { forward, backward })),
+                storage: Storage::Cpu(Arc::new(CpuPair::new(forward))),
             },
             // `best` is available by definition; a weight stays usable regardless.
-            _ => FrozenWeight::tensor(weight, precision),
+            Err(_) => FrozenWeight::tensor(weight, precision),
         }
     }
 
@@ -64,7 +55,7 @@ impl FrozenLinearBackend for Flex {
 
     fn frozen_backward(dy: Tensor<Self, 2>, weight: &FrozenWeight<Self>) -> Tensor<Self, 2> {
         match &weight.storage {
-            Storage::Cpu(p) => product(dy, &p.backward),
+            Storage::Cpu(p) => product(dy, p.backward()),
             Storage::Tensor(_) => burn_backward(dy, weight),
         }
     }

@@ -22,7 +22,11 @@ pub mod cross_entropy;
 #[cfg(feature = "flex")]
 mod flex;
 
-use std::{fmt, str::FromStr, sync::Arc};
+use std::{
+    fmt,
+    str::FromStr,
+    sync::{Arc, OnceLock},
+};
 
 use burn::tensor::{DType, Int, Tensor, backend::Backend};
 
@@ -96,7 +100,22 @@ enum Storage<B: Backend> {
 #[derive(Debug)]
 struct CpuPair {
     forward: cpu::PackedWeight,
-    backward: cpu::PackedWeight,
+    /// `Wᵀ`, packed on the first backward product: generation and evaluation never need it.
+    backward: OnceLock<cpu::PackedWeight>,
+}
+
+impl CpuPair {
+    fn new(forward: cpu::PackedWeight) -> Self {
+        Self {
+            forward,
+            backward: OnceLock::new(),
+        }
+    }
+
+    /// The packing of `Wᵀ` (made now if this is the first backward product).
+    fn backward(&self) -> &cpu::PackedWeight {
+        self.backward.get_or_init(|| self.forward.transposed())
+    }
 }
 
 impl<B: Backend> FrozenWeight<B> {
@@ -141,11 +160,14 @@ impl<B: Backend> FrozenWeight<B> {
         }
     }
 
-    /// Bytes the weight holds (both packings where it is packed for the CPU).
+    /// Bytes the weight holds (where it is packed for the CPU: the forward packing, and the
+    /// backward one once a backward product has made it).
     pub fn bytes(&self) -> usize {
         match &self.storage {
             Storage::Tensor(t) => t.shape().num_elements() * t.dtype().size(),
-            Storage::Cpu(p) => p.forward.bytes() + p.backward.bytes(),
+            Storage::Cpu(p) => {
+                p.forward.bytes() + p.backward.get().map_or(0, cpu::PackedWeight::bytes)
+            }
         }
     }
 

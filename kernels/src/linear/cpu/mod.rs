@@ -150,6 +150,11 @@ impl PackedWeight {
         if !kernel.is_available() {
             return Err(Unavailable(kernel));
         }
+        Ok(Self::pack_for(w, n, k, kernel))
+    }
+
+    /// [`pack`](Self::pack) for a kernel known to be available.
+    fn pack_for(w: &[f32], n: usize, k: usize, kernel: CpuKernel) -> Self {
         let data = match kernel {
             CpuKernel::Portable => {
                 Packed::Rows(w.iter().map(|&v| bf16_value(bf16_bits(v))).collect())
@@ -177,7 +182,44 @@ impl PackedWeight {
                 Packed::Panels { kpad, panels, data }
             }
         };
-        Ok(Self { n, k, kernel, data })
+        Self { n, k, kernel, data }
+    }
+
+    /// The values `[n, k]` row-major as packed: each rounded to bf16, widened to f32.
+    pub fn unpack(&self) -> Vec<f32> {
+        let (n, k) = (self.n, self.k);
+        match &self.data {
+            Packed::Rows(w) => w.clone(),
+            Packed::Panels { kpad, data, .. } => {
+                let per_panel = kpad * PANEL;
+                let mut w = vec![0.0f32; n * k];
+                w.par_chunks_mut(k.max(1))
+                    .enumerate()
+                    .for_each(|(col, row)| {
+                        let panel = &data[(col / PANEL) * per_panel..];
+                        let c = col % PANEL;
+                        for (kk, v) in row.iter_mut().enumerate() {
+                            *v = bf16_value(panel[(kk / 2) * 2 * PANEL + 2 * c + kk % 2]);
+                        }
+                    });
+                w
+            }
+        }
+    }
+
+    /// `Wᵀ` `[k, n]` packed for the same kernel: the weight of the input gradient's product
+    /// `dy·W`. Bit for bit the packing of the transposed original values, since those were
+    /// already rounded to bf16 here and rounding is idempotent.
+    pub fn transposed(&self) -> Self {
+        let (n, k) = (self.n, self.k);
+        let w = self.unpack();
+        let mut t = vec![0.0f32; n * k];
+        for (r, row) in w.chunks(k.max(1)).enumerate() {
+            for (c, &v) in row.iter().enumerate() {
+                t[c * n + r] = v;
+            }
+        }
+        Self::pack_for(&t, k, n, self.kernel)
     }
 
     /// Output columns `n`.
