@@ -22,15 +22,8 @@ const SHAPES: [(&str, usize, usize); 5] = [
 ];
 
 fn values(n: usize, seed: u64) -> Vec<f32> {
-    let mut s = seed;
-    (0..n)
-        .map(|_| {
-            s = s
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            ((s >> 40) as f32 / (1u64 << 24) as f32) - 0.5
-        })
-        .collect()
+    let mut rng = peft_testing::Rng::new(seed);
+    (0..n).map(|_| rng.next_f32() * 0.5).collect()
 }
 
 fn bench(c: &mut Criterion) {

@@ -14,29 +14,12 @@
 //! kernel is not available, so a broken probe cannot fall back to a slower path unnoticed.
 
 use peft_kernels::linear::cpu::{CpuKernel, PackedWeight, bf16_bits, bf16_value, kernel_calls};
-use peft_testing::{assert_finite, check_finite};
+use peft_testing::{Rng, assert_finite, check_finite};
 
-/// A small deterministic generator (SplitMix64): values in [-1, 1), away from zero enough that
-/// no product is an f32 subnormal (the bf16 instructions flush those).
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> f32 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^= z >> 31;
-        let u = (z >> 40) as f32 / (1u64 << 24) as f32; // [0, 1)
-        let v = 2.0 * u - 1.0;
-        if v.abs() < 1e-3 {
-            1e-3f32.copysign(v)
-        } else {
-            v
-        }
-    }
-    fn vec(&mut self, n: usize) -> Vec<f32> {
-        (0..n).map(|_| self.next()).collect()
-    }
+/// Inputs in [-1, 1), away from zero enough that no product is an f32 subnormal (the bf16
+/// instructions flush those).
+fn inputs(rng: &mut Rng, n: usize) -> Vec<f32> {
+    rng.f32s(n, 1e-3)
 }
 
 fn rounded(v: &[f32]) -> Vec<f32> {
@@ -47,8 +30,8 @@ fn rounded(v: &[f32]) -> Vec<f32> {
 /// rounded-input and the unrounded-input references; asserts both are at most 1 and that the
 /// product ran on `kernel`.
 fn check(kernel: CpuKernel, m: usize, n: usize, k: usize, seed: u64) -> (f64, f64) {
-    let mut rng = Rng(seed);
-    let (x, w) = (rng.vec(m * k), rng.vec(n * k));
+    let mut rng = Rng::new(seed);
+    let (x, w) = (inputs(&mut rng, m * k), inputs(&mut rng, n * k));
     let packed = PackedWeight::pack(&w, n, k, kernel).expect("available");
     let before = kernel_calls();
     let got = packed.matmul_wt(&x, m);
@@ -178,9 +161,9 @@ fn lm_head_shape_matches_the_f64_reference() {
 fn nan_in_the_input_reaches_the_output() {
     for kernel in CpuKernel::ALL.into_iter().filter(|k| k.is_available()) {
         let (m, n, k) = (3, 20, 40);
-        let mut x = Rng(1).vec(m * k);
+        let mut x = inputs(&mut Rng::new(1), m * k);
         x[k + 5] = f32::NAN;
-        let w = Rng(2).vec(n * k);
+        let w = inputs(&mut Rng::new(2), n * k);
         let y = PackedWeight::pack(&w, n, k, kernel)
             .unwrap()
             .matmul_wt(&x, m);
@@ -226,8 +209,8 @@ fn bf16_rounding_is_to_nearest_even() {
 fn transposed_packing_equals_packing_the_transpose() {
     for kernel in CpuKernel::ALL.into_iter().filter(|k| k.is_available()) {
         for (seed, &(m, n, k)) in ODD_SHAPES.iter().enumerate() {
-            let mut rng = Rng(500 + seed as u64);
-            let w = rng.vec(n * k);
+            let mut rng = Rng::new(500 + seed as u64);
+            let w = inputs(&mut rng, n * k);
             let packed = PackedWeight::pack(&w, n, k, kernel).expect("available");
             let unpacked = packed.unpack();
             assert_eq!(
@@ -245,7 +228,7 @@ fn transposed_packing_equals_packing_the_transpose() {
             let derived = packed.transposed();
             assert_eq!((derived.outputs(), derived.inputs()), (k, n));
             assert_eq!(derived.kernel(), kernel);
-            let dy = rng.vec(m * n);
+            let dy = inputs(&mut rng, m * n);
             let (a, b) = (direct.matmul_wt(&dy, m), derived.matmul_wt(&dy, m));
             assert_finite(&a, "direct");
             assert_eq!(

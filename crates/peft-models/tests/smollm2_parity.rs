@@ -10,10 +10,7 @@ mod common;
 use burn::backend::Flex;
 use common::{fixture, ids, max_logit_error, model_path};
 use peft_core::CausalLm;
-use peft_kernels::{
-    WeightPrecision,
-    linear::cpu::{CpuKernel, kernel_calls},
-};
+use peft_kernels::{WeightPrecision, linear::cpu::CpuKernel};
 use peft_models::{
     Checkpoint,
     generate::{Conditioning, GenerationConfig, generate},
@@ -132,7 +129,7 @@ fn bf16_weights_stay_close_to_the_f32_reference() {
 
     let fx = fixture();
     let stride = fx["sample_stride"].as_u64().expect("stride") as usize;
-    let calls_before = kernel_calls();
+    let calls_before = best.calls();
     let mut worst_seen = 0.0f64;
     for p in fx["prompts"].as_array().expect("prompts") {
         let prompt = ids(&p["ids"]);
@@ -165,13 +162,6 @@ fn bf16_weights_stay_close_to_the_f32_reference() {
         worst_seen <= BF16_LOGIT_TOL,
         "bf16 weights: max |Δlogit| = {worst_seen} (tolerance {BF16_LOGIT_TOL})"
     );
-    let ran = kernel_calls()[CpuKernel::ALL
-        .iter()
-        .position(|&k| k == best)
-        .expect("listed")]
-        - calls_before[CpuKernel::ALL
-            .iter()
-            .position(|&k| k == best)
-            .expect("listed")];
+    let ran = best.calls() - calls_before;
     assert!(ran > 0, "no product ran on the {best} kernel");
 }

@@ -11,10 +11,12 @@
 //!   by CI) it fails the test instead.
 //! * [`CountingAllocator`] counts heap bytes (live, peak, allocated, largest request) for tests
 //!   that measure memory.
+//! * [`Rng`] draws deterministic inputs for tests and benchmarks.
 #![warn(missing_docs)]
 
 mod alloc;
 mod compare;
+mod rng;
 mod skip;
 
 pub use alloc::{AllocStats, CountingAllocator};
@@ -23,4 +25,5 @@ pub use compare::{
     Diff, NonFinite, Number, assert_close, assert_finite, check_finite, compare, max_abs_diff,
     max_rel_diff,
 };
+pub use rng::Rng;
 pub use skip::{NO_SKIP_ENV, SKIP_LOG_ENV, skip};

@@ -72,24 +72,8 @@ pub struct Inputs {
     pub pv: Vec<f64>,
 }
 
-/// A small deterministic generator (SplitMix64) so the oracle needs no dependency.
-pub struct Rng(u64);
-impl Rng {
-    pub fn new(seed: u64) -> Self {
-        Self(seed)
-    }
-    pub fn next_f64(&mut self) -> f64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^= z >> 31;
-        (z >> 11) as f64 / (1u64 << 53) as f64 * 2.0 - 1.0
-    }
-    pub fn vec(&mut self, n: usize) -> Vec<f64> {
-        (0..n).map(|_| self.next_f64()).collect()
-    }
-}
+/// The shared deterministic generator (SplitMix64), so the oracle needs no dependency.
+pub use peft_testing::Rng;
 
 impl Inputs {
     pub fn random(c: &Case, seed: u64) -> Self {

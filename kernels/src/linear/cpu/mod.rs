@@ -47,6 +47,11 @@ impl CpuKernel {
         }
     }
 
+    /// Products this kernel computed for the calling thread so far ([`kernel_calls`]).
+    pub fn calls(self) -> u64 {
+        kernel_calls()[self as usize]
+    }
+
     /// Its name, as benchmarks and errors print it.
     pub fn name(self) -> &'static str {
         match self {
