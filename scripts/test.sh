@@ -49,8 +49,9 @@ scripts/setup.sh
 step "format"
 cargo fmt --all -- --check
 
-step "CPU tests (flex; reference attention path)"
+step "CPU tests (flex and its host kernels; the reference attention op on NdArray, which has no kernels)"
 cargo test --workspace --quiet
+cargo test --quiet -p peft-kernels --features flex,ndarray --test attention_reference
 prune
 
 step "wgpu tests (fused kernels; lavapipe when no GPU)"

@@ -11,6 +11,29 @@ use crate::PrefixAttentionBackend;
 
 #[cfg(feature = "flex")]
 impl PrefixAttentionBackend for burn::backend::Flex {
+    /// The host kernels of `crate::host` (f32 tensors; others take the reference path).
+    fn has_fused_prefix_attention() -> bool {
+        true
+    }
+
+    fn prefix_attention_forward(
+        args: crate::PrefixAttentionArgs<Self>,
+    ) -> (
+        burn::tensor::ops::FloatTensor<Self>,
+        burn::tensor::ops::FloatTensor<Self>,
+    ) {
+        crate::host::flex::forward(args)
+    }
+
+    fn prefix_attention_backward(
+        args: crate::PrefixAttentionArgs<Self>,
+        out: burn::tensor::ops::FloatTensor<Self>,
+        lse: burn::tensor::ops::FloatTensor<Self>,
+        grad_out: burn::tensor::ops::FloatTensor<Self>,
+    ) -> crate::AttentionGrads<Self> {
+        crate::host::flex::backward(args, out, lse, grad_out)
+    }
+
     fn runs_on_host_thread() -> bool {
         true
     }
@@ -32,6 +55,10 @@ impl PrefixAttentionBackend for burn::backend::NdArray {
 /// NdArray multiplies frozen weights with its own matmul (the trait's defaults).
 #[cfg(feature = "ndarray")]
 impl crate::FrozenLinearBackend for burn::backend::NdArray {}
+
+/// NdArray runs the layer operations as compositions of its tensor ops (the trait's defaults).
+#[cfg(feature = "ndarray")]
+impl crate::LayerOpsBackend for burn::backend::NdArray {}
 
 /// A backend selectable at run time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

@@ -74,9 +74,9 @@ pub fn path_counts() -> PathCounts {
 /// What one call ran.
 #[derive(Debug, Clone, Copy)]
 pub(crate) enum Ran {
-    #[cfg_attr(not(feature = "cube"), allow(dead_code))]
+    #[cfg_attr(not(any(feature = "cube", feature = "flex")), allow(dead_code))]
     FusedForward = 0,
-    #[cfg_attr(not(feature = "cube"), allow(dead_code))]
+    #[cfg_attr(not(any(feature = "cube", feature = "flex")), allow(dead_code))]
     FusedBackward = 1,
     ReferenceForward = 2,
     ReferenceBackward = 3,

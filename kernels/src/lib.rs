@@ -44,6 +44,8 @@ mod autodiff;
 pub mod backends;
 pub mod baseline;
 mod counts;
+mod host;
+pub mod layer_ops;
 mod layout;
 pub mod linear;
 mod op;
@@ -54,6 +56,7 @@ mod reference;
 pub mod cube;
 
 pub use counts::{PathCounts, path_counts};
+pub use layer_ops::{LayerOpsBackend, host_layer_op_calls, rms_norm, swiglu};
 pub use layout::{
     BLOCK_SIZES, KernelPass, KernelShape, LANE_COUNTS, LayoutError, ROW_COUNTS,
     kernel_shape_override, lanes_per_row_override, rows_per_unit_override, set_kernel_shape,

@@ -111,9 +111,11 @@ pub struct AttentionGrads<B: Backend> {
 /// forward returns the log-sum-exp in f32 for every input dtype.
 ///
 /// It is the backend bound of the models and the training code, so it also requires the frozen
-/// products of [`FrozenLinearBackend`](crate::FrozenLinearBackend) (every backend here
-/// implements both).
-pub trait PrefixAttentionBackend: Backend + crate::FrozenLinearBackend {
+/// products of [`FrozenLinearBackend`](crate::FrozenLinearBackend) and the layer operations of
+/// [`LayerOpsBackend`](crate::LayerOpsBackend) (every backend here implements all three).
+pub trait PrefixAttentionBackend:
+    Backend + crate::FrozenLinearBackend + crate::LayerOpsBackend
+{
     /// Whether this backend runs fused kernels (and so prefers them by default).
     fn has_fused_prefix_attention() -> bool {
         false

@@ -369,28 +369,40 @@ fn bad_input_is_a_clear_error() {
         "{err}"
     );
     let err = layout("--lanes", "1,2");
-    assert!(err.contains("--lanes: flex has no fused kernels"), "{err}");
+    assert!(
+        err.contains("--lanes: flex has no CubeCL kernels to lay out"),
+        "{err}"
+    );
     let err = layout("--rows", "1,32");
     assert!(
         err.contains("--rows 32: the fused kernels take [1, 2, 4, 8, 16]"),
         "{err}"
     );
     let err = layout("--rows", "2");
-    assert!(err.contains("--rows: flex has no fused kernels"), "{err}");
+    assert!(
+        err.contains("--rows: flex has no CubeCL kernels to lay out"),
+        "{err}"
+    );
     let err = layout("--blocks", "8,16");
     assert!(
         err.contains("--blocks 16: the fused kernels take [1, 2, 4, 8]"),
         "{err}"
     );
     let err = layout("--blocks", "8");
-    assert!(err.contains("--blocks: flex has no fused kernels"), "{err}");
+    assert!(
+        err.contains("--blocks: flex has no CubeCL kernels to lay out"),
+        "{err}"
+    );
     let err = layout("--dkdv", "rows,tile");
     assert!(
         err.contains("kernel `tile`: the fused kernels are `rows` or `tiles`"),
         "{err}"
     );
     let err = layout("--dkdv", "tiles");
-    assert!(err.contains("--dkdv: flex has no fused kernels"), "{err}");
+    assert!(
+        err.contains("--dkdv: flex has no CubeCL kernels to lay out"),
+        "{err}"
+    );
     let empty = dir.join("empty.jsonl");
     std::fs::write(&empty, "\n").expect("write");
     let err = fail(&[

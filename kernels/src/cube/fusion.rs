@@ -145,6 +145,9 @@ impl<B: FusionBackend + PrefixAttentionBackend> Operation<B::FusionRuntime> for 
 /// Frozen products through Burn's fused matmul (the trait's defaults).
 impl<B: FusionBackend> crate::FrozenLinearBackend for Fusion<B> {}
 
+/// Burn's fusion compiles the compositions of tensor ops into its own kernels.
+impl<B: FusionBackend> crate::LayerOpsBackend for Fusion<B> {}
+
 impl<B: FusionBackend + PrefixAttentionBackend> PrefixAttentionBackend for Fusion<B> {
     fn has_fused_prefix_attention() -> bool {
         B::has_fused_prefix_attention()

@@ -159,6 +159,13 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> crate::Fro
 {
 }
 
+/// The CubeCL backends run the layer operations as compositions of tensor ops (the trait's
+/// defaults), which the fusion-wrapped types compile into fused kernels of their own.
+impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> crate::LayerOpsBackend
+    for Cube<R, F, I, BT>
+{
+}
+
 impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> PrefixAttentionBackend
     for Cube<R, F, I, BT>
 {

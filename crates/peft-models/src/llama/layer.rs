@@ -4,9 +4,9 @@
 use burn::{
     module::Module,
     nn::RmsNorm,
-    tensor::{Int, Tensor, activation::silu},
+    tensor::{Int, Tensor},
 };
-use peft_kernels::{AttentionPath, PrefixAttention, PrefixAttentionBackend};
+use peft_kernels::{AttentionPath, PrefixAttention, PrefixAttentionBackend, rms_norm, swiglu};
 
 use super::{
     linear::{FrozenLinear, linear, linears},
@@ -128,7 +128,7 @@ impl<B: PrefixAttentionBackend> Attention<B> {
 impl<B: PrefixAttentionBackend> Mlp<B> {
     fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
         let [gate, up] = linears([&self.gate, &self.up], x);
-        linear(&self.down, silu(gate) * up)
+        linear(&self.down, swiglu(gate, up))
     }
 }
 
@@ -140,7 +140,13 @@ impl<B: PrefixAttentionBackend> DecoderLayer<B> {
         ctx: &LayerContext<'_, B>,
         cache: Option<(&mut peft_core::KvCache<B>, usize)>,
     ) -> Tensor<B, 3> {
-        let h = x.clone() + self.attn.forward(self.attn_norm.forward(x), ctx, cache);
-        h.clone() + self.mlp.forward(self.mlp_norm.forward(h))
+        let h = x.clone() + self.attn.forward(norm(&self.attn_norm, x), ctx, cache);
+        h.clone() + self.mlp.forward(norm(&self.mlp_norm, h))
     }
+}
+
+/// `norm` applied to `x` through [`peft_kernels::rms_norm`] (host kernels on Flex; Burn's
+/// `RmsNorm::forward` composition elsewhere).
+pub(crate) fn norm<B: PrefixAttentionBackend>(norm: &RmsNorm<B>, x: Tensor<B, 3>) -> Tensor<B, 3> {
+    rms_norm(x, norm.gamma.val(), norm.epsilon)
 }

@@ -266,7 +266,7 @@ impl<B: PrefixAttentionBackend> Llama<B> {
         if let Some(cache) = cache {
             cache.advance(l);
         }
-        self.norm.forward(x)
+        layer::norm(&self.norm, x)
     }
 }
 

@@ -13,6 +13,8 @@ use std::{cell::Cell, sync::OnceLock};
 
 use rayon::prelude::*;
 
+use crate::host::gemm::{MatMut, MatRef, Parallelism, matmul};
+
 /// A CPU kernel for bf16 products.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum CpuKernel {
@@ -465,5 +467,12 @@ unsafe fn avx512_dispatch(
 /// by the `gemm` crate on the Rayon threads.
 fn portable(x: &[f32], m: usize, k: usize, w: &[f32], n: usize, out: &mut [f32]) {
     let xr: Vec<f32> = x.par_iter().map(|&v| bf16_value(bf16_bits(v))).collect();
-    simd::gemm_f32_wt(out, &xr, w, m, n, k);
+    matmul(
+        MatMut::row_major(out, m, n),
+        MatRef::row_major(&xr, m, k),
+        MatRef::row_major(w, n, k).t(),
+        false,
+        1.0,
+        Parallelism::Rayon(0),
+    );
 }

@@ -1,6 +1,6 @@
 //! Every `unsafe` block of the CPU products: the AMX permission and tile instructions (through
-//! `asm!`: the AMX intrinsics are not stable in Rust 1.95), the AVX512-BF16 micro-kernel
-//! (stable intrinsics) and the call of the `gemm` crate (raw pointers and strides). The safe code in [`super`] checks every length and pointer these
+//! `asm!`: the AMX intrinsics are not stable in Rust 1.95) and the AVX512-BF16 micro-kernel
+//! (stable intrinsics); the portable path's `gemm` call is in `crate::host::gemm`. The safe code in [`super`] checks every length and pointer these
 //! functions are given; each function states what it relies on.
 //!
 //! Both kernels read the same packed weight: panels of 16 output columns, each panel `kpad / 2`
@@ -226,41 +226,4 @@ pub(super) unsafe fn avx512_block<const MR: usize, const NP: usize>(
 fn bf16s(v: std::arch::x86_64::__m512i) -> std::arch::x86_64::__m512bh {
     // SAFETY: both are 64-byte vectors of plain bits; every bit pattern is a valid bf16 vector.
     unsafe { std::mem::transmute(v) }
-}
-
-/// `out = x·wᵀ` in f32 with the `gemm` crate on the Rayon threads: `x` `[m, k]`, `w` `[n, k]`,
-/// `out` `[m, n]`, all row-major.
-///
-/// # Panics
-///
-/// If a slice's length does not match its shape.
-pub(super) fn gemm_f32_wt(out: &mut [f32], x: &[f32], w: &[f32], m: usize, n: usize, k: usize) {
-    assert!(out.len() == m * n && x.len() == m * k && w.len() == n * k);
-    let (n_i, k_i) = (n as isize, k as isize);
-    // SAFETY: the lengths are checked above: dst is `m × n` (row stride `n`, column stride 1),
-    // lhs `m × k` (row stride `k`), rhs `k × n` read from `w` with element (kk, j) at
-    // `j·k + kk` (row stride 1, column stride `k`); `read_dst = false`, so `out` is only written.
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            out.as_mut_ptr(),
-            1,
-            n_i,
-            false,
-            x.as_ptr(),
-            1,
-            k_i,
-            w.as_ptr(),
-            k_i,
-            1,
-            0.0f32,
-            1.0f32,
-            false,
-            false,
-            false,
-            gemm::Parallelism::Rayon(0),
-        );
-    }
 }

@@ -1,0 +1,82 @@
+//! Flex's layer operations: the host kernels of [`super::elementwise`] on the tensors' f32
+//! values (made contiguous first where they are not). Tensors of another float dtype take the
+//! compositions of [`crate::layer_ops::reference`].
+
+use burn::{
+    backend::Flex,
+    tensor::{DType, Tensor, TensorData, TensorPrimitive},
+};
+use burn_flex::FlexTensor;
+
+use super::elementwise;
+use crate::layer_ops::{LayerOpsBackend, record_host_call, reference};
+
+/// The contiguous f32 storage of `t`, or `None` for another dtype.
+fn host<const D: usize>(t: &Tensor<Flex, D>) -> Option<FlexTensor> {
+    if t.dtype() != DType::F32 {
+        return None;
+    }
+    Some(t.clone().into_primitive().tensor().to_contiguous())
+}
+
+fn values(t: &FlexTensor) -> &[f32] {
+    t.as_slice::<f32>()
+        .unwrap_or_else(|| unreachable!("a contiguous f32 tensor is a slice of f32"))
+}
+
+fn tensor<const D: usize>(values: Vec<f32>, shape: [usize; D]) -> Tensor<Flex, D> {
+    Tensor::from_primitive(TensorPrimitive::Float(FlexTensor::from_data(
+        TensorData::new(values, shape),
+    )))
+}
+
+impl LayerOpsBackend for Flex {
+    fn rms_norm(x: Tensor<Self, 2>, weight: Tensor<Self, 1>, eps: f64) -> Tensor<Self, 2> {
+        let (Some(xs), Some(ws)) = (host(&x), host(&weight)) else {
+            return reference::rms_norm(x, weight, eps);
+        };
+        record_host_call();
+        tensor(
+            elementwise::rms_norm(values(&xs), values(&ws), eps as f32),
+            x.dims(),
+        )
+    }
+
+    fn rms_norm_backward(
+        x: Tensor<Self, 2>,
+        weight: Tensor<Self, 1>,
+        eps: f64,
+        dy: Tensor<Self, 2>,
+    ) -> Tensor<Self, 2> {
+        let (Some(xs), Some(ws), Some(dys)) = (host(&x), host(&weight), host(&dy)) else {
+            return reference::rms_norm_backward(x, weight, eps, dy);
+        };
+        record_host_call();
+        tensor(
+            elementwise::rms_norm_backward(values(&xs), values(&ws), eps as f32, values(&dys)),
+            x.dims(),
+        )
+    }
+
+    fn swiglu(gate: Tensor<Self, 2>, up: Tensor<Self, 2>) -> Tensor<Self, 2> {
+        let (Some(gs), Some(us)) = (host(&gate), host(&up)) else {
+            return reference::swiglu(gate, up);
+        };
+        record_host_call();
+        tensor(elementwise::swiglu(values(&gs), values(&us)), gate.dims())
+    }
+
+    fn swiglu_backward(
+        gate: Tensor<Self, 2>,
+        up: Tensor<Self, 2>,
+        dy: Tensor<Self, 2>,
+    ) -> (Tensor<Self, 2>, Tensor<Self, 2>) {
+        let (Some(gs), Some(us), Some(dys)) = (host(&gate), host(&up), host(&dy)) else {
+            return reference::swiglu_backward(gate, up, dy);
+        };
+        record_host_call();
+        let dims = gate.dims();
+        let (d_gate, d_up) = elementwise::swiglu_backward(values(&gs), values(&us), values(&dys));
+        (tensor(d_gate, dims), tensor(d_up, dims))
+    }
+}

@@ -1,0 +1,100 @@
+//! The element-wise and row-wise operations of a decoder layer besides attention and the frozen
+//! products: RMSNorm and the SwiGLU gate.
+//!
+//! [`LayerOpsBackend`] is a backend extension trait like the others of this crate: its default
+//! methods are compositions of Burn's tensor ops ([`reference`]), exactly what the models ran
+//! before the trait existed, so a backend without kernels implements it with an empty `impl`.
+//! Flex overrides it with host kernels (`crate::host::elementwise`): one pass per operation over
+//! contiguous f32 slices, split over the Rayon threads, where Burn 0.21's Flex runs each of the
+//! composition's several passes on one thread. Under [`Autodiff`](burn::backend::Autodiff) each
+//! operation is one graph node whose backward calls the backend's backward method.
+//!
+//! The RMSNorm weight is a constant here (the base model is frozen): only the input receives a
+//! gradient. A weight that requires a gradient takes the composition instead, which
+//! differentiates both.
+
+mod autodiff;
+pub mod reference;
+
+use std::cell::Cell;
+
+use burn::tensor::{Tensor, backend::Backend};
+
+/// Backend extension for the element-wise operations of a decoder layer.
+pub trait LayerOpsBackend: Backend {
+    /// RMSNorm of each row of `x` `[rows, n]`: `x / sqrt(mean(x²) + eps) · weight`, with
+    /// `weight` `[n]`.
+    fn rms_norm(x: Tensor<Self, 2>, weight: Tensor<Self, 1>, eps: f64) -> Tensor<Self, 2> {
+        reference::rms_norm(x, weight, eps)
+    }
+
+    /// The input gradient of [`rms_norm`](Self::rms_norm) given the output gradient `dy`.
+    fn rms_norm_backward(
+        x: Tensor<Self, 2>,
+        weight: Tensor<Self, 1>,
+        eps: f64,
+        dy: Tensor<Self, 2>,
+    ) -> Tensor<Self, 2> {
+        reference::rms_norm_backward(x, weight, eps, dy)
+    }
+
+    /// `silu(gate) · up`, element-wise (`[rows, n]` each).
+    fn swiglu(gate: Tensor<Self, 2>, up: Tensor<Self, 2>) -> Tensor<Self, 2> {
+        reference::swiglu(gate, up)
+    }
+
+    /// The gradients of `gate` and `up` in [`swiglu`](Self::swiglu) given the output gradient
+    /// `dy`.
+    fn swiglu_backward(
+        gate: Tensor<Self, 2>,
+        up: Tensor<Self, 2>,
+        dy: Tensor<Self, 2>,
+    ) -> (Tensor<Self, 2>, Tensor<Self, 2>) {
+        reference::swiglu_backward(gate, up, dy)
+    }
+}
+
+/// RMSNorm over the last dimension of `x` with `weight` (its length) and `eps`, through
+/// [`LayerOpsBackend::rms_norm`].
+pub fn rms_norm<B: LayerOpsBackend, const D: usize>(
+    x: Tensor<B, D>,
+    weight: Tensor<B, 1>,
+    eps: f64,
+) -> Tensor<B, D> {
+    let dims = x.dims();
+    let n = dims[D - 1];
+    let rows = dims[..D - 1].iter().product();
+    B::rms_norm(x.reshape([rows, n]), weight, eps).reshape(dims)
+}
+
+/// `silu(gate) · up` for tensors of one shape, through [`LayerOpsBackend::swiglu`].
+///
+/// # Panics
+///
+/// If the shapes differ.
+pub fn swiglu<B: LayerOpsBackend, const D: usize>(
+    gate: Tensor<B, D>,
+    up: Tensor<B, D>,
+) -> Tensor<B, D> {
+    let dims = gate.dims();
+    assert_eq!(dims, up.dims(), "swiglu: gate and up shapes differ");
+    let n = dims[D - 1];
+    let rows = dims[..D - 1].iter().product();
+    B::swiglu(gate.reshape([rows, n]), up.reshape([rows, n])).reshape(dims)
+}
+
+thread_local! {
+    static HOST_CALLS: Cell<u64> = const { Cell::new(0) };
+}
+
+/// Forward and backward calls of these operations that the calling thread ran on host kernels
+/// (Flex) so far: tests assert that the fast path ran.
+pub fn host_layer_op_calls() -> u64 {
+    HOST_CALLS.with(Cell::get)
+}
+
+/// Counts one call computed by host kernels.
+#[cfg_attr(not(feature = "flex"), allow(dead_code))]
+pub(crate) fn record_host_call() {
+    HOST_CALLS.with(|c| c.set(c.get() + 1));
+}
