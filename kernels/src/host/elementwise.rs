@@ -121,3 +121,54 @@ pub(crate) fn swiglu_backward(gate: &[f32], up: &[f32], dy: &[f32]) -> (Vec<f32>
         });
     (d_gate, d_up)
 }
+
+/// The rotary embedding of each head of `d` in rows of `n` (`x·cos + [−x2 | x1]·sin`), or with
+/// `backward` its input gradient for an output gradient `x` (`x·cos + [v2 | −v1]`, with
+/// `[v1 | v2] = x·sin`). `cos` and `sin` hold one row of `n` shared by every row, or one per row.
+pub(crate) fn rotary(
+    x: &[f32],
+    cos: &[f32],
+    sin: &[f32],
+    n: usize,
+    d: usize,
+    backward: bool,
+) -> Vec<f32> {
+    let mut out = vec![0.0f32; x.len()];
+    if n == 0 || d == 0 {
+        return out;
+    }
+    let half = d / 2;
+    let shared = cos.len() == n;
+    let block = rows_per_task(n);
+    out.par_chunks_mut(block)
+        .zip(x.par_chunks(block))
+        .enumerate()
+        .for_each(|(task, (out, x))| {
+            let first_row = task * block / n;
+            for (r, (o, x)) in out.chunks_exact_mut(n).zip(x.chunks_exact(n)).enumerate() {
+                let t = if shared { 0 } else { (first_row + r) * n };
+                let (c, s) = (&cos[t..t + n], &sin[t..t + n]);
+                for (((o, x), c), s) in o
+                    .chunks_exact_mut(d)
+                    .zip(x.chunks_exact(d))
+                    .zip(c.chunks_exact(d))
+                    .zip(s.chunks_exact(d))
+                {
+                    let (o1, o2) = o.split_at_mut(half);
+                    let (x1, x2) = x.split_at(half);
+                    let (c1, c2) = c.split_at(half);
+                    let (s1, s2) = s.split_at(half);
+                    for j in 0..half {
+                        if backward {
+                            o1[j] = x1[j] * c1[j] + x2[j] * s2[j];
+                            o2[j] = x2[j] * c2[j] - x1[j] * s1[j];
+                        } else {
+                            o1[j] = x1[j] * c1[j] - x2[j] * s1[j];
+                            o2[j] = x2[j] * c2[j] + x1[j] * s2[j];
+                        }
+                    }
+                }
+            }
+        });
+    out
+}

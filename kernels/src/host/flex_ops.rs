@@ -79,4 +79,44 @@ impl LayerOpsBackend for Flex {
         let (d_gate, d_up) = elementwise::swiglu_backward(values(&gs), values(&us), values(&dys));
         (tensor(d_gate, dims), tensor(d_up, dims))
     }
+
+    fn rotary(
+        x: Tensor<Self, 2>,
+        cos: Tensor<Self, 2>,
+        sin: Tensor<Self, 2>,
+        head_dim: usize,
+    ) -> Tensor<Self, 2> {
+        match rotary(&x, &cos, &sin, head_dim, false) {
+            Some(out) => out,
+            None => reference::rotary(x, cos, sin, head_dim),
+        }
+    }
+
+    fn rotary_backward(
+        dy: Tensor<Self, 2>,
+        cos: Tensor<Self, 2>,
+        sin: Tensor<Self, 2>,
+        head_dim: usize,
+    ) -> Tensor<Self, 2> {
+        match rotary(&dy, &cos, &sin, head_dim, true) {
+            Some(dx) => dx,
+            None => reference::rotary_backward(dy, cos, sin, head_dim),
+        }
+    }
+}
+
+/// The host kernel for [`LayerOpsBackend::rotary`] (or its backward), or `None` when a tensor is
+/// not f32.
+fn rotary(
+    x: &Tensor<Flex, 2>,
+    cos: &Tensor<Flex, 2>,
+    sin: &Tensor<Flex, 2>,
+    head_dim: usize,
+    backward: bool,
+) -> Option<Tensor<Flex, 2>> {
+    let (xs, cs, ss) = (host(x)?, host(cos)?, host(sin)?);
+    record_host_call();
+    let [_, n] = x.dims();
+    let out = elementwise::rotary(values(&xs), values(&cs), values(&ss), n, head_dim, backward);
+    Some(tensor(out, x.dims()))
 }

@@ -80,6 +80,47 @@ impl<B: LayerOpsBackend, C: CheckpointStrategy> LayerOpsBackend for Autodiff<B, 
         let (d_gate, d_up) = B::swiglu_backward(gate.inner(), up.inner(), dy.inner());
         (Tensor::from_inner(d_gate), Tensor::from_inner(d_up))
     }
+
+    /// One node with `x` as its parent; tables that require a gradient take the composition.
+    fn rotary(
+        x: Tensor<Self, 2>,
+        cos: Tensor<Self, 2>,
+        sin: Tensor<Self, 2>,
+        head_dim: usize,
+    ) -> Tensor<Self, 2> {
+        if cos.is_require_grad() || sin.is_require_grad() {
+            return reference::rotary(x, cos, sin, head_dim);
+        }
+        let (cos, sin) = (cos.inner(), sin.inner());
+        let x = x.into_primitive().tensor();
+        let node = x.node.clone();
+        let out = B::rotary(inner(x.primitive), cos.clone(), sin.clone(), head_dim)
+            .into_primitive()
+            .tensor();
+        let out = match RotaryBackward
+            .prepare::<C>([node])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => prep.finish((cos, sin, head_dim), out),
+            OpsKind::UnTracked(prep) => prep.finish(out),
+        };
+        Tensor::from_primitive(TensorPrimitive::Float(out))
+    }
+
+    fn rotary_backward(
+        dy: Tensor<Self, 2>,
+        cos: Tensor<Self, 2>,
+        sin: Tensor<Self, 2>,
+        head_dim: usize,
+    ) -> Tensor<Self, 2> {
+        Tensor::from_inner(B::rotary_backward(
+            dy.inner(),
+            cos.inner(),
+            sin.inner(),
+            head_dim,
+        ))
+    }
 }
 
 /// An inner-backend float primitive as a tensor.
@@ -137,6 +178,26 @@ impl<B: LayerOpsBackend> Backward<B, 2> for SwigluBackward {
         }
         if let Some(node) = up_parent {
             register(grads, node.id, d_up);
+        }
+    }
+}
+
+#[derive(Debug)]
+struct RotaryBackward;
+
+impl<B: LayerOpsBackend> Backward<B, 1> for RotaryBackward {
+    type State = (Tensor<B, 2>, Tensor<B, 2>, usize);
+
+    fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let dy = grads.consume::<B>(&ops.node);
+        let [parent] = ops.parents;
+        if let Some(node) = parent {
+            let (cos, sin, head_dim) = ops.state;
+            register(
+                grads,
+                node.id,
+                B::rotary_backward(inner(dy), cos, sin, head_dim),
+            );
         }
     }
 }

@@ -1,5 +1,5 @@
 //! The element-wise and row-wise operations of a decoder layer besides attention and the frozen
-//! products: RMSNorm and the SwiGLU gate.
+//! products: RMSNorm, the SwiGLU gate and the rotary embedding (rotate-half).
 //!
 //! [`LayerOpsBackend`] is a backend extension trait like the others of this crate: its default
 //! methods are compositions of Burn's tensor ops ([`reference`]), exactly what the models ran
@@ -11,7 +11,8 @@
 //!
 //! The RMSNorm weight is a constant here (the base model is frozen): only the input receives a
 //! gradient. A weight that requires a gradient takes the composition instead, which
-//! differentiates both.
+//! differentiates both. The rotary tables are constants too (computed on the host from the
+//! positions).
 
 mod autodiff;
 pub mod reference;
@@ -52,6 +53,30 @@ pub trait LayerOpsBackend: Backend {
     ) -> (Tensor<Self, 2>, Tensor<Self, 2>) {
         reference::swiglu_backward(gate, up, dy)
     }
+
+    /// Rotary embedding in Hugging Face's rotate-half convention over rows of heads: `x`
+    /// `[rows, n]` with `n` a multiple of `head_dim` (even), each head `[x1 | x2]` becoming
+    /// `x·cos + [−x2 | x1]·sin`, with `cos` and `sin` `[1 or rows, n]` (one row shared by
+    /// every row of `x`, or one each).
+    fn rotary(
+        x: Tensor<Self, 2>,
+        cos: Tensor<Self, 2>,
+        sin: Tensor<Self, 2>,
+        head_dim: usize,
+    ) -> Tensor<Self, 2> {
+        reference::rotary(x, cos, sin, head_dim)
+    }
+
+    /// The input gradient of [`rotary`](Self::rotary) given the output gradient `dy`:
+    /// `dy·cos + [v2 | −v1]` with `[v1 | v2] = dy·sin` per head.
+    fn rotary_backward(
+        dy: Tensor<Self, 2>,
+        cos: Tensor<Self, 2>,
+        sin: Tensor<Self, 2>,
+        head_dim: usize,
+    ) -> Tensor<Self, 2> {
+        reference::rotary_backward(dy, cos, sin, head_dim)
+    }
 }
 
 /// RMSNorm over the last dimension of `x` with `weight` (its length) and `eps`, through
@@ -81,6 +106,32 @@ pub fn swiglu<B: LayerOpsBackend, const D: usize>(
     let n = dims[D - 1];
     let rows = dims[..D - 1].iter().product();
     B::swiglu(gate.reshape([rows, n]), up.reshape([rows, n])).reshape(dims)
+}
+
+/// [`LayerOpsBackend::rotary`] on `x` `[rows, n]`.
+///
+/// # Panics
+///
+/// If `head_dim` is odd or does not divide `n`, or if the tables are not `[1 or rows, n]`.
+pub fn rotary<B: LayerOpsBackend>(
+    x: Tensor<B, 2>,
+    cos: Tensor<B, 2>,
+    sin: Tensor<B, 2>,
+    head_dim: usize,
+) -> Tensor<B, 2> {
+    let [rows, n] = x.dims();
+    assert!(
+        head_dim > 0 && head_dim.is_multiple_of(2) && n.is_multiple_of(head_dim),
+        "rotary: head_dim {head_dim} must be even and divide the width {n}"
+    );
+    for t in [&cos, &sin] {
+        let [tr, tn] = t.dims();
+        assert!(
+            tn == n && (tr == 1 || tr == rows),
+            "rotary: a table of [{tr}, {tn}] for rows [{rows}, {n}]"
+        );
+    }
+    B::rotary(x, cos, sin, head_dim)
 }
 
 thread_local! {

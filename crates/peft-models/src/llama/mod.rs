@@ -207,7 +207,6 @@ impl<B: PrefixAttentionBackend> Llama<B> {
                 config.head_dim,
                 config.max_position_embeddings,
                 config.rope_theta,
-                device,
             ),
             config: config.clone(),
             precision,
@@ -247,6 +246,7 @@ impl<B: PrefixAttentionBackend> Llama<B> {
             l,
             self.config.num_heads,
             self.config.num_kv_heads,
+            &embeds.device(),
         );
         let cache_lengths = cache.as_ref().and_then(|c| c.prefix_lengths().cloned());
         let prefix_lengths = prefix

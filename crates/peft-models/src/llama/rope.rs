@@ -6,19 +6,21 @@
 //!
 //! The rotation is applied to the projection output while it is still a contiguous
 //! `[B, L, heads·d]` tensor: the position tables of a forward pass are computed on the host for
-//! exactly the positions it uses and laid out flat, `[1 or B, L·heads·d]`, so every element-wise
-//! product is between contiguous tensors or broadcasts one shared row, and `rotate_half` is one
-//! product with a fixed `[d, d]` signed permutation. CPU backends run these forms on their fast
-//! paths (no strided views), forward and backward. Nothing is allocated for positions a pass
-//! does not use, however long the model's context.
+//! exactly the positions it uses and laid out flat, `[1 or B, L·heads·d]`, and the rotation is
+//! [`peft_kernels::layer_ops::rotary`] over rows of `L·heads·d` (one multi-threaded pass on Flex;
+//! elsewhere element-wise products between contiguous tensors, or broadcasting one shared row,
+//! and `rotate_half` as one product with a fixed `[d, d]` signed permutation). Nothing is
+//! allocated for positions a pass does not use, however long the model's context.
 
 use burn::tensor::{Tensor, TensorData, backend::Backend};
 use peft_core::Positions;
+use peft_kernels::LayerOpsBackend;
 
 /// Rotary embedding of one model: its frequencies and the rotate-half permutation.
 #[derive(burn::module::Module, Debug)]
 pub struct Rope<B: Backend> {
-    rotate_half: Tensor<B, 2>,
+    /// No tensor: the tables are made per pass, on the inputs' device.
+    backend: std::marker::PhantomData<B>,
     /// `1 / θ^(2i/d)`, `d/2` values.
     #[module(skip)]
     inv_freq: Vec<f32>,
@@ -40,25 +42,19 @@ struct Flat<B: Backend> {
 pub struct RopeSlice<B: Backend> {
     query: Flat<B>,
     key: Flat<B>,
-    rotate_half: Tensor<B, 2>,
+    head_dim: usize,
 }
 
 impl<B: Backend> Rope<B> {
     /// The embedding of a model with heads of `head_dim` and a context of `max_positions`.
-    pub fn new(head_dim: usize, max_positions: usize, theta: f64, device: &B::Device) -> Self {
+    pub fn new(head_dim: usize, max_positions: usize, theta: f64) -> Self {
         let half = head_dim / 2;
         let theta = theta as f32;
         let inv_freq = (0..half)
             .map(|i| 1.0 / theta.powf((2 * i) as f32 / head_dim as f32))
             .collect();
-        // x · R = rotate_half(x): column j < d/2 takes −x[j + d/2], column j ≥ d/2 takes x[j − d/2].
-        let mut r = vec![0.0f32; head_dim * head_dim];
-        for j in 0..half {
-            r[(j + half) * head_dim + j] = -1.0;
-            r[j * head_dim + j + half] = 1.0;
-        }
         Self {
-            rotate_half: Tensor::from_data(TensorData::new(r, [head_dim, head_dim]), device),
+            backend: std::marker::PhantomData,
             inv_freq,
             max_positions,
         }
@@ -70,7 +66,7 @@ impl<B: Backend> Rope<B> {
     }
 
     /// The tables for `len` consecutive positions of each row, laid out for `heads` query heads
-    /// and `kv_heads` key heads.
+    /// and `kv_heads` key heads, on `device`.
     ///
     /// # Panics
     ///
@@ -83,6 +79,7 @@ impl<B: Backend> Rope<B> {
         len: usize,
         heads: usize,
         kv_heads: usize,
+        device: &B::Device,
     ) -> RopeSlice<B> {
         let max = self.max_positions;
         assert!(
@@ -97,7 +94,6 @@ impl<B: Backend> Rope<B> {
                 starts.clone()
             }
         };
-        let device = self.rotate_half.device();
         let half = self.inv_freq.len();
         let table = |heads: usize| {
             let width = len * heads * 2 * half;
@@ -124,8 +120,8 @@ impl<B: Backend> Rope<B> {
             let shape = [starts.len(), width];
             Flat {
                 heads,
-                cos: Tensor::from_data(TensorData::new(cos, shape), &device),
-                sin: Tensor::from_data(TensorData::new(sin, shape), &device),
+                cos: Tensor::from_data(TensorData::new(cos, shape), device),
+                sin: Tensor::from_data(TensorData::new(sin, shape), device),
             }
         };
         let query = table(heads);
@@ -137,12 +133,12 @@ impl<B: Backend> Rope<B> {
         RopeSlice {
             query,
             key,
-            rotate_half: self.rotate_half.clone(),
+            head_dim: 2 * half,
         }
     }
 }
 
-impl<B: Backend> RopeSlice<B> {
+impl<B: LayerOpsBackend> RopeSlice<B> {
     /// Rotates the query projection `x` `[B, L, heads·d]`.
     pub fn rotate_queries(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
         self.rotate(&self.query, x)
@@ -155,14 +151,13 @@ impl<B: Backend> RopeSlice<B> {
 
     fn rotate(&self, t: &Flat<B>, x: Tensor<B, 3>) -> Tensor<B, 3> {
         let [b, l, width] = x.dims();
-        let d = self.rotate_half.dims()[0];
-        let heads = t.heads;
-        let rotated = x
-            .clone()
-            .reshape([b * l * heads, d])
-            .matmul(self.rotate_half.clone())
-            .reshape([b, l * width]);
-        let out = x.reshape([b, l * width]) * t.cos.clone() + rotated * t.sin.clone();
-        out.reshape([b, l, width])
+        debug_assert_eq!(width, t.heads * self.head_dim);
+        peft_kernels::layer_ops::rotary(
+            x.reshape([b, l * width]),
+            t.cos.clone(),
+            t.sin.clone(),
+            self.head_dim,
+        )
+        .reshape([b, l, width])
     }
 }
