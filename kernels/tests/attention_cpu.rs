@@ -1,8 +1,9 @@
 //! Flex's host attention kernels (`peft_kernels`'s `host` module: per-(row, kv head) tasks on
 //! the Rayon threads, products by the `gemm` crate) against the f64 oracle: they run by default,
 //! on the whole sweep (GQA ratios, prefixes, padded and fully padded rows, per-row
-//! prefixes, a KV cache, query blocks split at 64 rows), on strided views as the model passes
-//! them, and bit for bit the same from run to run.
+//! prefixes, a KV cache, query blocks split at 64 rows; calls under a million score
+//! multiply-adds on the calling thread, the L = 113 cases on the Rayon threads), on strided views
+//! as the model passes them, and bit for bit the same from run to run.
 #![cfg(feature = "flex")]
 
 mod common;

@@ -2,7 +2,8 @@
 //!
 //! The work is split by (batch row, key/value head): one task owns that head's keys, values and
 //! key gradients and the query heads of its group, so tasks write disjoint parts of every output
-//! and run on the Rayon threads without locks (the prefix gradients of a shared prefix are summed
+//! and run on the Rayon threads without locks (on the calling thread for a call as small as a
+//! decoding step's, [`super::MIN_PARALLEL_MACS`]) (the prefix gradients of a shared prefix are summed
 //! over the batch afterwards, in a fixed order). Inside a task, queries go in blocks of
 //! [`ROWS`] rows: a block's scores `[rows, P + S']` (`S'` the last key any of its rows sees) live
 //! in the task's own buffer, so nothing of size `[B, H, L, P + S]` is allocated. The products
@@ -18,7 +19,10 @@
 
 use rayon::prelude::*;
 
-use super::gemm::{MatMut, MatRef, Parallelism, matmul};
+use super::{
+    MIN_PARALLEL_MACS,
+    gemm::{MatMut, MatRef, Parallelism, matmul},
+};
 use crate::op::AttentionDims;
 
 /// Query rows per block.
@@ -144,6 +148,13 @@ impl HostArgs<'_> {
         }
     }
 
+    /// Multiply-adds of the scores of a call, `B·H·L·(P + S)·d`: what decides whether its tasks
+    /// go to the Rayon threads.
+    fn work(&self) -> usize {
+        let d = self.dims;
+        d.batch * d.heads * d.queries * (d.prefix + d.keys) * d.head_dim
+    }
+
     /// Sequence keys query row `i` sees (causal, then the row's length).
     fn visible_keys(&self, task: &Task, i: usize) -> usize {
         (i + self.dims.keys - self.dims.queries + 1).min(task.seq)
@@ -174,47 +185,55 @@ pub(crate) fn forward(a: &HostArgs<'_>) -> (Vec<f32>, Vec<f32>) {
     if out.is_empty() || batch * kv_heads == 0 {
         return (out, lse);
     }
-    out.par_chunks_mut(g * l * d)
-        .zip(lse.par_chunks_mut(g * l))
-        .enumerate()
-        .for_each(|(index, (out, lse))| {
-            let task = a.task(index);
-            let mut scores = vec![0.0f32; ROWS.min(l) * (p + s)];
-            for j in 0..g {
-                let h = task.kv * g + j;
-                for r0 in (0..l).step_by(ROWS) {
-                    let rows = ROWS.min(l - r0);
-                    let n = a.block_columns(&task, r0, rows);
-                    if n == 0 {
-                        // No row of the block sees a key: zero output (as allocated).
-                        lse[j * l + r0..j * l + r0 + rows].fill(f32::MIN);
-                        continue;
-                    }
-                    let sc = &mut scores[..rows * n];
-                    matmul(
-                        MatMut::row_major(sc, rows, n),
-                        a.query.rows(task.bi, h, r0, rows, d),
-                        MatRef::row_major(&task.keys, n, d).t(),
-                        false,
-                        a.scale,
-                        Parallelism::None,
-                    );
-                    for (i, row) in sc.chunks_exact_mut(n).enumerate() {
-                        lse[j * l + r0 + i] =
-                            softmax(row, task.prefix, p, a.visible_keys(&task, r0 + i));
-                    }
-                    let at = (j * l + r0) * d;
-                    matmul(
-                        MatMut::row_major(&mut out[at..at + rows * d], rows, d),
-                        MatRef::row_major(sc, rows, n),
-                        MatRef::row_major(&task.values, n, d),
-                        false,
-                        1.0,
-                        Parallelism::None,
-                    );
+    let body = |(index, (out, lse)): (usize, (&mut [f32], &mut [f32]))| {
+        let task = a.task(index);
+        let mut scores = vec![0.0f32; ROWS.min(l) * (p + s)];
+        for j in 0..g {
+            let h = task.kv * g + j;
+            for r0 in (0..l).step_by(ROWS) {
+                let rows = ROWS.min(l - r0);
+                let n = a.block_columns(&task, r0, rows);
+                if n == 0 {
+                    // No row of the block sees a key: zero output (as allocated).
+                    lse[j * l + r0..j * l + r0 + rows].fill(f32::MIN);
+                    continue;
                 }
+                let sc = &mut scores[..rows * n];
+                matmul(
+                    MatMut::row_major(sc, rows, n),
+                    a.query.rows(task.bi, h, r0, rows, d),
+                    MatRef::row_major(&task.keys, n, d).t(),
+                    false,
+                    a.scale,
+                    Parallelism::None,
+                );
+                for (i, row) in sc.chunks_exact_mut(n).enumerate() {
+                    lse[j * l + r0 + i] =
+                        softmax(row, task.prefix, p, a.visible_keys(&task, r0 + i));
+                }
+                let at = (j * l + r0) * d;
+                matmul(
+                    MatMut::row_major(&mut out[at..at + rows * d], rows, d),
+                    MatRef::row_major(sc, rows, n),
+                    MatRef::row_major(&task.values, n, d),
+                    false,
+                    1.0,
+                    Parallelism::None,
+                );
             }
-        });
+        }
+    };
+    if a.work() >= MIN_PARALLEL_MACS {
+        out.par_chunks_mut(g * l * d)
+            .zip(lse.par_chunks_mut(g * l))
+            .enumerate()
+            .for_each(body);
+    } else {
+        out.chunks_mut(g * l * d)
+            .zip(lse.chunks_mut(g * l))
+            .enumerate()
+            .for_each(body);
+    }
     (out, lse)
 }
 
@@ -280,100 +299,109 @@ pub(crate) fn backward(
             prefix,
         };
     }
-    let prefix_parts: Vec<(Vec<f32>, Vec<f32>)> = dq
-        .par_chunks_mut(g * l * d)
-        .zip(dk.par_chunks_mut(s * d).zip(dv.par_chunks_mut(s * d)))
-        .enumerate()
-        .map(|(index, (dq, (dk, dv)))| {
-            let task = a.task(index);
-            let mut dkf = vec![0.0f32; n_all * d];
-            let mut dvf = vec![0.0f32; n_all * d];
-            let mut probs = vec![0.0f32; ROWS.min(l) * n_all];
-            let mut dp = vec![0.0f32; ROWS.min(l) * n_all];
-            for j in 0..g {
-                let h = task.kv * g + j;
-                for r0 in (0..l).step_by(ROWS) {
-                    let rows = ROWS.min(l - r0);
-                    let n = a.block_columns(&task, r0, rows);
-                    if n == 0 {
-                        continue;
-                    }
-                    let (pr, dp) = (&mut probs[..rows * n], &mut dp[..rows * n]);
-                    let q = a.query.rows(task.bi, h, r0, rows, d);
-                    let d_o = d_out.rows(task.bi, h, r0, rows, d);
-                    matmul(
-                        MatMut::row_major(pr, rows, n),
-                        q,
-                        MatRef::row_major(&task.keys, n, d).t(),
-                        false,
-                        a.scale,
-                        Parallelism::None,
-                    );
-                    matmul(
-                        MatMut::row_major(dp, rows, n),
-                        d_o,
-                        MatRef::row_major(&task.values, n, d).t(),
-                        false,
-                        1.0,
-                        Parallelism::None,
-                    );
-                    for (i, (prow, dprow)) in pr
-                        .chunks_exact_mut(n)
-                        .zip(dp.chunks_exact_mut(n))
-                        .enumerate()
-                    {
-                        let r = r0 + i;
-                        let row_lse = lse[((task.bi * heads) + h) * l + r];
-                        let seq = a.visible_keys(&task, r);
-                        let delta: f32 = (0..d)
-                            .map(|t| d_out.at(task.bi, h, r, t) * out.at(task.bi, h, r, t))
-                            .sum();
-                        for (c, (x, y)) in prow.iter_mut().zip(dprow.iter_mut()).enumerate() {
-                            let seen = if c < p { c < task.prefix } else { c - p < seq };
-                            if seen {
-                                *x = (*x - row_lse).exp();
-                                *y = *x * (*y - delta);
-                            } else {
-                                *x = 0.0;
-                                *y = 0.0;
-                            }
+    type Slices<'a> = (usize, (&'a mut [f32], (&'a mut [f32], &'a mut [f32])));
+    let body = |(index, (dq, (dk, dv))): Slices<'_>| {
+        let task = a.task(index);
+        let mut dkf = vec![0.0f32; n_all * d];
+        let mut dvf = vec![0.0f32; n_all * d];
+        let mut probs = vec![0.0f32; ROWS.min(l) * n_all];
+        let mut dp = vec![0.0f32; ROWS.min(l) * n_all];
+        for j in 0..g {
+            let h = task.kv * g + j;
+            for r0 in (0..l).step_by(ROWS) {
+                let rows = ROWS.min(l - r0);
+                let n = a.block_columns(&task, r0, rows);
+                if n == 0 {
+                    continue;
+                }
+                let (pr, dp) = (&mut probs[..rows * n], &mut dp[..rows * n]);
+                let q = a.query.rows(task.bi, h, r0, rows, d);
+                let d_o = d_out.rows(task.bi, h, r0, rows, d);
+                matmul(
+                    MatMut::row_major(pr, rows, n),
+                    q,
+                    MatRef::row_major(&task.keys, n, d).t(),
+                    false,
+                    a.scale,
+                    Parallelism::None,
+                );
+                matmul(
+                    MatMut::row_major(dp, rows, n),
+                    d_o,
+                    MatRef::row_major(&task.values, n, d).t(),
+                    false,
+                    1.0,
+                    Parallelism::None,
+                );
+                for (i, (prow, dprow)) in pr
+                    .chunks_exact_mut(n)
+                    .zip(dp.chunks_exact_mut(n))
+                    .enumerate()
+                {
+                    let r = r0 + i;
+                    let row_lse = lse[((task.bi * heads) + h) * l + r];
+                    let seq = a.visible_keys(&task, r);
+                    let delta: f32 = (0..d)
+                        .map(|t| d_out.at(task.bi, h, r, t) * out.at(task.bi, h, r, t))
+                        .sum();
+                    for (c, (x, y)) in prow.iter_mut().zip(dprow.iter_mut()).enumerate() {
+                        let seen = if c < p { c < task.prefix } else { c - p < seq };
+                        if seen {
+                            *x = (*x - row_lse).exp();
+                            *y = *x * (*y - delta);
+                        } else {
+                            *x = 0.0;
+                            *y = 0.0;
                         }
                     }
-                    // dp now holds dS / scale.
-                    let at = (j * l + r0) * d;
-                    matmul(
-                        MatMut::row_major(&mut dq[at..at + rows * d], rows, d),
-                        MatRef::row_major(dp, rows, n),
-                        MatRef::row_major(&task.keys, n, d),
-                        false,
-                        a.scale,
-                        Parallelism::None,
-                    );
-                    matmul(
-                        MatMut::row_major(&mut dkf[..n * d], n, d),
-                        MatRef::row_major(dp, rows, n).t(),
-                        q,
-                        true,
-                        a.scale,
-                        Parallelism::None,
-                    );
-                    matmul(
-                        MatMut::row_major(&mut dvf[..n * d], n, d),
-                        MatRef::row_major(pr, rows, n).t(),
-                        d_o,
-                        true,
-                        1.0,
-                        Parallelism::None,
-                    );
                 }
+                // dp now holds dS / scale.
+                let at = (j * l + r0) * d;
+                matmul(
+                    MatMut::row_major(&mut dq[at..at + rows * d], rows, d),
+                    MatRef::row_major(dp, rows, n),
+                    MatRef::row_major(&task.keys, n, d),
+                    false,
+                    a.scale,
+                    Parallelism::None,
+                );
+                matmul(
+                    MatMut::row_major(&mut dkf[..n * d], n, d),
+                    MatRef::row_major(dp, rows, n).t(),
+                    q,
+                    true,
+                    a.scale,
+                    Parallelism::None,
+                );
+                matmul(
+                    MatMut::row_major(&mut dvf[..n * d], n, d),
+                    MatRef::row_major(pr, rows, n).t(),
+                    d_o,
+                    true,
+                    1.0,
+                    Parallelism::None,
+                );
             }
-            dk.copy_from_slice(&dkf[p * d..]);
-            dv.copy_from_slice(&dvf[p * d..]);
-            dkf.truncate(p * d);
-            dvf.truncate(p * d);
-            (dkf, dvf)
-        })
-        .collect();
+        }
+        dk.copy_from_slice(&dkf[p * d..]);
+        dv.copy_from_slice(&dvf[p * d..]);
+        dkf.truncate(p * d);
+        dvf.truncate(p * d);
+        (dkf, dvf)
+    };
+    let prefix_parts: Vec<(Vec<f32>, Vec<f32>)> = if a.work() >= MIN_PARALLEL_MACS {
+        dq.par_chunks_mut(g * l * d)
+            .zip(dk.par_chunks_mut(s * d).zip(dv.par_chunks_mut(s * d)))
+            .enumerate()
+            .map(body)
+            .collect()
+    } else {
+        dq.chunks_mut(g * l * d)
+            .zip(dk.chunks_mut(s * d).zip(dv.chunks_mut(s * d)))
+            .enumerate()
+            .map(body)
+            .collect()
+    };
     let prefix = (p > 0).then(|| {
         let size = p * d;
         let mut dpk = vec![0.0f32; prefix_batch * kv_heads * size];

@@ -1,9 +1,12 @@
-//! RMSNorm and SwiGLU on f32 slices, forward and backward, split over the Rayon threads in
-//! blocks of whole rows (RMSNorm) or of [`CHUNK`] elements (SwiGLU). Each output element is
+//! RMSNorm, SwiGLU and the rotary embedding on f32 slices, forward and backward, split over the
+//! Rayon threads in blocks of whole rows (RMSNorm, rotary) or of [`CHUNK`] elements (SwiGLU), or
+//! on the calling thread when the tensor is small ([`super::parallel`]). Each output element is
 //! computed in one pass from its inputs; row sums use eight partial sums (vectorisable, and
 //! no less accurate than one running sum).
 
 use rayon::prelude::*;
+
+use super::parallel;
 
 /// Elements per Rayon task.
 const CHUNK: usize = 1 << 14;
@@ -39,16 +42,21 @@ pub(crate) fn rms_norm(x: &[f32], w: &[f32], eps: f32) -> Vec<f32> {
         return out;
     }
     let block = rows_per_task(n);
-    out.par_chunks_mut(block)
-        .zip(x.par_chunks(block))
-        .for_each(|(out, x)| {
-            for (o, x) in out.chunks_exact_mut(n).zip(x.chunks_exact(n)) {
-                let rms = (dot(x, x) / n as f32 + eps).sqrt();
-                for ((o, x), w) in o.iter_mut().zip(x).zip(w) {
-                    *o = x / rms * w;
-                }
+    let body = |(out, x): (&mut [f32], &[f32])| {
+        for (o, x) in out.chunks_exact_mut(n).zip(x.chunks_exact(n)) {
+            let rms = (dot(x, x) / n as f32 + eps).sqrt();
+            for ((o, x), w) in o.iter_mut().zip(x).zip(w) {
+                *o = x / rms * w;
             }
-        });
+        }
+    };
+    if parallel(x.len()) {
+        out.par_chunks_mut(block)
+            .zip(x.par_chunks(block))
+            .for_each(body);
+    } else {
+        body((&mut out, x));
+    }
     out
 }
 
@@ -60,25 +68,30 @@ pub(crate) fn rms_norm_backward(x: &[f32], w: &[f32], eps: f32, dy: &[f32]) -> V
         return dx;
     }
     let block = rows_per_task(n);
-    dx.par_chunks_mut(block)
-        .zip(x.par_chunks(block).zip(dy.par_chunks(block)))
-        .for_each(|(dx, (x, dy))| {
-            let mut g = vec![0.0f32; n];
-            for ((dx, x), dy) in dx
-                .chunks_exact_mut(n)
-                .zip(x.chunks_exact(n))
-                .zip(dy.chunks_exact(n))
-            {
-                for ((g, dy), w) in g.iter_mut().zip(dy).zip(w) {
-                    *g = dy * w;
-                }
-                let r = 1.0 / (dot(x, x) / n as f32 + eps).sqrt();
-                let c = r * r * r * dot(&g, x) / n as f32;
-                for ((dx, g), x) in dx.iter_mut().zip(&g).zip(x) {
-                    *dx = r * g - x * c;
-                }
+    let body = |(dx, (x, dy)): (&mut [f32], (&[f32], &[f32]))| {
+        let mut g = vec![0.0f32; n];
+        for ((dx, x), dy) in dx
+            .chunks_exact_mut(n)
+            .zip(x.chunks_exact(n))
+            .zip(dy.chunks_exact(n))
+        {
+            for ((g, dy), w) in g.iter_mut().zip(dy).zip(w) {
+                *g = dy * w;
             }
-        });
+            let r = 1.0 / (dot(x, x) / n as f32 + eps).sqrt();
+            let c = r * r * r * dot(&g, x) / n as f32;
+            for ((dx, g), x) in dx.iter_mut().zip(&g).zip(x) {
+                *dx = r * g - x * c;
+            }
+        }
+    };
+    if parallel(x.len()) {
+        dx.par_chunks_mut(block)
+            .zip(x.par_chunks(block).zip(dy.par_chunks(block)))
+            .for_each(body);
+    } else {
+        body((&mut dx, (x, dy)));
+    }
     dx
 }
 
@@ -89,13 +102,18 @@ fn sigmoid(x: f32) -> f32 {
 /// `gate·σ(gate)·up`, element-wise.
 pub(crate) fn swiglu(gate: &[f32], up: &[f32]) -> Vec<f32> {
     let mut out = vec![0.0f32; gate.len()];
-    out.par_chunks_mut(CHUNK)
-        .zip(gate.par_chunks(CHUNK).zip(up.par_chunks(CHUNK)))
-        .for_each(|(out, (gate, up))| {
-            for ((o, g), u) in out.iter_mut().zip(gate).zip(up) {
-                *o = g * sigmoid(*g) * u;
-            }
-        });
+    let body = |(out, (gate, up)): (&mut [f32], (&[f32], &[f32]))| {
+        for ((o, g), u) in out.iter_mut().zip(gate).zip(up) {
+            *o = g * sigmoid(*g) * u;
+        }
+    };
+    if parallel(gate.len()) {
+        out.par_chunks_mut(CHUNK)
+            .zip(gate.par_chunks(CHUNK).zip(up.par_chunks(CHUNK)))
+            .for_each(body);
+    } else {
+        body((&mut out, (gate, up)));
+    }
     out
 }
 
@@ -104,21 +122,30 @@ pub(crate) fn swiglu(gate: &[f32], up: &[f32]) -> Vec<f32> {
 pub(crate) fn swiglu_backward(gate: &[f32], up: &[f32], dy: &[f32]) -> (Vec<f32>, Vec<f32>) {
     let mut d_gate = vec![0.0f32; gate.len()];
     let mut d_up = vec![0.0f32; gate.len()];
-    d_gate
-        .par_chunks_mut(CHUNK)
-        .zip(d_up.par_chunks_mut(CHUNK))
-        .zip(
-            gate.par_chunks(CHUNK)
-                .zip(up.par_chunks(CHUNK))
-                .zip(dy.par_chunks(CHUNK)),
-        )
-        .for_each(|((d_gate, d_up), ((gate, up), dy))| {
-            for ((((dg, du), g), u), dy) in d_gate.iter_mut().zip(d_up).zip(gate).zip(up).zip(dy) {
-                let s = sigmoid(*g);
-                *du = dy * g * s;
-                *dg = dy * u * s * (1.0 + g * (1.0 - s));
-            }
-        });
+    type Slices<'a> = (
+        (&'a mut [f32], &'a mut [f32]),
+        ((&'a [f32], &'a [f32]), &'a [f32]),
+    );
+    let body = |((d_gate, d_up), ((gate, up), dy)): Slices<'_>| {
+        for ((((dg, du), g), u), dy) in d_gate.iter_mut().zip(d_up).zip(gate).zip(up).zip(dy) {
+            let s = sigmoid(*g);
+            *du = dy * g * s;
+            *dg = dy * u * s * (1.0 + g * (1.0 - s));
+        }
+    };
+    if parallel(gate.len()) {
+        d_gate
+            .par_chunks_mut(CHUNK)
+            .zip(d_up.par_chunks_mut(CHUNK))
+            .zip(
+                gate.par_chunks(CHUNK)
+                    .zip(up.par_chunks(CHUNK))
+                    .zip(dy.par_chunks(CHUNK)),
+            )
+            .for_each(body);
+    } else {
+        body(((&mut d_gate, &mut d_up), ((gate, up), dy)));
+    }
     (d_gate, d_up)
 }
 
@@ -140,35 +167,40 @@ pub(crate) fn rotary(
     let half = d / 2;
     let shared = cos.len() == n;
     let block = rows_per_task(n);
-    out.par_chunks_mut(block)
-        .zip(x.par_chunks(block))
-        .enumerate()
-        .for_each(|(task, (out, x))| {
-            let first_row = task * block / n;
-            for (r, (o, x)) in out.chunks_exact_mut(n).zip(x.chunks_exact(n)).enumerate() {
-                let t = if shared { 0 } else { (first_row + r) * n };
-                let (c, s) = (&cos[t..t + n], &sin[t..t + n]);
-                for (((o, x), c), s) in o
-                    .chunks_exact_mut(d)
-                    .zip(x.chunks_exact(d))
-                    .zip(c.chunks_exact(d))
-                    .zip(s.chunks_exact(d))
-                {
-                    let (o1, o2) = o.split_at_mut(half);
-                    let (x1, x2) = x.split_at(half);
-                    let (c1, c2) = c.split_at(half);
-                    let (s1, s2) = s.split_at(half);
-                    for j in 0..half {
-                        if backward {
-                            o1[j] = x1[j] * c1[j] + x2[j] * s2[j];
-                            o2[j] = x2[j] * c2[j] - x1[j] * s1[j];
-                        } else {
-                            o1[j] = x1[j] * c1[j] - x2[j] * s1[j];
-                            o2[j] = x2[j] * c2[j] + x1[j] * s2[j];
-                        }
+    let body = |(task, (out, x)): (usize, (&mut [f32], &[f32]))| {
+        let first_row = task * block / n;
+        for (r, (o, x)) in out.chunks_exact_mut(n).zip(x.chunks_exact(n)).enumerate() {
+            let t = if shared { 0 } else { (first_row + r) * n };
+            let (c, s) = (&cos[t..t + n], &sin[t..t + n]);
+            for (((o, x), c), s) in o
+                .chunks_exact_mut(d)
+                .zip(x.chunks_exact(d))
+                .zip(c.chunks_exact(d))
+                .zip(s.chunks_exact(d))
+            {
+                let (o1, o2) = o.split_at_mut(half);
+                let (x1, x2) = x.split_at(half);
+                let (c1, c2) = c.split_at(half);
+                let (s1, s2) = s.split_at(half);
+                for j in 0..half {
+                    if backward {
+                        o1[j] = x1[j] * c1[j] + x2[j] * s2[j];
+                        o2[j] = x2[j] * c2[j] - x1[j] * s1[j];
+                    } else {
+                        o1[j] = x1[j] * c1[j] - x2[j] * s1[j];
+                        o2[j] = x2[j] * c2[j] + x1[j] * s2[j];
                     }
                 }
             }
-        });
+        }
+    };
+    if parallel(x.len()) {
+        out.par_chunks_mut(block)
+            .zip(x.par_chunks(block))
+            .enumerate()
+            .for_each(body);
+    } else {
+        body((0, (&mut out, x)));
+    }
     out
 }
