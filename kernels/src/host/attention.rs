@@ -2,9 +2,9 @@
 //!
 //! The work is split by (batch row, key/value head): one task owns that head's keys, values and
 //! key gradients and the query heads of its group, so tasks write disjoint parts of every output
-//! and run on the Rayon threads without locks (on the calling thread for a call as small as a
-//! decoding step's, [`super::MIN_PARALLEL_MACS`]) (the prefix gradients of a shared prefix are summed
-//! over the batch afterwards, in a fixed order). Inside a task, queries go in blocks of
+//! and run on the Rayon threads without locks; the prefix gradients of a shared prefix are
+//! summed over the batch afterwards, in a fixed order. A call as small as a decoding step's
+//! (under [`super::MIN_PARALLEL_MACS`]) runs its tasks on the calling thread. Inside a task, queries go in blocks of
 //! [`ROWS`] rows: a block's scores `[rows, P + S']` (`S'` the last key any of its rows sees) live
 //! in the task's own buffer, so nothing of size `[B, H, L, P + S]` is allocated. The products
 //! are the `gemm` crate's ([`super::gemm`]); the softmax is computed in f32 row by row, with the
