@@ -7,11 +7,14 @@
 
 use burn::{
     backend::Flex,
-    tensor::{DType, Int, Tensor, TensorData, ops::FloatTensor},
+    tensor::{DType, Int, Tensor, ops::FloatTensor},
 };
 use burn_flex::FlexTensor;
 
-use super::attention::{self, HostArgs, View4};
+use super::{
+    attention::{self, HostArgs, View4},
+    flex_tensor::from_f32,
+};
 use crate::{
     counts::{Ran, record},
     op::{AttentionGrads, PrefixAttentionArgs},
@@ -79,8 +82,8 @@ impl Prepared {
     }
 }
 
-fn tensor(values: Vec<f32>, shape: &[usize]) -> FlexTensor {
-    FlexTensor::from_data(TensorData::new(values, shape.to_vec()))
+fn tensor<const D: usize>(values: Vec<f32>, shape: [usize; D]) -> FlexTensor {
+    from_f32(values, shape).into_primitive().tensor()
 }
 
 /// [`crate::PrefixAttentionBackend::prefix_attention_forward`] for Flex.
@@ -95,8 +98,8 @@ pub(crate) fn forward(args: PrefixAttentionArgs<Flex>) -> (FloatTensor<Flex>, Fl
     let d = host.dims;
     let (out, lse) = attention::forward(&host);
     (
-        tensor(out, &[d.batch, d.heads, d.queries, d.head_dim]),
-        tensor(lse, &[d.batch, d.heads, d.queries]),
+        tensor(out, [d.batch, d.heads, d.queries, d.head_dim]),
+        tensor(lse, [d.batch, d.heads, d.queries]),
     )
 }
 
@@ -124,13 +127,13 @@ pub(crate) fn backward(
     let kv = [d.batch, d.kv_heads, d.keys, d.head_dim];
     let prefix = [d.prefix_batch, d.kv_heads, d.prefix, d.head_dim];
     let (prefix_key, prefix_value) = match g.prefix {
-        Some((pk, pv)) => (Some(tensor(pk, &prefix)), Some(tensor(pv, &prefix))),
+        Some((pk, pv)) => (Some(tensor(pk, prefix)), Some(tensor(pv, prefix))),
         None => (None, None),
     };
     AttentionGrads {
-        query: tensor(g.query, &[d.batch, d.heads, d.queries, d.head_dim]),
-        key: tensor(g.key, &kv),
-        value: tensor(g.value, &kv),
+        query: tensor(g.query, [d.batch, d.heads, d.queries, d.head_dim]),
+        key: tensor(g.key, kv),
+        value: tensor(g.value, kv),
         prefix_key,
         prefix_value,
     }

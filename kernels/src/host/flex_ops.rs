@@ -2,32 +2,18 @@
 //! values (made contiguous first where they are not). Tensors of another float dtype take the
 //! compositions of [`crate::layer_ops::reference`].
 
-use burn::{
-    backend::Flex,
-    tensor::{DType, Tensor, TensorData, TensorPrimitive},
-};
+use burn::{backend::Flex, tensor::Tensor};
 use burn_flex::FlexTensor;
 
-use super::elementwise;
+use super::{
+    elementwise,
+    flex_tensor::{contiguous_f32, f32_values as values, from_f32 as tensor},
+};
 use crate::layer_ops::{LayerOpsBackend, record_host_call, reference};
 
 /// The contiguous f32 storage of `t`, or `None` for another dtype.
 fn host<const D: usize>(t: &Tensor<Flex, D>) -> Option<FlexTensor> {
-    if t.dtype() != DType::F32 {
-        return None;
-    }
-    Some(t.clone().into_primitive().tensor().to_contiguous())
-}
-
-fn values(t: &FlexTensor) -> &[f32] {
-    t.as_slice::<f32>()
-        .unwrap_or_else(|| unreachable!("a contiguous f32 tensor is a slice of f32"))
-}
-
-fn tensor<const D: usize>(values: Vec<f32>, shape: [usize; D]) -> Tensor<Flex, D> {
-    Tensor::from_primitive(TensorPrimitive::Float(FlexTensor::from_data(
-        TensorData::new(values, shape),
-    )))
+    contiguous_f32(t.clone().into_primitive().tensor())
 }
 
 impl LayerOpsBackend for Flex {

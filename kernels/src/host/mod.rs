@@ -11,6 +11,8 @@ pub(crate) mod elementwise;
 pub(crate) mod flex;
 #[cfg(feature = "flex")]
 mod flex_ops;
+#[cfg(feature = "flex")]
+pub(crate) mod flex_tensor;
 pub(crate) mod gemm;
 
 /// Element operations below which a call stays on the calling thread. A call from outside the

@@ -4,8 +4,10 @@ use std::sync::Arc;
 
 use burn::{
     backend::Flex,
-    tensor::{DType, Tensor, TensorData, TensorPrimitive},
+    tensor::{DType, Tensor},
 };
+
+use crate::host::flex_tensor::{contiguous_f32, f32_values, from_f32};
 
 use super::{
     CpuPair, FrozenLinearBackend, FrozenWeight, Storage, WeightPrecision, burn_backward,
@@ -70,19 +72,7 @@ fn product(x: Tensor<Flex, 2>, p: &PackedWeight) -> Tensor<Flex, 2> {
     } else {
         x.cast(DType::F32)
     };
-    let primitive = x.into_primitive().tensor();
-    let out = match primitive.as_slice::<f32>() {
-        Some(values) => p.matmul_wt(values, m),
-        None => {
-            let x = primitive.to_contiguous();
-            match x.as_slice::<f32>() {
-                Some(values) => p.matmul_wt(values, m),
-                None => unreachable!("a contiguous f32 tensor is a slice of f32"),
-            }
-        }
-    };
-    Tensor::from_primitive(TensorPrimitive::Float(burn_flex::FlexTensor::from_data(
-        TensorData::new(out, [m, p.outputs()]),
-    )))
-    .to_device(&device)
+    let x = contiguous_f32(x.into_primitive().tensor())
+        .unwrap_or_else(|| unreachable!("cast to f32 above"));
+    from_f32(p.matmul_wt(f32_values(&x), m), [m, p.outputs()]).to_device(&device)
 }
