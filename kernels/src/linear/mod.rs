@@ -92,7 +92,9 @@ pub struct FrozenWeight<B: Backend> {
 enum Storage<B: Backend> {
     /// `[out, in]` in the precision's dtype; Burn's matmul multiplies it.
     Tensor(Tensor<B, 2>),
-    /// Packed for the host CPU kernels: `W` for the forward and `Wᵀ` for the backward.
+    /// Packed for the host CPU kernels: `W` for the forward and `Wᵀ` for the backward (made by
+    /// Flex only).
+    #[cfg_attr(not(feature = "flex"), allow(dead_code))]
     Cpu(Arc<CpuPair>),
 }
 
@@ -104,6 +106,7 @@ struct CpuPair {
     backward: OnceLock<cpu::PackedWeight>,
 }
 
+#[cfg_attr(not(feature = "flex"), allow(dead_code))]
 impl CpuPair {
     fn new(forward: cpu::PackedWeight) -> Self {
         Self {
