@@ -30,6 +30,8 @@ enum Command {
     /// Benchmarks: training steps, generation, attention kernels.
     #[command(subcommand)]
     Bench(commands::bench::BenchCommand),
+    /// Serve the orchestrator that the nodes of a multi-machine `peft train --nodes` join.
+    Coordinator(commands::coordinator::CoordinatorArgs),
 }
 
 impl Command {
@@ -40,7 +42,7 @@ impl Command {
             Command::Train(a) => a.backend,
             Command::Eval(a) => Some(a.backend),
             Command::Generate(a) => Some(a.backend),
-            Command::Inspect(_) => None,
+            Command::Inspect(_) | Command::Coordinator(_) => None,
             Command::Bench(B::Train(a)) => Some(a.backend),
             Command::Bench(B::Generate(a)) => Some(a.backend),
             Command::Bench(B::Attention(a)) => Some(a.backend),
@@ -67,6 +69,7 @@ fn main() -> ExitCode {
         Command::Generate(args) => commands::generate::run(args),
         Command::Inspect(args) => commands::inspect::run(args),
         Command::Bench(cmd) => commands::bench::run(cmd),
+        Command::Coordinator(args) => commands::coordinator::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,6 +1,7 @@
 //! One module per subcommand.
 
 pub mod bench;
+pub mod coordinator;
 pub mod eval;
 pub mod generate;
 pub mod inspect;

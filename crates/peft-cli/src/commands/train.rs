@@ -5,9 +5,10 @@ use std::{
     io::IsTerminal,
     path::{Path, PathBuf},
     sync::{
-        Arc,
+        Arc, Mutex,
         atomic::{AtomicBool, Ordering},
     },
+    time::Duration,
 };
 
 use anyhow::{Context, Result, bail};
@@ -15,24 +16,26 @@ use burn::backend::{Autodiff, autodiff::checkpoint::strategy::BalancedCheckpoint
 use clap::{Args, FromArgMatches};
 use indicatif::{ProgressBar, ProgressStyle};
 use peft_core::{
-    Adapter, CausalLm, Method,
+    CausalLm, Method,
     adapter::SaveOptions,
-    prefix::{Prefix, PrefixLayout},
-    prompt::{PromptInit, SoftPrompt},
     train::{
-        EvalMetrics, Observer, Outcome, StepMetrics, TrainConfig, Trainer,
-        checkpoint::latest_checkpoint,
-        data::{Dataset, Truncation, read_jsonl},
+        EvalMetrics, Observer, Outcome, StepMetrics, TrainConfig, TrainResult, Trainer,
         metrics::{METRICS_FILE, read_series},
+        parallel::{
+            Collective, Solo,
+            burn_collective::{DEFAULT_TIMEOUT, GlobalLayout, Layout},
+            peer_devices,
+            peers::run_local_peers,
+        },
         schedule::Decay,
+        setup::{RunSettings, SETTINGS_FILE, checkpoint_step},
     },
 };
 use peft_kernels::{
     PrefixAttentionAutodiffBackend, PrefixAttentionBackend, WeightPrecision,
     backends::{BackendKind, BackendVisitor, dispatch},
 };
-use peft_models::{DEFAULT_MODEL_PATH, Tokenizer};
-use serde::{Deserialize, Serialize};
+use peft_models::DEFAULT_MODEL_PATH;
 
 use crate::{
     backend::parse_backend,
@@ -133,6 +136,63 @@ pub struct TrainArgs {
     /// --steps may extend it).
     #[arg(long)]
     pub resume: Option<PathBuf>,
+    /// Where the peers of a data-parallel run are.
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
+}
+
+/// Data parallelism: several devices in this process, several processes (nodes) on one or
+/// several machines. Command line only. Every node is started with the same settings.
+#[derive(Debug, Clone, Default, Args)]
+pub struct ClusterArgs {
+    /// Data-parallel peers in this process, one thread and one model replica each: CUDA device
+    /// indices 0..N; on the CPU backends N peers share the CPU. [default: 1]
+    #[arg(long, allow_hyphen_values = true, value_parser = at_least::<1>)]
+    pub devices: Option<usize>,
+    /// Processes (nodes) in the run; start `peft coordinator` first, then every node with the
+    /// same settings and its own --node-rank. [default: 1]
+    #[arg(long, allow_hyphen_values = true, value_parser = at_least::<1>, requires_all = ["node_rank", "coordinator"])]
+    pub nodes: Option<usize>,
+    /// This node's rank, 0..nodes; node 0 writes the run directory.
+    #[arg(long, requires = "nodes")]
+    pub node_rank: Option<usize>,
+    /// HOST:PORT of `peft coordinator`.
+    #[arg(long, requires = "nodes")]
+    pub coordinator: Option<String>,
+    /// Seconds a peer waits for the others before giving up (a node whose process ends is
+    /// reported by the coordinator at once). [default: 600]
+    #[arg(long, allow_hyphen_values = true, value_parser = at_least::<1>)]
+    pub peer_timeout: Option<usize>,
+}
+
+impl ClusterArgs {
+    /// The layout these flags describe.
+    fn layout(&self) -> Result<Layout> {
+        let global = match self.nodes {
+            None => None,
+            Some(nodes) => {
+                let coordinator = self
+                    .coordinator
+                    .clone()
+                    .context("--nodes needs --coordinator HOST:PORT")?;
+                let node_rank = self.node_rank.context("--nodes needs --node-rank")?;
+                Some(GlobalLayout {
+                    nodes,
+                    node_rank,
+                    coordinator,
+                })
+            }
+        };
+        let layout = Layout {
+            devices: self.devices.unwrap_or(1),
+            global,
+            timeout: self
+                .peer_timeout
+                .map_or(DEFAULT_TIMEOUT, |s| Duration::from_secs(s as u64)),
+        };
+        layout.validate()?;
+        Ok(layout)
+    }
 }
 
 /// The options of a `--config` file (TOML, or JSON for a `.json` file), parsed by the command
@@ -224,7 +284,7 @@ fn read_config(path: &Path) -> Result<TrainArgs> {
 
 /// Refuses saved settings outside the range of the option they come from (a hand-edited
 /// `train_config.json` of a resumed run), naming the file and the field.
-fn check_settings(s: &Settings, file: &Path) -> Result<()> {
+fn check_settings(s: &RunSettings, file: &Path) -> Result<()> {
     use crate::validate::{Real, check_at_least};
     let t = &s.train;
     let counts = [
@@ -264,48 +324,17 @@ fn check_settings(s: &Settings, file: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Settings with every default filled in; saved as `train_config.json` in the run directory.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Settings {
-    /// Model path.
-    pub model: PathBuf,
-    /// Method name.
-    pub method: String,
-    /// Training data.
-    pub data: PathBuf,
-    /// Evaluation data.
-    pub eval: Option<PathBuf>,
-    /// Run directory.
-    pub out: PathBuf,
-    /// Virtual tokens / prefix slots.
-    pub virtual_tokens: usize,
-    /// Init spec.
-    pub init: String,
-    /// MLP hidden width.
-    pub mlp_hidden: usize,
-    /// Example length limit.
-    pub max_len: usize,
-    /// Truncation policy.
-    pub truncation: Truncation,
-    /// Epochs requested (resolved into `train.steps`).
-    pub epochs: Option<f64>,
-    /// Gradient checkpointing.
-    pub gradient_checkpointing: bool,
-    /// Precision of the frozen linear weights (`f32` in runs saved before it existed).
-    #[serde(default = "f32_name")]
-    pub precision: String,
-    /// Loop settings.
-    pub train: TrainConfig,
-}
-
-const SETTINGS_FILE: &str = "train_config.json";
-
-fn f32_name() -> String {
-    WeightPrecision::F32.name().into()
-}
-
 /// Options a config file cannot set: where the options come from, and the device.
-const COMMAND_LINE_ONLY: [&str; 3] = ["config", "resume", "backend"];
+const COMMAND_LINE_ONLY: [&str; 8] = [
+    "config",
+    "resume",
+    "backend",
+    "devices",
+    "nodes",
+    "node-rank",
+    "coordinator",
+    "peer-timeout",
+];
 
 fn merge(cli: TrainArgs) -> Result<TrainArgs> {
     let Some(path) = &cli.config else {
@@ -313,7 +342,7 @@ fn merge(cli: TrainArgs) -> Result<TrainArgs> {
     };
     let file = read_config(path)?;
     macro_rules! pick {
-        ($($f:ident),*) => { TrainArgs { $($f: cli.$f.or(file.$f),)* backend: cli.backend, config: cli.config.clone(), resume: cli.resume.clone() } };
+        ($($f:ident),*) => { TrainArgs { $($f: cli.$f.or(file.$f),)* backend: cli.backend, config: cli.config.clone(), resume: cli.resume.clone(), cluster: cli.cluster.clone() } };
     }
     Ok(pick!(
         model,
@@ -344,7 +373,7 @@ fn merge(cli: TrainArgs) -> Result<TrainArgs> {
     ))
 }
 
-fn resolve(a: &TrainArgs) -> Result<Settings> {
+fn resolve(a: &TrainArgs) -> Result<RunSettings> {
     let method: Method = a.method.as_deref().unwrap_or("prompt").parse()?;
     let Some(data) = a.data.clone() else {
         bail!("--data is required (a JSONL file)")
@@ -352,17 +381,9 @@ fn resolve(a: &TrainArgs) -> Result<Settings> {
     let Some(out) = a.out.clone() else {
         bail!("--out is required (the run directory)")
     };
-    let default_lr = match method {
-        Method::Prompt => 3e-2,
-        Method::Prefix => 5e-3,
-        Method::PrefixMlp => 1e-3,
-    };
+    let default_lr = RunSettings::default_lr(method);
     let steps = a.steps.unwrap_or(100);
-    let default_init = if method == Method::Prompt {
-        "vocab"
-    } else {
-        "random"
-    };
+    let default_init = RunSettings::default_init(method);
     let train = TrainConfig {
         steps,
         batch_size: a.batch_size.unwrap_or(8),
@@ -377,7 +398,7 @@ fn resolve(a: &TrainArgs) -> Result<Settings> {
         keep_checkpoints: a.keep_checkpoints.unwrap_or(2),
         seed: a.seed.unwrap_or(42),
     };
-    Ok(Settings {
+    Ok(RunSettings {
         model: a.model.clone().unwrap_or_else(|| DEFAULT_MODEL_PATH.into()),
         method: method.name().into(),
         data,
@@ -393,83 +414,6 @@ fn resolve(a: &TrainArgs) -> Result<Settings> {
         precision: a.precision.unwrap_or_default().name().into(),
         train,
     })
-}
-
-/// Builds the adapter a run starts from, and the prompt init to record in its config.
-fn init_adapter<B: PrefixAttentionBackend, M: CausalLm<B>>(
-    s: &Settings,
-    model: &M,
-    tok: &Tokenizer,
-) -> Result<(Adapter<B>, Option<PromptInit>)> {
-    let method: Method = s.method.parse()?;
-    let n = s.virtual_tokens;
-    let seed = s.train.seed;
-    let text = s
-        .init
-        .strip_prefix("text:")
-        .map(|t| t.trim_matches('"').to_string());
-    let encode = |t: &str| {
-        tok.encode(t)
-            .map_err(|e| peft_core::PeftError::Invalid(e.to_string()))
-    };
-    let layout = PrefixLayout::of(&model.dims());
-    let device = model.embedding_table().device();
-    let prompt = |init: PromptInit| -> Result<(Adapter<B>, Option<PromptInit>)> {
-        Ok((
-            Adapter::Prompt(SoftPrompt::init(model, n, &init, encode)?),
-            Some(init),
-        ))
-    };
-    Ok(match (method, s.init.as_str(), text) {
-        (Method::Prompt, _, Some(t)) => prompt(PromptInit::Text(t))?,
-        (Method::Prompt, "vocab", None) => prompt(PromptInit::SampleVocab { seed })?,
-        (Method::Prompt, "random", None) => prompt(PromptInit::Random { seed })?,
-        (Method::Prefix, "random", None) => (
-            Adapter::Prefix(Prefix::random(n, 1.0, seed, layout, &device)),
-            None,
-        ),
-        (Method::Prefix, _, Some(t)) => {
-            let ids = peft_core::prompt::text_init_ids(&encode(&t)?, n);
-            (Adapter::Prefix(Prefix::from_text(model, &ids)?), None)
-        }
-        (Method::PrefixMlp, "random", None) => (
-            Adapter::Prefix(Prefix::mlp(
-                n,
-                layout.token_dim(),
-                s.mlp_hidden,
-                seed,
-                layout,
-                &device,
-            )),
-            None,
-        ),
-        (m, init, _) => bail!(
-            "--init {init} does not apply to --method {}: use {}",
-            m.name(),
-            match m {
-                Method::Prompt => "random, vocab or text:\"...\"",
-                Method::Prefix => "random or text:\"...\"",
-                Method::PrefixMlp => "random",
-            }
-        ),
-    })
-}
-
-fn load_data(path: &Path, tok: &Tokenizer, s: &Settings, context: usize) -> Result<Dataset> {
-    let virtual_tokens = s.virtual_tokens;
-    let limit = s
-        .max_len
-        .min(context)
-        .checked_sub(virtual_tokens)
-        .filter(|l| *l >= 2)
-        .with_context(|| {
-            format!(
-                "--max-len {} leaves no room for tokens after {virtual_tokens} virtual tokens",
-                s.max_len
-            )
-        })?;
-    let records = read_jsonl(path)?;
-    Ok(Dataset::tokenize(path, records, tok, limit, s.truncation)?)
 }
 
 /// Progress bar on a terminal, plain periodic lines otherwise (logs, CI).
@@ -542,8 +486,9 @@ impl Observer for Progress {
 }
 
 struct Run {
-    settings: Settings,
+    settings: RunSettings,
     resume: Option<PathBuf>,
+    layout: Layout,
 }
 
 impl BackendVisitor for Run {
@@ -551,38 +496,30 @@ impl BackendVisitor for Run {
 
     fn visit<B: PrefixAttentionBackend>(self, device: B::Device) -> Result<()> {
         if self.settings.gradient_checkpointing {
-            train::<Autodiff<B, BalancedCheckpointing>>(self.settings, self.resume, &device)
+            train::<Autodiff<B, BalancedCheckpointing>>(self, &device)
         } else {
-            train::<Autodiff<B>>(self.settings, self.resume, &device)
+            train::<Autodiff<B>>(self, &device)
         }
     }
 }
 
-fn train<B: PrefixAttentionAutodiffBackend>(
-    s: Settings,
-    resume: Option<PathBuf>,
-    device: &B::Device,
-) -> Result<()> {
+fn train<B: PrefixAttentionAutodiffBackend>(run: Run, device: &B::Device) -> Result<()> {
+    let Run {
+        settings: mut s,
+        resume,
+        layout,
+    } = run;
     let ckpt = crate::commands::open_model(&s.model)?;
     let context = ckpt.config.max_position_embeddings;
-    let data = load_data(&s.data, &ckpt.tokenizer, &s, context)?;
-    let eval = s
-        .eval
-        .as_ref()
-        .map(|p| load_data(p, &ckpt.tokenizer, &s, context))
-        .transpose()?;
-    let mut s = s;
-    if let Some(epochs) = s.epochs.filter(|_| resume.is_none()) {
-        s.train.steps = s.train.steps_for_epochs(epochs, data.len());
-    }
-    s.train.validate()?;
+    let data = s.load_data(&ckpt.tokenizer, context, resume.is_some())?;
     eprintln!(
         "data: {} examples from {} ({} truncated, {} dropped){}",
-        data.len(),
+        data.train.len(),
         s.data.display(),
-        data.truncated,
-        data.skipped,
-        eval.as_ref()
+        data.train.truncated,
+        data.train.skipped,
+        data.eval
+            .as_ref()
             .map(|e| format!("; eval: {} examples", e.len()))
             .unwrap_or_default()
     );
@@ -590,33 +527,11 @@ fn train<B: PrefixAttentionAutodiffBackend>(
         .precision
         .parse()
         .map_err(|e| anyhow::anyhow!("{SETTINGS_FILE}: precision: {e}"))?;
-    let model = ckpt.load_with_precision::<B>(device, precision)?;
-    let model = peft_core::PeftModel::new(model);
-    let (adapter, prompt_init) = init_adapter::<B, _>(&s, model.base(), &ckpt.tokenizer)?;
-    let params = peft_core::ParameterCount {
-        trainable: burn::module::Module::num_params(&adapter),
-        total: peft_core::CausalLm::parameter_count(model.base())
-            + burn::module::Module::num_params(&adapter),
-    };
-    eprintln!("{} on {} — {params}", s.method, ckpt.config.architecture);
-    std::fs::create_dir_all(&s.out).with_context(|| format!("creating {}", s.out.display()))?;
-    peft_core::fs::write_atomic(
-        &s.out.join(SETTINGS_FILE),
-        serde_json::to_string_pretty(&s)?.as_bytes(),
-    )?;
-    let save = SaveOptions {
-        base_model: Some(s.model.display().to_string()),
-        prompt_init,
-        tokenizer: None,
-    };
-    let trainer = Trainer::new(
-        model.base(),
-        &data,
-        eval.as_ref(),
-        s.train.clone(),
-        s.out.clone(),
-        save,
-    );
+    let world = layout.world();
+    let writer_node = layout.rank(0) == 0;
+    if writer_node {
+        s.save()?;
+    }
     let stop = Arc::new(AtomicBool::new(false));
     let flag = stop.clone();
     // A second Ctrl-C exits at once; the first asks for a checkpoint at the end of the step.
@@ -628,18 +543,85 @@ fn train<B: PrefixAttentionAutodiffBackend>(
             "\ninterrupt: finishing the current step and writing a checkpoint (Ctrl-C again to abort)"
         );
     });
-    let start_step = resume.as_ref().map_or(0, |dir| {
-        std::fs::read(dir.join("state.json"))
-            .ok()
-            .and_then(|b| {
-                serde_json::from_slice::<peft_core::train::checkpoint::TrainState>(&b).ok()
-            })
-            .map_or(0, |st| st.step)
-    });
-    let mut progress = Progress::new(start_step, s.train.steps);
-    let result = trainer.run(adapter, resume.as_deref(), &mut progress, &stop)?;
+    let start_step = resume.as_deref().map_or(0, checkpoint_step);
+    let progress = Mutex::new(Progress::new(start_step, s.train.steps));
+    // One peer's whole run: its model replica, its adapter, its share of every batch.
+    let peer = |local: usize,
+                device: &B::Device,
+                collective: &mut dyn Collective<B::InnerBackend>|
+     -> peft_core::Result<TrainResult<B>> {
+        // Each peer opens the model itself (its replica may live on another device).
+        let ckpt_ref = &peft_models::Checkpoint::open(&s.model).map_err(|e| {
+            peft_core::PeftError::Invalid(format!("opening model {}: {e}", s.model.display()))
+        })?;
+        let _ = local;
+        let model = ckpt_ref
+            .load_with_precision::<B>(device, precision)
+            .map_err(|e| peft_core::PeftError::Invalid(e.to_string()))?;
+        let (adapter, prompt_init) = s.init_adapter(&model, &ckpt_ref.tokenizer)?;
+        if collective.rank() == 0 {
+            let params = peft_core::ParameterCount {
+                trainable: burn::module::Module::num_params(&adapter),
+                total: CausalLm::parameter_count(&model)
+                    + burn::module::Module::num_params(&adapter),
+            };
+            let peers = if world > 1 {
+                format!(", {world} data-parallel peers")
+            } else {
+                String::new()
+            };
+            eprintln!(
+                "{} on {} — {params}{peers}",
+                s.method, ckpt_ref.config.architecture
+            );
+        }
+        let save = SaveOptions {
+            base_model: Some(s.model.display().to_string()),
+            prompt_init,
+            tokenizer: None,
+        };
+        let trainer = Trainer::new(
+            &model,
+            &data.train,
+            data.eval.as_ref(),
+            s.train.clone(),
+            s.out.clone(),
+            save,
+        );
+        if collective.rank() == 0 {
+            let mut progress = progress.lock().unwrap_or_else(|p| p.into_inner());
+            trainer.run_with(
+                adapter,
+                resume.as_deref(),
+                &mut *progress,
+                &stop,
+                collective,
+            )
+        } else {
+            trainer.run_with(adapter, resume.as_deref(), &mut (), &stop, collective)
+        }
+    };
+    drop(ckpt);
+    let result = if world == 1 {
+        peer(0, device, &mut Solo)?
+    } else {
+        let devices = peer_devices::<B>(layout.devices);
+        let agreement = s.agreement(&data, start_step);
+        let agreement: Vec<(&str, String)> =
+            agreement.iter().map(|(k, v)| (*k, v.clone())).collect();
+        run_local_peers::<B::InnerBackend, _, _>(&layout, &devices, &agreement, peer)?
+    };
+    let progress = progress.into_inner().unwrap_or_else(|p| p.into_inner());
     if let Some(bar) = &progress.bar {
         bar.finish_and_clear();
+    }
+    if !writer_node {
+        eprintln!(
+            "node {}: {} steps done; node 0 wrote the run directory",
+            layout.global.as_ref().map_or(0, |g| g.node_rank),
+            result.steps
+        );
+        return Ok(());
     }
     let metrics = s.out.join(METRICS_FILE);
     let png = s.out.join("loss.png");
@@ -691,28 +673,25 @@ fn train<B: PrefixAttentionAutodiffBackend>(
 /// Runs `peft train`.
 pub fn run(args: TrainArgs) -> Result<()> {
     let backend = args.backend.unwrap_or(BackendKind::Flex);
+    let layout = args.cluster.layout()?;
     let (settings, resume) = match &args.resume {
         Some(dir) => {
-            let text = std::fs::read_to_string(dir.join(SETTINGS_FILE)).with_context(|| {
-                format!(
-                    "{} is not a run directory (no {SETTINGS_FILE})",
-                    dir.display()
-                )
-            })?;
-            let mut s: Settings = serde_json::from_str(&text)
-                .with_context(|| format!("{}: invalid {SETTINGS_FILE}", dir.display()))?;
+            let (mut s, ckpt) = RunSettings::for_resume(dir)?;
             if let Some(steps) = args.steps {
                 s.train.steps = steps;
             }
             check_settings(&s, &dir.join(SETTINGS_FILE))?;
-            s.out = dir.clone();
-            let ckpt = latest_checkpoint(dir).with_context(|| {
-                format!("{} has no complete checkpoint to resume", dir.display())
-            })?;
             eprintln!("resuming from {}", ckpt.display());
             (s, Some(ckpt))
         }
         None => (resolve(&merge(args)?)?, None),
     };
-    dispatch(backend, Run { settings, resume })?
+    dispatch(
+        backend,
+        Run {
+            settings,
+            resume,
+            layout,
+        },
+    )?
 }

@@ -27,7 +27,8 @@ use crate::{
 pub const CHECKPOINTS_DIR: &str = "checkpoints";
 const ADAPTER_FILE: &str = "adapter.bin";
 const OPTIMIZER_FILE: &str = "optimizer.bin";
-const STATE_FILE: &str = "state.json";
+/// The file of a checkpoint holding its [`TrainState`].
+pub const STATE_FILE: &str = "state.json";
 
 type Bytes = BinBytesRecorder<FullPrecisionSettings>;
 

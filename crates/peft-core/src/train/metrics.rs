@@ -69,6 +69,7 @@ impl MetricsLog {
         self.write(json!({
             "event": "train", "step": m.step, "loss": m.loss, "lr": m.lr, "grad_norm": m.grad_norm,
             "tokens": m.tokens, "seconds": m.seconds, "tokens_per_s": m.tokens as f64 / m.seconds.max(1e-9),
+            "sync_seconds": m.sync_seconds,
         }))
     }
 

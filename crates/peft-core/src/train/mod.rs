@@ -12,7 +12,9 @@ pub mod checkpoint;
 pub mod clip;
 pub mod data;
 pub mod metrics;
+pub mod parallel;
 pub mod schedule;
+pub mod setup;
 
 use std::{
     path::{Path, PathBuf},
@@ -37,6 +39,7 @@ use batching::BatchPlan;
 use checkpoint::{AdapterOptimizer, AdapterShape, TrainState, load_checkpoint, stage_checkpoint};
 use data::Dataset;
 use metrics::MetricsLog;
+use parallel::{Collective, Solo, all_reduce_grads, shard};
 use schedule::{Decay, Schedule};
 
 /// Settings of a run. The defaults follow Hugging Face's Trainer where it has one (AdamW
@@ -130,6 +133,9 @@ pub struct StepMetrics {
     pub tokens: u64,
     /// Wall-clock seconds of this step.
     pub seconds: f64,
+    /// Seconds of the step spent in the data-parallel sum of the gradients, waiting for the
+    /// other peers included (0 on one device).
+    pub sync_seconds: f64,
 }
 
 /// An evaluation's numbers.
@@ -197,9 +203,28 @@ pub fn evaluate_loss<B: burn::tensor::backend::Backend, M: CausalLm<B>>(
     data: &Dataset,
     batch_size: usize,
 ) -> Result<(f64, usize)> {
+    let (sum, count) = evaluate_sums(base, adapter, data, batch_size, 0, 1)?;
+    mean_loss(data, sum, count)
+}
+
+/// The summed target-token loss and the number of target tokens of the batches `rank`,
+/// `rank + world`, … of a dataset (a data-parallel peer's share of an evaluation).
+fn evaluate_sums<B: burn::tensor::backend::Backend, M: CausalLm<B>>(
+    base: &M,
+    adapter: Option<&Adapter<B>>,
+    data: &Dataset,
+    batch_size: usize,
+    rank: usize,
+    world: usize,
+) -> Result<(f64, usize)> {
     let mut sum = 0.0f64;
     let mut count = 0usize;
-    for chunk in data.examples.chunks(batch_size.max(1)) {
+    for chunk in data
+        .examples
+        .chunks(batch_size.max(1))
+        .skip(rank)
+        .step_by(world.max(1))
+    {
         let rows: Vec<Vec<u32>> = chunk.iter().map(|e| e.ids.clone()).collect();
         let masks: Vec<Vec<bool>> = chunk.iter().map(|e| e.is_target.clone()).collect();
         let targets = Targets::from_rows(&rows, &masks);
@@ -211,6 +236,10 @@ pub fn evaluate_loss<B: burn::tensor::backend::Backend, M: CausalLm<B>>(
         sum += nll;
         count += targets.len();
     }
+    Ok((sum, count))
+}
+
+fn mean_loss(data: &Dataset, sum: f64, count: usize) -> Result<(f64, usize)> {
     if count == 0 {
         return Err(PeftError::Invalid(format!(
             "{}: no target tokens to evaluate",
@@ -218,6 +247,13 @@ pub fn evaluate_loss<B: burn::tensor::backend::Backend, M: CausalLm<B>>(
         )));
     }
     Ok((sum / count as f64, count))
+}
+
+/// An f64 as two f32 values whose sum is it to about 1e-14 relative, so that an f32 all-reduce
+/// of the pairs sums f64 values without losing their precision.
+fn split_f64(x: f64) -> [f32; 2] {
+    let hi = x as f32;
+    [hi, (x - f64::from(hi)) as f32]
 }
 
 /// A training run over a frozen base.
@@ -273,8 +309,28 @@ impl<'a, B: AutodiffBackend, M: CausalLm<B>> Trainer<'a, B, M> {
         observer: &mut dyn Observer,
         stop: &AtomicBool,
     ) -> Result<TrainResult<B>> {
+        self.run_with(adapter, resume, observer, stop, &mut Solo)
+    }
+
+    /// [`Trainer::run`] as one peer of a data-parallel run: this peer trains on its shard of
+    /// every global batch ([`parallel::shard`]) and `collective` sums the peers' gradients, so
+    /// every peer applies the single-device update of the whole batch. Every peer must start
+    /// from the same adapter (or checkpoint) and settings. Only peer 0 writes files and reports
+    /// to its observer; a stop raised on any peer stops all of them after the same step.
+    pub fn run_with(
+        &self,
+        adapter: Adapter<B>,
+        resume: Option<&Path>,
+        observer: &mut dyn Observer,
+        stop: &AtomicBool,
+        collective: &mut dyn Collective<B::InnerBackend>,
+    ) -> Result<TrainResult<B>> {
         let cfg = &self.config;
         cfg.validate()?;
+        let (rank, world) = (collective.rank(), collective.world());
+        let writer = rank == 0;
+        let mut silent = ();
+        let observer: &mut dyn Observer = if writer { observer } else { &mut silent };
         let device = self.base.embedding_table().device();
         let (mut adapter, mut optim, mut state) = match resume {
             Some(dir) => load_checkpoint(dir, self.optimizer(), &device)?,
@@ -294,8 +350,15 @@ impl<'a, B: AutodiffBackend, M: CausalLm<B>> Trainer<'a, B, M> {
             }
         };
         adapter.check_fits("the trained adapter", &self.base.dims())?;
-        std::fs::create_dir_all(&self.out).map_err(|e| PeftError::io(&self.out, e))?;
-        let mut log = MetricsLog::open(&self.out.join(metrics::METRICS_FILE), state.step)?;
+        let mut log = if writer {
+            std::fs::create_dir_all(&self.out).map_err(|e| PeftError::io(&self.out, e))?;
+            Some(MetricsLog::open(
+                &self.out.join(metrics::METRICS_FILE),
+                state.step,
+            )?)
+        } else {
+            None
+        };
         let plan = BatchPlan::new(
             self.train.examples.iter().map(|e| e.ids.len()).collect(),
             cfg.batch_size,
@@ -307,15 +370,16 @@ impl<'a, B: AutodiffBackend, M: CausalLm<B>> Trainer<'a, B, M> {
             total: cfg.steps,
             decay: cfg.decay,
         };
+        let inner_device = device.clone();
         let mut checkpoint = None;
         while state.step < cfg.steps {
-            if stop.load(Ordering::Relaxed) {
-                let path = self.checkpoint(&adapter, &optim, &state, observer)?;
+            if world == 1 && stop.load(Ordering::Relaxed) {
+                let path = self.checkpoint(&adapter, &optim, &state, observer, writer)?;
                 return Ok(TrainResult {
                     adapter,
                     outcome: Outcome::Interrupted,
                     steps: state.step,
-                    checkpoint: Some(path),
+                    checkpoint: path,
                 });
             }
             let started = Instant::now();
@@ -334,10 +398,17 @@ impl<'a, B: AutodiffBackend, M: CausalLm<B>> Trainer<'a, B, M> {
                     .map(|&i| self.train.examples[i].is_target.clone())
                     .collect();
                 tokens += rows.iter().map(|r| r.len() as u64).sum::<u64>();
-                let targets = Targets::from_rows(&rows, &masks);
-                let out = forward(self.base, &rows, Routing::All(Some(&adapter)))?;
+                // The mean is over the whole global batch's target tokens, whichever peer
+                // holds them.
+                let global_targets = Targets::from_rows(&rows, &masks).len();
+                let mine = shard(rows.len(), rank, world);
+                let targets = Targets::from_rows(&rows[mine.clone()], &masks[mine.clone()]);
+                if targets.is_empty() {
+                    continue;
+                }
+                let out = forward(self.base, &rows[mine], Routing::All(Some(&adapter)))?;
                 let loss = nll_sum(self.base, &out, &targets)?
-                    .div_scalar((targets.len() * cfg.grad_accum) as f64);
+                    .div_scalar((global_targets * cfg.grad_accum) as f64);
                 let value = loss.clone().inner();
                 loss_total = Some(match loss_total.take() {
                     Some(t) => t + value,
@@ -349,8 +420,28 @@ impl<'a, B: AutodiffBackend, M: CausalLm<B>> Trainer<'a, B, M> {
                 );
             }
             let mut grads = accum.grads();
+            let stopping = f32::from(u8::from(stop.load(Ordering::Relaxed)));
+            let local = Tensor::<B::InnerBackend, 1>::from_floats([0.0, stopping], &inner_device);
+            let local = match loss_total {
+                Some(loss) => local + Tensor::cat(vec![loss, Tensor::zeros([1], &inner_device)], 0),
+                // One device with no target token in the step: a NaN loss stops the run, as it
+                // always has; a peer's empty shard adds nothing.
+                None if world == 1 => local.add_scalar(f32::NAN),
+                None => local,
+            };
+            let sync_started = Instant::now();
+            let summed: Vec<f32> = all_reduce_grads(&adapter, &mut grads, local, collective)?
+                .into_data()
+                .convert::<f32>()
+                .into_vec()
+                .map_err(|e| PeftError::Training(format!("reading the step's loss: {e:?}")))?;
+            let sync_seconds = if world > 1 {
+                sync_started.elapsed().as_secs_f64()
+            } else {
+                0.0
+            };
+            let (loss, stop_any) = (f64::from(summed[0]), summed[1] > 0.0);
             let norm = clip::clip_global_norm(&adapter, &mut grads, cfg.max_grad_norm);
-            let loss: f64 = loss_total.map_or(f64::NAN, |t| t.into_scalar().elem());
             let grad_norm: f64 = norm.map_or(0.0, |n| n.into_scalar().elem());
             if !loss.is_finite() || !grad_norm.is_finite() {
                 let kept = checkpoint::latest_checkpoint(&self.out)
@@ -379,33 +470,69 @@ impl<'a, B: AutodiffBackend, M: CausalLm<B>> Trainer<'a, B, M> {
                 grad_norm,
                 tokens,
                 seconds: started.elapsed().as_secs_f64(),
+                sync_seconds,
             };
-            log.step(&m)?;
+            if let Some(log) = &mut log {
+                log.step(&m)?;
+            }
             observer.on_step(&m);
             let last = state.step == cfg.steps;
             if let (Some(eval), Some(every)) = (self.eval, cfg.eval_every)
                 && (state.step % every == 0 || last)
             {
                 let frozen = adapter.clone().no_grad();
-                let (loss, count) = evaluate_loss(self.base, Some(&frozen), eval, cfg.batch_size)?;
+                let (sum, count) =
+                    evaluate_sums(self.base, Some(&frozen), eval, cfg.batch_size, rank, world)?;
+                let (sum, count) = if world == 1 {
+                    (sum, count)
+                } else {
+                    let [hi, lo] = split_f64(sum);
+                    let local = Tensor::<B::InnerBackend, 1>::from_floats(
+                        [hi, lo, count as f32],
+                        &inner_device,
+                    );
+                    let all: Vec<f32> = collective
+                        .all_reduce_sum(local)?
+                        .into_data()
+                        .convert::<f32>()
+                        .into_vec()
+                        .map_err(|e| {
+                            PeftError::Training(format!("reading the eval loss: {e:?}"))
+                        })?;
+                    (f64::from(all[0]) + f64::from(all[1]), all[2] as usize)
+                };
+                let (loss, count) = mean_loss(eval, sum, count)?;
                 let m = EvalMetrics {
                     step: state.step,
                     loss,
                     perplexity: loss.exp(),
                     tokens: count,
                 };
-                log.eval(&m)?;
+                if let Some(log) = &mut log {
+                    log.eval(&m)?;
+                }
                 observer.on_eval(&m);
+            }
+            if stop_any && world > 1 && !last {
+                let path = self.checkpoint(&adapter, &optim, &state, observer, writer)?;
+                return Ok(TrainResult {
+                    adapter,
+                    outcome: Outcome::Interrupted,
+                    steps: state.step,
+                    checkpoint: path,
+                });
             }
             if last
                 || cfg
                     .checkpoint_every
                     .is_some_and(|every| state.step % every == 0)
             {
-                checkpoint = Some(self.checkpoint(&adapter, &optim, &state, observer)?);
+                checkpoint = self.checkpoint(&adapter, &optim, &state, observer, writer)?;
             }
         }
-        save_adapter(&self.out, &adapter, &self.base.dims(), &self.save)?;
+        if writer {
+            save_adapter(&self.out, &adapter, &self.base.dims(), &self.save)?;
+        }
         Ok(TrainResult {
             adapter,
             outcome: Outcome::Finished,
@@ -420,10 +547,14 @@ impl<'a, B: AutodiffBackend, M: CausalLm<B>> Trainer<'a, B, M> {
         optim: &AdapterOptimizer<B>,
         state: &TrainState,
         observer: &mut dyn Observer,
-    ) -> Result<PathBuf> {
+        writer: bool,
+    ) -> Result<Option<PathBuf>> {
+        if !writer {
+            return Ok(None);
+        }
         let path = stage_checkpoint(&self.out, adapter, optim, state)?
             .commit(self.config.keep_checkpoints)?;
         observer.on_checkpoint(&path);
-        Ok(path)
+        Ok(Some(path))
     }
 }
