@@ -174,10 +174,15 @@ fn single(kind: Kind, cfg: &TrainConfig, tag: &str) -> (Vec<f32>, PathBuf) {
 }
 
 fn local_peers(kind: Kind, cfg: &TrainConfig, peers: usize, tag: &str) -> (Vec<f32>, PathBuf) {
+    local_peers_in(Layout::local(peers), kind, cfg, tag)
+}
+
+fn local_peers_in(layout: Layout, kind: Kind, cfg: &TrainConfig, tag: &str) -> (Vec<f32>, PathBuf) {
+    let peers = layout.devices;
     let out = tmp(tag);
     let calls = AtomicUsize::new(0);
     let r = run_local_peers::<Flex, _, _>(
-        &Layout::local(peers),
+        &layout,
         &peer_devices::<Flex>(peers),
         &[],
         |_, _, collective| {
@@ -244,6 +249,15 @@ fn two_local_peers_equal_one_device_prompt() {
     let (parallel, b) = local_peers(Kind::Prompt, &cfg, 2, "prompt-2");
     assert_same(&reference, &parallel, "prompt, 2 peers");
     assert_same_curves(&a, &b);
+    // As `peft train --devices 2` runs them on a CPU backend: each peer on its own Rayon pool.
+    let layout = Layout::local(2).split_cpu_threads();
+    assert!(layout.threads_per_peer.is_some());
+    let (parallel, _) = local_peers_in(layout, Kind::Prompt, &cfg, "prompt-2-pools");
+    assert_same(
+        &reference,
+        &parallel,
+        "prompt, 2 peers with their own thread pools",
+    );
 }
 
 #[test]

@@ -189,6 +189,7 @@ impl ClusterArgs {
             timeout: self
                 .peer_timeout
                 .map_or(DEFAULT_TIMEOUT, |s| Duration::from_secs(s as u64)),
+            threads_per_peer: None,
         };
         layout.validate()?;
         Ok(layout)
@@ -674,6 +675,11 @@ fn train<B: PrefixAttentionAutodiffBackend>(run: Run, device: &B::Device) -> Res
 pub fn run(args: TrainArgs) -> Result<()> {
     let backend = args.backend.unwrap_or(BackendKind::Flex);
     let layout = args.cluster.layout()?;
+    // CPU peers share the cores: each gets its own share of the threads.
+    let layout = match backend {
+        BackendKind::Flex | BackendKind::Ndarray => layout.split_cpu_threads(),
+        _ => layout,
+    };
     let (settings, resume) = match &args.resume {
         Some(dir) => {
             let (mut s, ckpt) = RunSettings::for_resume(dir)?;

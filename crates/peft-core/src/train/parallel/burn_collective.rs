@@ -42,6 +42,10 @@ pub struct Layout {
     pub global: Option<GlobalLayout>,
     /// The longest wait for the other peers.
     pub timeout: Duration,
+    /// CPU backends: run each peer's tensor operations on its own Rayon pool of this many
+    /// threads (`None`: all peers share the global pool). With the cores split between the
+    /// peers, they do not queue behind each other's parallel loops.
+    pub threads_per_peer: Option<usize>,
 }
 
 /// This process's place in a run over several nodes.
@@ -62,7 +66,17 @@ impl Layout {
             devices,
             global: None,
             timeout: DEFAULT_TIMEOUT,
+            threads_per_peer: None,
         }
+    }
+
+    /// For a CPU backend: splits the global Rayon pool's threads between this process's peers
+    /// (at least one each), so that they stop queueing behind each other's parallel loops.
+    pub fn split_cpu_threads(mut self) -> Self {
+        if self.devices > 1 {
+            self.threads_per_peer = Some((rayon::current_num_threads() / self.devices).max(1));
+        }
+        self
     }
 
     /// Peers in the whole run.

@@ -65,7 +65,19 @@ where
                                 abort.clone(),
                                 settings,
                             )?;
-                            let out = work(local, device, &mut collective)?;
+                            let out = match layout.threads_per_peer {
+                                Some(threads) => rayon::ThreadPoolBuilder::new()
+                                    .num_threads(threads.max(1))
+                                    .thread_name(move |i| format!("peer-{rank}-worker-{i}"))
+                                    .build()
+                                    .map_err(|e| {
+                                        PeftError::Training(format!(
+                                            "peer {rank}: starting its thread pool: {e}"
+                                        ))
+                                    })?
+                                    .install(|| work(local, device, &mut collective))?,
+                                None => work(local, device, &mut collective)?,
+                            };
                             collective.finish()?;
                             Ok(out)
                         };
