@@ -170,6 +170,7 @@ fn a_killed_node_stops_the_other_and_one_process_resumes() {
     let _ = n1.wait();
     let (ok, stderr) = finish(n0, "node 0");
     let stopped = killed.elapsed();
+    eprintln!("node 0 stopped {stopped:?} after node 1 was killed");
     assert!(!ok, "node 0 must fail when node 1 is gone");
     assert!(
         stderr.contains("node 1 left the run"),
