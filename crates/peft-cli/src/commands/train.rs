@@ -617,9 +617,16 @@ fn train<B: PrefixAttentionAutodiffBackend>(run: Run, device: &B::Device) -> Res
         bar.finish_and_clear();
     }
     if !writer_node {
+        let rank = layout.global.as_ref().map_or(0, |g| g.node_rank);
+        if result.outcome == Outcome::Interrupted {
+            eprintln!(
+                "node {rank}: interrupted after step {}; node 0 wrote the checkpoint",
+                result.steps
+            );
+            std::process::exit(130);
+        }
         eprintln!(
-            "node {}: {} steps done; node 0 wrote the run directory",
-            layout.global.as_ref().map_or(0, |g| g.node_rank),
+            "node {rank}: {} steps done; node 0 wrote the run directory",
             result.steps
         );
         return Ok(());

@@ -34,6 +34,9 @@ const LOST: u8 = 4;
 const REFUSED: u8 = 5;
 const BYE: u8 = 6;
 
+/// How long a node keeps trying to reach the coordinator.
+pub const CONNECT_FOR: Duration = Duration::from_secs(120);
+
 /// The longest frame accepted (a gradient of 256 M values).
 const MAX_FRAME: u64 = 1 << 30;
 
@@ -80,9 +83,9 @@ pub struct NodeLink {
 }
 
 impl NodeLink {
-    /// Connects node `rank` of `nodes` to the coordinator at `address` (retrying until
-    /// `timeout`, so nodes may start before it), then waits for every node and checks that
-    /// they all agree on `settings`.
+    /// Connects node `rank` of `nodes` to the coordinator at `address` (retrying for up to
+    /// [`CONNECT_FOR`] or `timeout`, whichever is shorter, so nodes may start before it), then
+    /// waits for every node and checks that they all agree on `settings`.
     pub fn join(
         address: &str,
         rank: usize,
@@ -91,6 +94,7 @@ impl NodeLink {
         timeout: Duration,
     ) -> Result<Self> {
         let started = Instant::now();
+        let connect_for = timeout.min(CONNECT_FOR);
         let stream = loop {
             let attempt = address
                 .to_socket_addrs()
@@ -98,13 +102,13 @@ impl NodeLink {
                 .find_map(|a| TcpStream::connect_timeout(&a, Duration::from_secs(2)).ok());
             match attempt {
                 Some(s) => break s,
-                None if started.elapsed() < timeout => {
+                None if started.elapsed() < connect_for => {
                     std::thread::sleep(Duration::from_millis(200))
                 }
                 None => {
                     return Err(PeftError::Training(format!(
-                        "node {rank}: no coordinator answered at {address} within {} s (start it with `peft coordinator --port PORT`)",
-                        timeout.as_secs()
+                        "node {rank}: no coordinator answered at {address} within {} s (start it first: `peft coordinator --port PORT`)",
+                        connect_for.as_secs()
                     )));
                 }
             }
