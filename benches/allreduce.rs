@@ -17,10 +17,7 @@ use std::{
 use burn::{backend::Flex, tensor::Tensor};
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use peft_core::train::parallel::{
-    Collective,
-    burn_collective::{GlobalLayout, Layout},
-    nodes::serve_coordinator,
-    peer_devices,
+    Collective, burn_collective::Layout, nodes::serve_coordinator, peer_devices,
     peers::run_local_peers,
 };
 
@@ -76,14 +73,7 @@ fn bench(c: &mut Criterion) {
                 let coordinator = std::thread::spawn(move || serve_coordinator(listener, Some(1)));
                 let barrier = Barrier::new(2);
                 let node = |rank| {
-                    let layout = Layout {
-                        global: Some(GlobalLayout {
-                            nodes: 2,
-                            node_rank: rank,
-                            coordinator: address.clone(),
-                        }),
-                        ..Layout::local(1)
-                    };
+                    let layout = Layout::nodes(2, rank, address.clone(), 1);
                     time_sums(&layout, n, iters, &barrier)
                 };
                 let spent = std::thread::scope(|s| {

@@ -33,10 +33,7 @@ use peft_core::{
         data::{Dataset, Record, Truncation},
         metrics::read_series,
         parallel::{
-            Collective, Solo,
-            burn_collective::{GlobalLayout, Layout},
-            nodes::serve_coordinator,
-            peer_devices,
+            Collective, Solo, burn_collective::Layout, nodes::serve_coordinator, peer_devices,
             peers::run_local_peers,
         },
     },
@@ -327,14 +324,7 @@ fn two_nodes_through_a_coordinator_equal_one_device() {
     let coordinator = std::thread::spawn(move || serve_coordinator(listener, Some(1)));
     let out = tmp("nodes-2");
     let node = |rank: usize| {
-        let layout = Layout {
-            global: Some(GlobalLayout {
-                nodes: 2,
-                node_rank: rank,
-                coordinator: address.clone(),
-            }),
-            ..Layout::local(1)
-        };
+        let layout = Layout::nodes(2, rank, address.clone(), 1);
         let settings = [("seed", cfg.seed.to_string())];
         run_local_peers::<Flex, _, _>(&layout, &peer_devices::<Flex>(1), &settings, |_, _, c| {
             assert_eq!((c.world(), c.rank()), (2, rank));

@@ -547,19 +547,15 @@ fn train<B: PrefixAttentionAutodiffBackend>(run: Run, device: &B::Device) -> Res
     let start_step = resume.as_deref().map_or(0, checkpoint_step);
     let progress = Mutex::new(Progress::new(start_step, s.train.steps));
     // One peer's whole run: its model replica, its adapter, its share of every batch.
-    let peer = |local: usize,
+    let peer = |_local: usize,
                 device: &B::Device,
                 collective: &mut dyn Collective<B::InnerBackend>|
      -> peft_core::Result<TrainResult<B>> {
-        // Each peer opens the model itself (its replica may live on another device).
-        let ckpt_ref = &peft_models::Checkpoint::open(&s.model).map_err(|e| {
-            peft_core::PeftError::Invalid(format!("opening model {}: {e}", s.model.display()))
-        })?;
-        let _ = local;
-        let model = ckpt_ref
+        // Every peer loads its own replica, on its own device, from the one opened file.
+        let model = ckpt
             .load_with_precision::<B>(device, precision)
             .map_err(|e| peft_core::PeftError::Invalid(e.to_string()))?;
-        let (adapter, prompt_init) = s.init_adapter(&model, &ckpt_ref.tokenizer)?;
+        let (adapter, prompt_init) = s.init_adapter(&model, &ckpt.tokenizer)?;
         if collective.rank() == 0 {
             let params = peft_core::ParameterCount {
                 trainable: burn::module::Module::num_params(&adapter),
@@ -573,7 +569,7 @@ fn train<B: PrefixAttentionAutodiffBackend>(run: Run, device: &B::Device) -> Res
             };
             eprintln!(
                 "{} on {} — {params}{peers}",
-                s.method, ckpt_ref.config.architecture
+                s.method, ckpt.config.architecture
             );
         }
         let save = SaveOptions {
@@ -602,7 +598,6 @@ fn train<B: PrefixAttentionAutodiffBackend>(run: Run, device: &B::Device) -> Res
             trainer.run_with(adapter, resume.as_deref(), &mut (), &stop, collective)
         }
     };
-    drop(ckpt);
     let result = if world == 1 {
         peer(0, device, &mut Solo)?
     } else {

@@ -370,17 +370,10 @@ impl<'a, B: AutodiffBackend, M: CausalLm<B>> Trainer<'a, B, M> {
             total: cfg.steps,
             decay: cfg.decay,
         };
-        let inner_device = device.clone();
         let mut checkpoint = None;
         while state.step < cfg.steps {
             if world == 1 && stop.load(Ordering::Relaxed) {
-                let path = self.checkpoint(&adapter, &optim, &state, observer, writer)?;
-                return Ok(TrainResult {
-                    adapter,
-                    outcome: Outcome::Interrupted,
-                    steps: state.step,
-                    checkpoint: path,
-                });
+                return self.interrupted(adapter, &optim, &state, observer, writer);
             }
             let started = Instant::now();
             let mut accum = GradientsAccumulator::<Adapter<B>>::new();
@@ -421,9 +414,9 @@ impl<'a, B: AutodiffBackend, M: CausalLm<B>> Trainer<'a, B, M> {
             }
             let mut grads = accum.grads();
             let stopping = f32::from(u8::from(stop.load(Ordering::Relaxed)));
-            let local = Tensor::<B::InnerBackend, 1>::from_floats([0.0, stopping], &inner_device);
+            let local = Tensor::<B::InnerBackend, 1>::from_floats([0.0, stopping], &device);
             let local = match loss_total {
-                Some(loss) => local + Tensor::cat(vec![loss, Tensor::zeros([1], &inner_device)], 0),
+                Some(loss) => local + Tensor::cat(vec![loss, Tensor::zeros([1], &device)], 0),
                 // One device with no target token in the step: a NaN loss stops the run, as it
                 // always has; a peer's empty shard adds nothing.
                 None if world == 1 => local.add_scalar(f32::NAN),
@@ -487,10 +480,8 @@ impl<'a, B: AutodiffBackend, M: CausalLm<B>> Trainer<'a, B, M> {
                     (sum, count)
                 } else {
                     let [hi, lo] = split_f64(sum);
-                    let local = Tensor::<B::InnerBackend, 1>::from_floats(
-                        [hi, lo, count as f32],
-                        &inner_device,
-                    );
+                    let local =
+                        Tensor::<B::InnerBackend, 1>::from_floats([hi, lo, count as f32], &device);
                     let all: Vec<f32> = collective
                         .all_reduce_sum(local)?
                         .into_data()
@@ -514,13 +505,7 @@ impl<'a, B: AutodiffBackend, M: CausalLm<B>> Trainer<'a, B, M> {
                 observer.on_eval(&m);
             }
             if stop_any && world > 1 && !last {
-                let path = self.checkpoint(&adapter, &optim, &state, observer, writer)?;
-                return Ok(TrainResult {
-                    adapter,
-                    outcome: Outcome::Interrupted,
-                    steps: state.step,
-                    checkpoint: path,
-                });
+                return self.interrupted(adapter, &optim, &state, observer, writer);
             }
             if last
                 || cfg
@@ -536,6 +521,24 @@ impl<'a, B: AutodiffBackend, M: CausalLm<B>> Trainer<'a, B, M> {
         Ok(TrainResult {
             adapter,
             outcome: Outcome::Finished,
+            steps: state.step,
+            checkpoint,
+        })
+    }
+
+    /// Checkpoints (peer 0) and ends the run as interrupted.
+    fn interrupted(
+        &self,
+        adapter: Adapter<B>,
+        optim: &AdapterOptimizer<B>,
+        state: &TrainState,
+        observer: &mut dyn Observer,
+        writer: bool,
+    ) -> Result<TrainResult<B>> {
+        let checkpoint = self.checkpoint(&adapter, optim, state, observer, writer)?;
+        Ok(TrainResult {
+            adapter,
+            outcome: Outcome::Interrupted,
             steps: state.step,
             checkpoint,
         })

@@ -70,6 +70,19 @@ impl Layout {
         }
     }
 
+    /// One process (node) of `nodes`, each with `devices` peers, meeting at the coordinator
+    /// at `HOST:PORT`.
+    pub fn nodes(nodes: usize, node_rank: usize, coordinator: String, devices: usize) -> Self {
+        Self {
+            global: Some(GlobalLayout {
+                nodes,
+                node_rank,
+                coordinator,
+            }),
+            ..Self::local(devices)
+        }
+    }
+
     /// For a CPU backend: splits the global Rayon pool's threads between this process's peers
     /// (at least one each), so that they stop queueing behind each other's parallel loops.
     pub fn split_cpu_threads(mut self) -> Self {
