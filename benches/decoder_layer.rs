@@ -17,11 +17,13 @@ use peft_core::{
     prefix::{Prefix, PrefixLayout},
 };
 use peft_kernels::PrefixAttentionBackend;
-use peft_models::{Llama, LlamaConfig, RandomWeights};
+use peft_models::{Decoder, DecoderConfig, Family, RandomWeights};
 
-fn config() -> LlamaConfig {
-    LlamaConfig {
+fn config() -> DecoderConfig {
+    DecoderConfig {
         architecture: "llama".into(),
+        family: Family::Llama,
+        features: Default::default(),
         vocab_size: 256,
         hidden_size: 576,
         intermediate_size: 1536,
@@ -38,7 +40,7 @@ fn config() -> LlamaConfig {
 }
 
 fn input<B: PrefixAttentionBackend>(
-    model: &Llama<B>,
+    model: &Decoder<B>,
     prefix: Option<&Prefix<B>>,
     device: &B::Device,
 ) -> DecoderInput<B> {
@@ -53,9 +55,9 @@ fn benches(c: &mut Criterion) {
     let device = Default::default();
     let cfg = config();
     let weights = RandomWeights::new(&cfg, 0);
-    let model = Llama::<Flex>::load(&cfg, &weights, &device).expect("random weights fit");
+    let model = Decoder::<Flex>::load(&cfg, &weights, &device).expect("random weights fit");
     let trained =
-        Llama::<Autodiff<Flex>>::load(&cfg, &weights, &device).expect("random weights fit");
+        Decoder::<Autodiff<Flex>>::load(&cfg, &weights, &device).expect("random weights fit");
     let layout = PrefixLayout::of(&model.dims());
     let prefix = Prefix::<Flex>::random(20, 1.0, 0, layout, &device);
     let prefix_ad = Prefix::<Autodiff<Flex>>::random(20, 1.0, 0, layout, &device);

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Prepares a fresh Debian/Ubuntu machine for the tests and the demo: Mesa's lavapipe (a CPU
-# Vulkan driver, so the wgpu backend runs without a GPU) and the SmolLM2-135M model.
+# Vulkan driver, so the wgpu backend runs without a GPU), SmolLM2-135M and Gemma 3 270M.
 # Idempotent; needs root (or sudo) only when packages are missing.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -14,3 +14,4 @@ if ! ls /usr/share/vulkan/icd.d/lvp_icd.*.json >/dev/null 2>&1; then
 fi
 
 "$root/scripts/fetch-model.sh"
+"$root/scripts/fetch-model.sh" gemma3-270m

@@ -38,7 +38,7 @@ use peft_core::{
         },
     },
 };
-use peft_models::Llama;
+use peft_models::Decoder;
 use peft_testing::assert_finite;
 
 type Ad = Autodiff<Flex>;
@@ -84,7 +84,7 @@ enum Kind {
     PrefixMlp,
 }
 
-fn adapter(kind: Kind, model: &Llama<Ad>) -> Adapter<Ad> {
+fn adapter(kind: Kind, model: &Decoder<Ad>) -> Adapter<Ad> {
     match kind {
         Kind::Prompt => Adapter::Prompt(
             SoftPrompt::init(model, 5, &PromptInit::Random { seed: 3 }, |_| Ok(vec![]))

@@ -19,7 +19,7 @@ use peft_core::{
     prompt::{PromptInit, SoftPrompt, text_init_ids},
 };
 use peft_models::{
-    Checkpoint, Llama,
+    Checkpoint, Decoder,
     generate::{GenerationConfig, generate},
 };
 use serde_json::Value;
@@ -34,7 +34,7 @@ fn reference() -> Value {
     model::read_json("tests/fixtures/peft/peft_reference.json")
 }
 
-fn setup() -> Option<(Checkpoint, Llama<Flex>)> {
+fn setup() -> Option<(Checkpoint, Decoder<Flex>)> {
     let path = model::model_path()?;
     let ckpt = Checkpoint::open(&path).expect("open");
     let model = ckpt.load::<Flex>(&Default::default()).expect("load");
@@ -42,7 +42,7 @@ fn setup() -> Option<(Checkpoint, Llama<Flex>)> {
 }
 
 /// Logits at the last prompt position and 16 greedy tokens with `adapter`, against PEFT.
-fn check_adapter(ckpt: &Checkpoint, model: &Llama<Flex>, adapter: &Adapter<Flex>, key: &str) {
+fn check_adapter(ckpt: &Checkpoint, model: &Decoder<Flex>, adapter: &Adapter<Flex>, key: &str) {
     let r = reference();
     let prompt = model::ids(&r["prompt_ids"]);
     let stride = r["sample_stride"].as_u64().expect("stride") as usize;
@@ -131,7 +131,7 @@ fn peft_prefix_adapter_gives_peft_logits() {
 /// holding the keys/values of a text.
 fn rust_adapters(
     ckpt: &Checkpoint,
-    model: &Llama<Flex>,
+    model: &Decoder<Flex>,
 ) -> [(&'static str, Adapter<Flex>, SaveOptions); 2] {
     let init = PromptInit::SampleVocab { seed: 7 };
     let prompt = SoftPrompt::init(model, 6, &init, |_| unreachable!("no text")).expect("prompt");

@@ -22,7 +22,7 @@ use peft_core::{
     prompt::SoftPrompt,
 };
 use peft_kernels::{AttentionPath, WeightPrecision, linear::cpu::CpuKernel};
-use peft_models::Llama;
+use peft_models::Decoder;
 use peft_testing::{assert_close, max_rel_diff};
 
 type Ad = Autodiff<Flex>;
@@ -102,7 +102,7 @@ fn grads_of<B: AutodiffBackend>(adapter: &Adapter<B>, grads: &B::Gradients) -> V
 }
 
 /// Summed loss of `rows` (every token a target) under `routing`.
-fn summed_loss(model: &Llama<Ad>, rows: &[Vec<u32>], routing: Routing<'_, Ad>) -> Tensor<Ad, 1> {
+fn summed_loss(model: &Decoder<Ad>, rows: &[Vec<u32>], routing: Routing<'_, Ad>) -> Tensor<Ad, 1> {
     let mask: Vec<Vec<bool>> = rows.iter().map(|r| vec![true; r.len()]).collect();
     let out = forward(model, rows, routing).expect("forward");
     nll_sum(model, &out, &Targets::from_rows(rows, &mask)).expect("loss")
@@ -296,7 +296,7 @@ fn adapter_for_another_model_is_refused_naming_both() {
 #[test]
 fn valid_model_evaluates_like_the_autodiff_one() {
     let train = PeftModel::new(tiny::<Ad>());
-    let eval: PeftModel<Flex, Llama<Flex>> = train.valid();
+    let eval: PeftModel<Flex, Decoder<Flex>> = train.valid();
     let a = values(train.forward(&rows(), None).expect("fwd").hidden.inner());
     let b = values(eval.forward(&rows(), None).expect("fwd").hidden);
     assert_eq!(a, b);

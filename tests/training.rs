@@ -23,7 +23,7 @@ use peft_core::{
         metrics::read_series,
     },
 };
-use peft_models::Llama;
+use peft_models::Decoder;
 
 type Ad = Autodiff<Flex>;
 
@@ -50,7 +50,7 @@ fn dataset() -> Dataset {
         .expect("tokenize")
 }
 
-fn adapter(model: &Llama<Ad>) -> Adapter<Ad> {
+fn adapter(model: &Decoder<Ad>) -> Adapter<Ad> {
     Adapter::Prefix(Prefix::mlp(
         4,
         8,

@@ -20,7 +20,7 @@ use peft_core::{
     adapter::load_adapter,
     train::data::{Dataset, Tokenize, Truncation, parse_jsonl},
 };
-use peft_models::{Checkpoint, LlamaConfig, Tokenizer, gguf::GgufHeader};
+use peft_models::{Checkpoint, DecoderConfig, Tokenizer, gguf::GgufHeader};
 
 /// A named target.
 pub struct Target {
@@ -179,7 +179,7 @@ fn safetensors_model(data: &[u8], dir: &Path) -> std::io::Result<String> {
 
 fn config_json(data: &[u8], dir: &Path) -> std::io::Result<String> {
     let path = write(dir, "config.json", data)?;
-    Ok(outcome(dir, LlamaConfig::from_hf_json(&path)))
+    Ok(outcome(dir, DecoderConfig::from_hf_json(&path)))
 }
 
 fn tokenizer_json(data: &[u8], dir: &Path) -> std::io::Result<String> {

@@ -55,6 +55,11 @@ mod reference;
 #[cfg(feature = "cube")]
 pub mod cube;
 
+/// Largest head dimension the CubeCL (wgpu, CUDA) prefix-attention kernels take; a call with a
+/// larger one runs the reference path on those backends (`cube::MAX_HEAD_DIM`, tested in
+/// `tests/common`'s wide-head case). Flex's host kernels take any head dimension.
+pub const CUBE_MAX_HEAD_DIM: usize = 128;
+
 pub use counts::{PathCounts, path_counts};
 pub use layer_ops::{LayerOpsBackend, host_layer_op_calls, rms_norm, swiglu};
 pub use layout::{

@@ -194,6 +194,8 @@ pub(crate) struct ArgTensors<B: Backend> {
     pub prefix_lengths: Option<Tensor<B, 1, Int>>,
     pub key_lengths: Option<Tensor<B, 1, Int>>,
     pub scale: f32,
+    /// Sliding window (only the reference path takes one; see [`PrefixAttention::with_window`]).
+    pub window: Option<usize>,
 }
 
 impl<B: Backend> PrefixAttentionArgs<B> {
@@ -209,6 +211,7 @@ impl<B: Backend> PrefixAttentionArgs<B> {
             prefix_lengths: self.prefix_lengths.map(Tensor::from_primitive),
             key_lengths: self.key_lengths.map(Tensor::from_primitive),
             scale: self.scale,
+            window: None,
         }
     }
 }
@@ -234,6 +237,7 @@ pub struct PrefixAttention<B: Backend> {
     prefix_lengths: Option<Tensor<B, 1, Int>>,
     key_lengths: Option<Tensor<B, 1, Int>>,
     scale: Option<f64>,
+    window: Option<usize>,
     path: Option<AttentionPath>,
 }
 
@@ -248,6 +252,7 @@ impl<B: PrefixAttentionBackend> PrefixAttention<B> {
             prefix_lengths: None,
             key_lengths: None,
             scale: None,
+            window: None,
             path: None,
         }
     }
@@ -278,6 +283,22 @@ impl<B: PrefixAttentionBackend> PrefixAttention<B> {
         self
     }
 
+    /// Limits each query to the keys fewer than `window` positions behind it (a sliding-window
+    /// layer). Positions follow Hugging Face's layout of a prefix cache: a row with `Pr` valid
+    /// prefix slots has slot `p` at position `p` and its sequence from position `Pr`, so query
+    /// `i` (the last `L` of the `S` sequence positions) sees sequence key `j` when
+    /// `(S − L + i) − j < window` and prefix slot `p` when `Pr + (S − L + i) − p < window`.
+    ///
+    /// A window that hides nothing in this call (`P + S ≤ window`) is dropped, so the call runs
+    /// on whatever path it would take without one. A window that hides something always runs
+    /// the reference path (the fused kernels take no window), whatever
+    /// [`with_path`](Self::with_path) asks; [`crate::path_counts`] records it as a reference
+    /// forward.
+    pub fn with_window(mut self, window: usize) -> Self {
+        self.window = Some(window);
+        self
+    }
+
     /// Chooses the implementation for this call, overriding the process-wide
     /// [`attention_path`](crate::attention_path).
     pub fn with_path(mut self, path: AttentionPath) -> Self {
@@ -295,6 +316,13 @@ impl<B: PrefixAttentionBackend> PrefixAttention<B> {
     /// dimensions, or a prefix batch that is neither 1 nor `B`.
     pub fn forward(self) -> Tensor<B, 4> {
         let path = self.path.unwrap_or_else(attention_path);
+        let prefix = self.prefix.as_ref().map_or(0, |(pk, _)| pk.dims()[2]);
+        let keys = self.key.dims()[2];
+        if let Some(window) = self.window.filter(|&w| prefix + keys > w) {
+            let mut tensors = self.into_args().into_tensors();
+            tensors.window = Some(window);
+            return reference::forward(&tensors);
+        }
         let args = self.into_args();
         let fused = match path {
             AttentionPath::Auto => B::has_fused_prefix_attention(),

@@ -41,13 +41,22 @@ fn mask<B: Backend>(a: &ArgTensors<B>) -> Option<Tensor<B, 5, Bool>> {
     let device = a.query.device();
     let offset = (s - l) as i64;
     let needs_causal = l > 1;
-    if !needs_causal && a.key_lengths.is_none() && a.prefix_lengths.is_none() {
+    if !needs_causal && a.key_lengths.is_none() && a.prefix_lengths.is_none() && a.window.is_none()
+    {
         return None;
     }
     let rows = Tensor::<B, 1, Int>::arange(0..l as i64, &device).reshape([1, l, 1]);
     let cols = Tensor::<B, 1, Int>::arange(0..s as i64, &device).reshape([1, 1, s]);
     // Key j is hidden from query i when j > i + (S - L).
-    let mut seq = rows.add_scalar(offset).lower(cols.clone()); // [1, L, S]
+    let mut seq = rows.clone().add_scalar(offset).lower(cols.clone()); // [1, L, S]
+    if let Some(w) = a.window {
+        // ... and when (i + S - L) - j >= window.
+        let far = rows
+            .clone()
+            .add_scalar(offset - w as i64)
+            .greater_equal(cols.clone());
+        seq = seq.bool_or(far);
+    }
     if let Some(len) = &a.key_lengths {
         let pad = cols.greater_equal(len.clone().reshape([b, 1, 1])); // [B, 1, S]
         seq = seq.expand([b, l, s]).bool_or(pad.expand([b, l, s]));
@@ -57,10 +66,27 @@ fn mask<B: Backend>(a: &ArgTensors<B>) -> Option<Tensor<B, 5, Bool>> {
     } else {
         let bm = seq.dims()[0];
         let slots = Tensor::<B, 1, Int>::arange(0..p as i64, &device).reshape([1, 1, p]);
-        let pre = match &a.prefix_lengths {
-            Some(len) => slots.greater_equal(len.clone().reshape([b, 1, 1])),
-            None => slots.greater_equal_elem(p as i64),
+        let mut pre = match &a.prefix_lengths {
+            Some(len) => slots.clone().greater_equal(len.clone().reshape([b, 1, 1])),
+            None => slots.clone().greater_equal_elem(p as i64),
         };
+        if let Some(w) = a.window {
+            // Slot p of a row with Pr slots sits Pr + (i + S - L) - p positions behind query i.
+            let behind = rows.add_scalar(offset - w as i64); // [1, L, 1]
+            let limit = match &a.prefix_lengths {
+                Some(len) => behind.add(len.clone().reshape([b, 1, 1])), // [B, L, 1]
+                None => behind.add_scalar(p as i64),
+            };
+            let [lb, _, _] = limit.dims();
+            let far = slots
+                .expand([lb, l, p])
+                .lower_equal(limit.expand([lb, l, p]));
+            let [pb, _, _] = pre.dims();
+            let rows_b = pb.max(lb);
+            pre = pre
+                .expand([rows_b, l, p])
+                .bool_or(far.expand([rows_b, l, p]));
+        }
         let rows_b = bm.max(pre.dims()[0]);
         Tensor::cat(
             vec![pre.expand([rows_b, l, p]), seq.expand([rows_b, l, s])],

@@ -1,13 +1,18 @@
 #!/usr/bin/env python3
-"""Reference values for the SmolLM2 parity tests, from Hugging Face transformers.
+"""Reference values for the parity tests of a real GGUF model, from Hugging Face transformers.
 
 transformers dequantises the same GGUF file (through gguf-py) to float32, so its logits are the
-reference for ours. Writes crates/peft-models/tests/fixtures/smollm2_reference.json:
+reference for ours. Writes OUT (default crates/peft-models/tests/fixtures/smollm2_reference.json):
   * tokenizer: ids of varied strings (encode) and their decoded text;
   * prompts: ids, logits at the last prompt position (the 20 largest, and every 37th vocabulary
     id), and 16 greedy tokens.
 
+For a Gemma model (its tokenizer has `<start_of_turn>`) the strings gain more scripts, code and
+Gemma's chat markers, and the chat prompt uses Gemma's turn format.
+
 Usage: python scripts/reference/model_fixture.py models/SmolLM2-135M-Instruct.Q4_1.gguf
+       python scripts/reference/model_fixture.py models/gemma-3-270m-q4_k_m.gguf \
+           crates/peft-models/tests/fixtures/gemma3_270m_reference.json
 """
 import json
 import os
@@ -59,6 +64,26 @@ PROMPTS = [
     "<|im_start|>user\nWhat is the largest planet in the Solar System?<|im_end|>\n<|im_start|>assistant\n",
 ]
 
+# Multilingual and code strings, and Gemma's chat markers (Gemma fixtures only).
+GEMMA_STRINGS = [
+    "नमस्ते दुनिया, आप कैसे हैं?",
+    "안녕하세요 세계",
+    "สวัสดีชาวโลก",
+    "Γειά σου Κόσμε",
+    "Witaj świecie, zażółć gęślą jaźń",
+    "fn main() {\n    let v: Vec<u32> = (0..10).collect();\n    println!(\"{v:?}\");\n}",
+    '{"key": [1, 2.5, null], "nested": {"a": true}}',
+    "SELECT name, COUNT(*) FROM users WHERE age > 30 GROUP BY name;",
+    "<start_of_turn>user\nHi there<end_of_turn>\n<start_of_turn>model\n",
+    "<bos>text after an explicit bos",
+    "\t\tindented\n        with spaces",
+]
+GEMMA_PROMPTS = [
+    "The capital of France is",
+    "def fibonacci(n):",
+    "<start_of_turn>user\nWhat is the largest planet in the Solar System?<end_of_turn>\n<start_of_turn>model\n",
+]
+
 
 def main():
     gguf_path = sys.argv[1] if len(sys.argv) > 1 else "models/SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -68,16 +93,19 @@ def main():
     tok = AutoTokenizer.from_pretrained(d, gguf_file=f)
     model = AutoModelForCausalLM.from_pretrained(d, gguf_file=f, dtype=torch.float32)
     model.eval()
+    gemma = "<start_of_turn>" in tok.get_vocab()
+    strings = STRINGS + GEMMA_STRINGS if gemma else STRINGS
+    prompts_text = GEMMA_PROMPTS if gemma else PROMPTS
 
     tokenizer = []
-    for s in STRINGS:
+    for s in strings:
         ids = tok.encode(s)
         tokenizer.append({"text": s, "ids": ids, "decoded": tok.decode(ids)})
 
     prompts = []
     vocab = model.config.vocab_size
     sample_ids = list(range(0, vocab, 37))
-    for p in PROMPTS:
+    for p in prompts_text:
         ids = tok.encode(p)
         x = torch.tensor([ids])
         with torch.no_grad():

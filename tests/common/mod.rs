@@ -20,7 +20,7 @@ use peft_core::{
     prompt::{PromptInit, SoftPrompt},
 };
 use peft_kernels::{PrefixAttentionAutodiffBackend, PrefixAttentionBackend};
-use peft_models::{Checkpoint, Llama, generate::Conditioning};
+use peft_models::{Checkpoint, Decoder, generate::Conditioning};
 
 /// What generation needs from an adapter.
 pub fn conditioning<B: Backend>(adapter: &Adapter<B>) -> Conditioning<B> {
@@ -30,12 +30,12 @@ pub fn conditioning<B: Backend>(adapter: &Adapter<B>) -> Conditioning<B> {
     }
 }
 
-pub fn tiny<B: PrefixAttentionBackend>() -> Llama<B> {
+pub fn tiny<B: PrefixAttentionBackend>() -> Decoder<B> {
     tiny_in(peft_kernels::WeightPrecision::F32)
 }
 
 /// The tiny model with its frozen linear weights in `precision`.
-pub fn tiny_in<B: PrefixAttentionBackend>(precision: peft_kernels::WeightPrecision) -> Llama<B> {
+pub fn tiny_in<B: PrefixAttentionBackend>(precision: peft_kernels::WeightPrecision) -> Decoder<B> {
     let dir = model::repo_root().join("crates/peft-models/tests/fixtures/tiny-llama");
     Checkpoint::open(dir)
         .expect("open")
@@ -51,7 +51,7 @@ pub fn rows() -> Vec<Vec<u32>> {
     ]
 }
 
-pub fn adapters<B: PrefixAttentionBackend>(model: &Llama<B>) -> [Adapter<B>; 3] {
+pub fn adapters<B: PrefixAttentionBackend>(model: &Decoder<B>) -> [Adapter<B>; 3] {
     let device = Default::default();
     let layout = PrefixLayout::of(&model.dims());
     let prompt = SoftPrompt::init(
@@ -91,7 +91,7 @@ pub fn all_params<B: burn::tensor::backend::Backend, M: Module<B>>(m: &M) -> Vec
 }
 
 pub fn loss<B: AutodiffBackend + PrefixAttentionBackend>(
-    model: &Llama<B>,
+    model: &Decoder<B>,
     adapter: &Adapter<B>,
 ) -> Tensor<B, 1> {
     let rows = rows();

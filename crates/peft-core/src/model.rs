@@ -206,8 +206,16 @@ pub trait CausalLm<B: Backend>: Module<B> {
     /// Token embeddings `[B, L, hidden]` of ids `[B, L]`.
     fn embed(&self, ids: Tensor<B, 2, Int>) -> Tensor<B, 3>;
 
-    /// The token embedding table `[vocab, hidden]` (for vocabulary and text initialisation).
+    /// The token embedding table `[vocab, hidden]` as stored (before
+    /// [`embedding_scale`](Self::embedding_scale)).
     fn embedding_table(&self) -> Tensor<B, 2>;
+
+    /// The multiplier [`embed`](Self::embed) applies to the table's rows (Gemma: `√hidden`).
+    /// Soft prompts live in the scaled space, as PEFT's do: they are concatenated to `embed`'s
+    /// output and never scaled again.
+    fn embedding_scale(&self) -> f64 {
+        1.0
+    }
 
     /// Final-normalised hidden states `[B, L, hidden]`.
     fn forward_hidden(&self, input: DecoderInput<B>) -> Tensor<B, 3>;

@@ -6,10 +6,10 @@ use std::path::{Path, PathBuf};
 use peft_kernels::{PrefixAttentionBackend, WeightPrecision};
 
 use crate::{
-    config::LlamaConfig,
+    config::DecoderConfig,
+    decoder::Decoder,
     error::{ModelError, Result},
     gguf::{GgufFile, GgufSource},
-    llama::Llama,
     safetensors::SafetensorsSource,
     source::TensorSource,
     tokenizer::Tokenizer,
@@ -22,7 +22,7 @@ pub const DEFAULT_MODEL_PATH: &str = "models/SmolLM2-135M-Instruct.Q4_1.gguf";
 pub struct Checkpoint {
     path: PathBuf,
     /// The model configuration.
-    pub config: LlamaConfig,
+    pub config: DecoderConfig,
     /// The tokenizer.
     pub tokenizer: Tokenizer,
     source: Box<dyn TensorSource + Send + Sync>,
@@ -42,9 +42,9 @@ impl Checkpoint {
     pub fn open(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref().to_path_buf();
         if path.is_dir() {
-            let config = LlamaConfig::from_hf_json(&path.join("config.json"))?;
+            let config = DecoderConfig::from_hf_json(&path.join("config.json"))?;
             let tokenizer = Tokenizer::from_file(&path.join("tokenizer.json"))?;
-            let source = SafetensorsSource::open(&path)?;
+            let source = SafetensorsSource::open(&path, config.family)?;
             return Ok(Self {
                 path,
                 config,
@@ -62,9 +62,9 @@ impl Checkpoint {
             ));
         }
         let file = GgufFile::open(&path)?;
-        let config = LlamaConfig::from_gguf(&file)?;
+        let config = DecoderConfig::from_gguf(&file)?;
         let tokenizer = Tokenizer::from_gguf(&file)?;
-        let source = GgufSource::new(file, config.num_heads, config.num_kv_heads)?;
+        let source = GgufSource::new(file, &config);
         Ok(Self {
             path,
             config,
@@ -79,17 +79,17 @@ impl Checkpoint {
     }
 
     /// Loads the weights onto `device`, the linear layers in f32.
-    pub fn load<B: PrefixAttentionBackend>(&self, device: &B::Device) -> Result<Llama<B>> {
+    pub fn load<B: PrefixAttentionBackend>(&self, device: &B::Device) -> Result<Decoder<B>> {
         self.load_with_precision(device, WeightPrecision::F32)
     }
 
     /// Loads the weights onto `device`, the frozen linear weights in `precision`
-    /// ([`Llama::load_with_precision`]).
+    /// ([`Decoder::load_with_precision`]).
     pub fn load_with_precision<B: PrefixAttentionBackend>(
         &self,
         device: &B::Device,
         precision: WeightPrecision,
-    ) -> Result<Llama<B>> {
-        Llama::load_with_precision(&self.config, self.source.as_ref(), device, precision)
+    ) -> Result<Decoder<B>> {
+        Decoder::load_with_precision(&self.config, self.source.as_ref(), device, precision)
     }
 }

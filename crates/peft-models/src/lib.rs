@@ -1,5 +1,5 @@
-//! Decoder-only language models for burn-peft: a Llama-family transformer generic over the
-//! Burn backend, weight loading from GGUF (with ggml dequantisation) and Hugging Face
+//! Decoder-only language models for burn-peft: one decoder generic over the Burn backend that
+//! runs the Llama, Qwen 2/3 and Gemma 3 families ([`family`]), weight loading from GGUF (with ggml dequantisation) and Hugging Face
 //! safetensors, byte-level BPE tokenizers, and text generation with a KV cache.
 //!
 //! ```no_run
@@ -17,19 +17,22 @@
 
 pub mod checkpoint;
 pub mod config;
+pub mod decoder;
 pub mod error;
 pub mod evaluate;
+pub mod family;
 pub mod generate;
 pub mod gguf;
-pub mod llama;
 pub mod random;
 pub mod safetensors;
 pub mod source;
+pub mod summary;
 pub mod tokenizer;
 
 pub use checkpoint::{Checkpoint, DEFAULT_MODEL_PATH};
-pub use config::LlamaConfig;
+pub use config::{Activation, AttentionKind, DecoderConfig, Features, RopeScaling};
+pub use decoder::Decoder;
 pub use error::{ModelError, Result};
-pub use llama::Llama;
+pub use family::Family;
 pub use random::RandomWeights;
 pub use tokenizer::Tokenizer;

@@ -7,24 +7,24 @@ use std::path::{Path, PathBuf};
 use rand::{Rng, SeedableRng, rngs::StdRng};
 
 use crate::{
-    config::LlamaConfig,
+    config::DecoderConfig,
     error::Result,
     source::{LayerWeight, LoadedTensor, TensorSource, WeightKey},
 };
 
-/// Seeded random weights shaped by a [`LlamaConfig`]: projections and embeddings uniform in
-/// `±0.05`, RMSNorm scales 1. Each weight's values depend only on the seed and the weight, so a
+/// Seeded random weights shaped by a [`DecoderConfig`]: projections and embeddings uniform in
+/// `±0.05`, RMSNorm scales 1 (after the family's weight offset). Each weight's values depend only on the seed and the weight, so a
 /// model loads identically every time.
 #[derive(Debug, Clone)]
 pub struct RandomWeights {
-    config: LlamaConfig,
+    config: DecoderConfig,
     seed: u64,
     path: PathBuf,
 }
 
 impl RandomWeights {
     /// Random weights for `config`.
-    pub fn new(config: &LlamaConfig, seed: u64) -> Self {
+    pub fn new(config: &DecoderConfig, seed: u64) -> Self {
         Self {
             config: config.clone(),
             seed,
@@ -44,7 +44,11 @@ impl RandomWeights {
             WeightKey::Embedding | WeightKey::LmHead => vec![c.vocab_size, h],
             WeightKey::FinalNorm => vec![h],
             WeightKey::Layer(_, w) => match w {
-                LayerWeight::AttnNorm | LayerWeight::MlpNorm => vec![h],
+                LayerWeight::AttnNorm
+                | LayerWeight::MlpNorm
+                | LayerWeight::PostAttnNorm
+                | LayerWeight::PostMlpNorm => vec![h],
+                LayerWeight::QueryNorm | LayerWeight::KeyNorm => vec![c.head_dim],
                 LayerWeight::Query => vec![q, h],
                 LayerWeight::Key | LayerWeight::Value => vec![kv, h],
                 LayerWeight::Output => vec![h, q],
@@ -55,13 +59,6 @@ impl RandomWeights {
             },
         }
     }
-}
-
-fn is_norm(key: WeightKey) -> bool {
-    matches!(
-        key,
-        WeightKey::FinalNorm | WeightKey::Layer(_, LayerWeight::AttnNorm | LayerWeight::MlpNorm)
-    )
 }
 
 impl TensorSource for RandomWeights {
@@ -81,6 +78,12 @@ impl TensorSource for RandomWeights {
                 _,
                 LayerWeight::QueryBias | LayerWeight::KeyBias | LayerWeight::ValueBias,
             ) => self.config.attention_bias,
+            WeightKey::Layer(_, LayerWeight::QueryNorm | LayerWeight::KeyNorm) => {
+                self.config.features.qk_norm
+            }
+            WeightKey::Layer(_, LayerWeight::PostAttnNorm | LayerWeight::PostMlpNorm) => {
+                self.config.features.sandwich_norms
+            }
             _ => true,
         }
     }
@@ -88,8 +91,9 @@ impl TensorSource for RandomWeights {
     fn load(&self, key: WeightKey) -> Result<LoadedTensor> {
         let shape = self.shape(key);
         let len = shape.iter().product();
-        let values = if is_norm(key) {
-            vec![1.0; len]
+        let values = if key.is_norm() {
+            // A scale of 1 once the family's offset is added.
+            vec![1.0 - self.config.features.norm_weight_offset as f32; len]
         } else {
             let mut h = std::hash::DefaultHasher::new();
             std::hash::Hash::hash(&(self.seed, format!("{key:?}")), &mut h);
@@ -113,11 +117,13 @@ mod tests {
     use peft_core::{CausalLm, DecoderInput};
 
     use super::*;
-    use crate::Llama;
+    use crate::Decoder;
 
-    fn config() -> LlamaConfig {
-        LlamaConfig {
+    fn config() -> DecoderConfig {
+        DecoderConfig {
             architecture: "llama".into(),
+            family: crate::Family::Llama,
+            features: Default::default(),
             vocab_size: 50,
             hidden_size: 24,
             intermediate_size: 40,
@@ -138,7 +144,7 @@ mod tests {
         let device = Default::default();
         let logits = |seed| {
             let model =
-                Llama::<Flex>::load(&config(), &RandomWeights::new(&config(), seed), &device)
+                Decoder::<Flex>::load(&config(), &RandomWeights::new(&config(), seed), &device)
                     .expect("random weights fit their own config");
             let ids = Tensor::<Flex, 2, Int>::from_data([[1, 2, 3]], &device);
             let hidden = model.forward_hidden(DecoderInput::new(model.embed(ids)));

@@ -11,32 +11,17 @@ use safetensors::{Dtype, SafeTensors};
 
 use crate::{
     error::{ModelError, Result},
-    source::{LayerWeight, LoadedTensor, TensorSource, WeightKey},
+    family::Family,
+    source::{LoadedTensor, TensorSource, WeightKey},
 };
 
-/// The Hugging Face name of a weight.
-pub fn hf_name(key: WeightKey) -> String {
+/// The Hugging Face name of a weight of a `family` checkpoint.
+pub fn hf_name(family: Family, key: WeightKey) -> String {
     match key {
         WeightKey::Embedding => "model.embed_tokens.weight".into(),
         WeightKey::LmHead => "lm_head.weight".into(),
         WeightKey::FinalNorm => "model.norm.weight".into(),
-        WeightKey::Layer(i, w) => {
-            let short = match w {
-                LayerWeight::AttnNorm => "input_layernorm.weight",
-                LayerWeight::Query => "self_attn.q_proj.weight",
-                LayerWeight::Key => "self_attn.k_proj.weight",
-                LayerWeight::Value => "self_attn.v_proj.weight",
-                LayerWeight::Output => "self_attn.o_proj.weight",
-                LayerWeight::QueryBias => "self_attn.q_proj.bias",
-                LayerWeight::KeyBias => "self_attn.k_proj.bias",
-                LayerWeight::ValueBias => "self_attn.v_proj.bias",
-                LayerWeight::MlpNorm => "post_attention_layernorm.weight",
-                LayerWeight::Gate => "mlp.gate_proj.weight",
-                LayerWeight::Up => "mlp.up_proj.weight",
-                LayerWeight::Down => "mlp.down_proj.weight",
-            };
-            format!("model.layers.{i}.{short}")
-        }
+        WeightKey::Layer(i, w) => format!("model.layers.{i}.{}", family.hf_layer_name(w)),
     }
 }
 
@@ -67,6 +52,8 @@ pub fn to_f32(dtype: Dtype, bytes: &[u8]) -> std::result::Result<Vec<f32>, Strin
 #[derive(Debug)]
 pub struct SafetensorsSource {
     dir: PathBuf,
+    /// The family whose names the checkpoint uses.
+    family: Family,
     /// Tensor name → shard file name.
     index: BTreeMap<String, String>,
     /// The shard read last, kept because consecutive weights live in the same shard.
@@ -74,8 +61,9 @@ pub struct SafetensorsSource {
 }
 
 impl SafetensorsSource {
-    /// Opens the checkpoint in `dir` (`model.safetensors` or `model.safetensors.index.json`).
-    pub fn open(dir: &Path) -> Result<Self> {
+    /// Opens the checkpoint of a `family` model in `dir` (`model.safetensors` or
+    /// `model.safetensors.index.json`).
+    pub fn open(dir: &Path, family: Family) -> Result<Self> {
         let index_path = dir.join("model.safetensors.index.json");
         let index = if index_path.exists() {
             let text =
@@ -123,6 +111,7 @@ impl SafetensorsSource {
                 .collect();
             let source = Self {
                 dir: dir.to_path_buf(),
+                family,
                 index: names,
                 cache: Mutex::new(None),
             };
@@ -131,6 +120,7 @@ impl SafetensorsSource {
         };
         Ok(Self {
             dir: dir.to_path_buf(),
+            family,
             index,
             cache: Mutex::new(None),
         })
@@ -149,15 +139,15 @@ impl TensorSource for SafetensorsSource {
     }
 
     fn name(&self, key: WeightKey) -> String {
-        hf_name(key)
+        hf_name(self.family, key)
     }
 
     fn contains(&self, key: WeightKey) -> bool {
-        self.index.contains_key(&hf_name(key))
+        self.index.contains_key(&hf_name(self.family, key))
     }
 
     fn load(&self, key: WeightKey) -> Result<LoadedTensor> {
-        let name = hf_name(key);
+        let name = hf_name(self.family, key);
         let shard = self
             .index
             .get(&name)

@@ -24,8 +24,16 @@ pub enum LayerWeight {
     KeyBias,
     /// Optional value bias `[kv_heads·head_dim]`.
     ValueBias,
-    /// Post-attention RMSNorm scale `[hidden]`.
+    /// Per-head RMSNorm scale of the queries `[head_dim]` (Qwen 3, Gemma 3).
+    QueryNorm,
+    /// Per-head RMSNorm scale of the keys `[head_dim]`.
+    KeyNorm,
+    /// RMSNorm scale after attention, before the residual add `[hidden]` (Gemma 3).
+    PostAttnNorm,
+    /// RMSNorm scale before the MLP `[hidden]`.
     MlpNorm,
+    /// RMSNorm scale after the MLP, before the residual add `[hidden]` (Gemma 3).
+    PostMlpNorm,
     /// SwiGLU gate projection `[intermediate, hidden]`.
     Gate,
     /// SwiGLU up projection `[intermediate, hidden]`.
@@ -34,7 +42,7 @@ pub enum LayerWeight {
     Down,
 }
 
-/// A weight of a Llama-family decoder.
+/// A weight of a decoder.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum WeightKey {
     /// Token embedding `[vocab, hidden]`.
@@ -45,6 +53,25 @@ pub enum WeightKey {
     FinalNorm,
     /// A weight of layer `i`.
     Layer(usize, LayerWeight),
+}
+
+impl WeightKey {
+    /// Whether the weight is an RMSNorm scale.
+    pub fn is_norm(self) -> bool {
+        matches!(
+            self,
+            WeightKey::FinalNorm
+                | WeightKey::Layer(
+                    _,
+                    LayerWeight::AttnNorm
+                        | LayerWeight::QueryNorm
+                        | LayerWeight::KeyNorm
+                        | LayerWeight::PostAttnNorm
+                        | LayerWeight::MlpNorm
+                        | LayerWeight::PostMlpNorm
+                )
+        )
+    }
 }
 
 /// A weight read from a checkpoint.
@@ -66,6 +93,7 @@ pub trait TensorSource {
     fn name(&self, key: WeightKey) -> String;
     /// Whether the checkpoint holds the weight.
     fn contains(&self, key: WeightKey) -> bool;
-    /// Reads a weight as f32.
+    /// Reads a weight as f32, in Hugging Face's values (Gemma's norm weights as `w`, not the
+    /// `1 + w` llama.cpp stores).
     fn load(&self, key: WeightKey) -> Result<LoadedTensor>;
 }

@@ -45,7 +45,7 @@ fn tokenizer_matches_hugging_face() {
 #[test]
 fn logits_and_greedy_tokens_match_hugging_face() {
     let Some(path) = model_path() else { return };
-    common::check_against_reference::<Flex>(&path, &Default::default(), LOGIT_TOL);
+    common::check_against_reference::<Flex>(&path, &fixture(), &Default::default(), LOGIT_TOL);
 }
 
 #[test]

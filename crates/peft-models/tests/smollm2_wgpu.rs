@@ -14,7 +14,7 @@ fn wgpu_logits_and_greedy_tokens_match_hugging_face() {
     let Some(path) = common::model_path() else {
         return;
     };
-    common::check_against_reference::<Wgpu>(&path, &Default::default(), 1.5e-4);
+    common::check_against_reference::<Wgpu>(&path, &common::fixture(), &Default::default(), 1.5e-4);
 }
 
 /// `--precision bf16` on wgpu: where the device computes in bf16 the model loads with bf16

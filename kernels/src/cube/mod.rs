@@ -37,7 +37,7 @@ use launch::{
 };
 
 /// Largest head dimension the kernels take (the per-unit registers grow with it).
-pub const MAX_HEAD_DIM: usize = 128;
+pub const MAX_HEAD_DIM: usize = crate::CUBE_MAX_HEAD_DIM;
 /// Query rows (forward, dQ) or key columns (dK/dV) a cube of the row-walking kernels walks at
 /// least (units × rows per unit; see `RowLaunch`).
 pub const CUBE_ROWS: u32 = 64;

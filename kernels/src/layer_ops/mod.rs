@@ -108,6 +108,33 @@ pub fn swiglu<B: LayerOpsBackend, const D: usize>(
     B::swiglu(gate.reshape([rows, n]), up.reshape([rows, n])).reshape(dims)
 }
 
+/// `gelu_tanh(gate) · up` (GeGLU with the tanh-approximated GELU, PyTorch's
+/// `gelu(approximate="tanh")`: `0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³)))`), composed of
+/// tensor ops on every backend, so autodiff differentiates it like any composition.
+///
+/// # Panics
+///
+/// If the shapes differ.
+pub fn geglu_tanh<B: Backend, const D: usize>(
+    gate: Tensor<B, D>,
+    up: Tensor<B, D>,
+) -> Tensor<B, D> {
+    assert_eq!(gate.dims(), up.dims(), "geglu: gate and up shapes differ");
+    let beta = (2.0 / std::f64::consts::PI).sqrt();
+    let cube = gate
+        .clone()
+        .mul(gate.clone())
+        .mul(gate.clone())
+        .mul_scalar(0.044_715);
+    let inner = gate
+        .clone()
+        .add(cube)
+        .mul_scalar(beta)
+        .tanh()
+        .add_scalar(1.0);
+    gate.mul(inner).mul_scalar(0.5).mul(up)
+}
+
 /// [`LayerOpsBackend::rotary`] on `x` `[rows, n]`.
 ///
 /// # Panics

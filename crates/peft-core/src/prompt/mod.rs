@@ -84,17 +84,18 @@ impl<B: Backend> SoftPrompt<B> {
         let table = model.embedding_table().detach();
         let [vocab, hidden] = table.dims();
         let device = table.device();
+        // The embeddings of `ids` as the model feeds them (scaled where the model scales them:
+        // PEFT initialises from the embedding module's output).
         let rows = |ids: Vec<u32>| {
             let ids: Vec<i64> = ids.into_iter().map(i64::from).collect();
             let len = ids.len();
-            table.clone().select(
-                0,
-                Tensor::<B, 1, Int>::from_data(TensorData::new(ids, [len]), &device),
-            )
+            let ids = Tensor::<B, 2, Int>::from_data(TensorData::new(ids, [1, len]), &device);
+            model.embed(ids).detach().reshape([len, hidden])
         };
         let embedding = match init {
             PromptInit::Random { seed } => {
                 let std: f64 = table.clone().var(0).mean().sqrt().into_scalar().elem();
+                let std = std * model.embedding_scale();
                 crate::init::normal([n, hidden], std, *seed, &device)
             }
             PromptInit::SampleVocab { seed } => {

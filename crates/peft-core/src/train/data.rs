@@ -10,8 +10,14 @@ use crate::error::{PeftError, Result};
 
 /// Text to token ids, as the model's tokenizer does it.
 pub trait Tokenize {
-    /// Token ids of `text`.
+    /// Token ids of `text` starting a sequence (with whatever the tokenizer adds in front, such
+    /// as Gemma's BOS).
     fn encode(&self, text: &str) -> std::result::Result<Vec<u32>, String>;
+    /// Token ids of `text` continuing a sequence: nothing added in front. The default is
+    /// [`encode`](Self::encode), right for tokenizers that add nothing.
+    fn encode_continuation(&self, text: &str) -> std::result::Result<Vec<u32>, String> {
+        self.encode(text)
+    }
     /// The id appended after an output so the model learns to stop (`None`: nothing appended).
     fn eos_id(&self) -> Option<u32>;
 }
@@ -179,10 +185,15 @@ impl Dataset {
                 line,
                 what,
             };
-            let enc = |t: &str| tok.encode(t).map_err(|e| bad(format!("tokenizing: {e}")));
+            let tokenizing = |e: String| bad(format!("tokenizing: {e}"));
+            // The prompt starts the sequence (a BOS, where the tokenizer adds one, even before
+            // an empty prompt); the output continues it.
             let (mut input, mut output) = match &record {
-                Record::Pair { input, output } => (enc(input)?, enc(output)?),
-                Record::Text(text) => (Vec::new(), enc(text)?),
+                Record::Pair { input, output } => (
+                    tok.encode(input).map_err(tokenizing)?,
+                    tok.encode_continuation(output).map_err(tokenizing)?,
+                ),
+                Record::Text(text) => (Vec::new(), tok.encode(text).map_err(tokenizing)?),
             };
             if let Some(eos) = tok.eos_id() {
                 output.push(eos);

@@ -1,5 +1,5 @@
 //! GGUF files: the container reader, ggml dequantisation, and a [`TensorSource`] that serves a
-//! Llama-family checkpoint's weights in Hugging Face layout.
+//! checkpoint's weights in Hugging Face layout.
 
 mod dequant;
 mod reader;
@@ -17,6 +17,7 @@ pub use reader::{GgufError, GgufHeader, MetaValue, TensorInfo};
 pub use types::GgmlType;
 
 use crate::{
+    config::DecoderConfig,
     error::{ModelError, Result},
     source::{LayerWeight, LoadedTensor, TensorSource, WeightKey},
 };
@@ -60,7 +61,7 @@ impl GgufFile {
         self.header.metadata.get(key)
     }
 
-    /// `general.architecture`, e.g. `llama` or `qwen2`.
+    /// `general.architecture`, e.g. `llama` or `gemma3`.
     pub fn architecture(&self) -> Result<&str> {
         self.meta("general.architecture")
             .and_then(MetaValue::as_str)
@@ -117,7 +118,11 @@ pub fn gguf_name(key: WeightKey) -> String {
                 LayerWeight::QueryBias => "attn_q.bias",
                 LayerWeight::KeyBias => "attn_k.bias",
                 LayerWeight::ValueBias => "attn_v.bias",
+                LayerWeight::QueryNorm => "attn_q_norm.weight",
+                LayerWeight::KeyNorm => "attn_k_norm.weight",
+                LayerWeight::PostAttnNorm => "post_attention_norm.weight",
                 LayerWeight::MlpNorm => "ffn_norm.weight",
+                LayerWeight::PostMlpNorm => "post_ffw_norm.weight",
                 LayerWeight::Gate => "ffn_gate.weight",
                 LayerWeight::Up => "ffn_up.weight",
                 LayerWeight::Down => "ffn_down.weight",
@@ -145,26 +150,29 @@ pub fn unpermute_rotary_rows(values: &[f32], heads: usize, cols: usize) -> Vec<f
     out
 }
 
-/// Serves a GGUF checkpoint's weights in Hugging Face layout (Q/K rows un-permuted for the
-/// `llama` architecture, whose converter permutes them; other architectures store them as-is).
+/// Serves a GGUF checkpoint's weights in Hugging Face layout and values: Q/K rows un-permuted
+/// for the families whose converter permutes them ([`Family::gguf_rotary_permuted`](crate::family::Family::gguf_rotary_permuted)), and
+/// norm weights shifted back for those whose converter shifts them
+/// ([`Family::gguf_norm_shift`](crate::family::Family::gguf_norm_shift)).
 #[derive(Debug)]
 pub struct GgufSource {
     file: GgufFile,
     heads: usize,
     kv_heads: usize,
     permuted: bool,
+    norm_shift: f32,
 }
 
 impl GgufSource {
-    /// Wraps an open file; `heads` and `kv_heads` come from its configuration.
-    pub fn new(file: GgufFile, heads: usize, kv_heads: usize) -> Result<Self> {
-        let permuted = file.architecture()? == "llama";
-        Ok(Self {
+    /// Wraps an open file read with `config`.
+    pub fn new(file: GgufFile, config: &DecoderConfig) -> Self {
+        Self {
             file,
-            heads,
-            kv_heads,
-            permuted,
-        })
+            heads: config.num_heads,
+            kv_heads: config.num_kv_heads,
+            permuted: config.family.gguf_rotary_permuted(),
+            norm_shift: config.family.gguf_norm_shift(),
+        }
     }
 
     /// The underlying file.
@@ -205,6 +213,9 @@ impl TensorSource for GgufSource {
                     });
                 }
                 unpermute_rotary_rows(&values, heads, shape.iter().skip(1).product())
+            }
+            _ if key.is_norm() && self.norm_shift != 0.0 => {
+                values.into_iter().map(|v| v - self.norm_shift).collect()
             }
             _ => values,
         };

@@ -11,14 +11,33 @@ use serde_json::Value;
 /// test is skipped through [`peft_testing::skip`]: counted by `scripts/test.sh`, and a failure
 /// where `PEFT_NO_SKIP=1` (CI sets it).
 pub fn model_path() -> Option<PathBuf> {
-    let path = std::env::var_os("PEFT_MODEL")
+    real_model(
+        "PEFT_MODEL",
+        "SmolLM2-135M-Instruct.Q4_1.gguf",
+        "SmolLM2",
+        "",
+    )
+}
+
+/// The Gemma 3 270M GGUF, from `PEFT_GEMMA3_MODEL` or `models/`; a counted skip without it.
+pub fn gemma3_path() -> Option<PathBuf> {
+    real_model(
+        "PEFT_GEMMA3_MODEL",
+        "gemma-3-270m-q4_k_m.gguf",
+        "Gemma 3 270M",
+        " gemma3-270m",
+    )
+}
+
+fn real_model(var: &str, file: &str, what: &str, fetch_arg: &str) -> Option<PathBuf> {
+    let path = std::env::var_os(var)
         .map(PathBuf::from)
-        .unwrap_or_else(|| repo_root().join("models/SmolLM2-135M-Instruct.Q4_1.gguf"));
+        .unwrap_or_else(|| repo_root().join("models").join(file));
     if path.exists() {
         return Some(path);
     }
     peft_testing::skip(format!(
-        "SmolLM2 not found at {} (scripts/fetch-model.sh fetches it)",
+        "{what} not found at {} (scripts/fetch-model.sh{fetch_arg} fetches it)",
         path.display()
     ));
     None
@@ -39,9 +58,14 @@ pub fn read_json(relative: &str) -> Value {
     serde_json::from_str(&text).expect("fixture JSON")
 }
 
-/// The reference values written by scripts/reference/model_fixture.py.
+/// The reference values written by scripts/reference/model_fixture.py for SmolLM2.
 pub fn fixture() -> Value {
     read_json("crates/peft-models/tests/fixtures/smollm2_reference.json")
+}
+
+/// The reference values written by scripts/reference/model_fixture.py for Gemma 3 270M.
+pub fn gemma3_fixture() -> Value {
+    read_json("crates/peft-models/tests/fixtures/gemma3_270m_reference.json")
 }
 
 /// Largest |Δ| between `logits` (a full vocabulary row) and a reference entry holding
@@ -78,11 +102,12 @@ pub fn ids(v: &Value) -> Vec<u32> {
         .collect()
 }
 
-/// Runs the fixture's prompts on backend `B` and checks the last-position logits (within `tol`
-/// absolute) and 16 greedy tokens (identical) against Hugging Face. Returns the largest logit
-/// difference seen.
+/// Runs the prompts of `fx` (a model_fixture.py file) on backend `B` and checks the
+/// last-position logits (within `tol` absolute) and 16 greedy tokens (identical) against Hugging
+/// Face. Returns the largest logit difference seen.
 pub fn check_against_reference<B: peft_kernels::PrefixAttentionBackend>(
     path: &std::path::Path,
+    fx: &Value,
     device: &B::Device,
     tol: f64,
 ) -> f64 {
@@ -92,7 +117,6 @@ pub fn check_against_reference<B: peft_kernels::PrefixAttentionBackend>(
     };
     let ckpt = Checkpoint::open(path).expect("open");
     let model = ckpt.load::<B>(device).expect("load");
-    let fx = fixture();
     let stride = fx["sample_stride"].as_u64().expect("stride") as usize;
     let mut worst_seen = 0.0f64;
     for p in fx["prompts"].as_array().expect("prompts") {

@@ -1,4 +1,6 @@
-//! A Llama-family decoder (Llama, SmolLM, Mistral, Qwen2), generic over the backend.
+//! The decoder of every supported family (Llama, SmolLM, Mistral, Qwen 2/3, Gemma 3), generic over
+//! the backend. It reads only a [`DecoderConfig`] and its [`Features`](crate::config::Features),
+//! never the family.
 
 mod layer;
 mod linear;
@@ -18,15 +20,15 @@ pub use linear::FrozenLinear;
 pub use rope::{Rope, RopeSlice};
 
 use crate::{
-    config::LlamaConfig,
+    config::{AttentionKind, DecoderConfig, RopeScaling},
     error::{ModelError, Result},
     source::{LayerWeight, LoadedTensor, TensorSource, WeightKey},
 };
 use layer::LayerContext;
 
-/// A Llama-family decoder with its weights.
+/// A decoder with its weights.
 #[derive(Module, Debug)]
-pub struct Llama<B: PrefixAttentionBackend> {
+pub struct Decoder<B: PrefixAttentionBackend> {
     /// Token embedding `[vocab, hidden]`.
     pub embed: Embedding<B>,
     /// Decoder layers.
@@ -36,11 +38,13 @@ pub struct Llama<B: PrefixAttentionBackend> {
     /// LM head `[vocab, hidden]`: its own weight, or the embedding table when tied (in f32 the
     /// same tensor, not a copy).
     pub lm_head: FrozenLinear<B>,
-    /// RoPE tables (constants, not parameters).
+    /// RoPE tables (constants, not parameters) of the global layers.
     pub rope: Rope<B>,
+    /// RoPE of the sliding-window layers when their base differs (Gemma 3).
+    pub local_rope: Option<Rope<B>>,
     /// The configuration the weights were loaded with.
     #[module(skip)]
-    pub config: LlamaConfig,
+    pub config: DecoderConfig,
     /// The precision of the frozen linear weights.
     #[module(skip)]
     pub precision: WeightPrecision,
@@ -81,11 +85,31 @@ impl<B: PrefixAttentionBackend> Loader<'_, B> {
         ))
     }
 
-    fn norm(&self, key: WeightKey, len: usize, eps: f64) -> Result<RmsNorm<B>> {
+    /// An RMSNorm whose scale is the stored weight plus `offset` (Gemma's `1 + w`, added in f32
+    /// as transformers does).
+    fn norm(&self, key: WeightKey, len: usize, c: &DecoderConfig) -> Result<RmsNorm<B>> {
+        let offset = c.features.norm_weight_offset as f32;
+        let mut t = self.read(key, &[len])?;
+        if offset != 0.0 {
+            t.values.iter_mut().for_each(|v| *v += offset);
+        }
         Ok(RmsNorm {
-            gamma: Param::from_tensor(self.vector(key, len)?),
-            epsilon: eps,
+            gamma: Param::from_tensor(Tensor::from_data(
+                TensorData::new(t.values, [len]),
+                self.device,
+            )),
+            epsilon: c.rms_norm_eps,
         })
+    }
+
+    fn optional_norm(
+        &self,
+        present: bool,
+        key: WeightKey,
+        len: usize,
+        c: &DecoderConfig,
+    ) -> Result<Option<RmsNorm<B>>> {
+        present.then(|| self.norm(key, len, c)).transpose()
     }
 
     /// A projection stored `[out, in]` (Hugging Face and GGUF order), kept in that order as a
@@ -108,7 +132,7 @@ impl<B: PrefixAttentionBackend> Loader<'_, B> {
         Ok(FrozenLinear::new(stored, bias, self.precision))
     }
 
-    fn layer(&self, i: usize, c: &LlamaConfig) -> Result<DecoderLayer<B>> {
+    fn layer(&self, i: usize, c: &DecoderConfig) -> Result<DecoderLayer<B>> {
         let key = |w| WeightKey::Layer(i, w);
         let bias = |w| c.attention_bias.then(|| key(w));
         let (q, kv, h) = (
@@ -116,33 +140,54 @@ impl<B: PrefixAttentionBackend> Loader<'_, B> {
             c.num_kv_heads * c.head_dim,
             c.hidden_size,
         );
+        let f = &c.features;
+        let d = c.head_dim;
         Ok(DecoderLayer {
-            attn_norm: self.norm(key(LayerWeight::AttnNorm), h, c.rms_norm_eps)?,
+            attn_norm: self.norm(key(LayerWeight::AttnNorm), h, c)?,
             attn: Attention {
                 q: self.linear(key(LayerWeight::Query), q, bias(LayerWeight::QueryBias), h)?,
                 k: self.linear(key(LayerWeight::Key), kv, bias(LayerWeight::KeyBias), h)?,
                 v: self.linear(key(LayerWeight::Value), kv, bias(LayerWeight::ValueBias), h)?,
                 out: self.linear(key(LayerWeight::Output), h, None, q)?,
+                q_norm: self.optional_norm(f.qk_norm, key(LayerWeight::QueryNorm), d, c)?,
+                k_norm: self.optional_norm(f.qk_norm, key(LayerWeight::KeyNorm), d, c)?,
                 heads: c.num_heads,
                 kv_heads: c.num_kv_heads,
-                head_dim: c.head_dim,
+                head_dim: d,
+                scale: f.attention_scale,
+                window: c.window(i),
                 path: None,
             },
-            mlp_norm: self.norm(key(LayerWeight::MlpNorm), h, c.rms_norm_eps)?,
+            post_attn_norm: self.optional_norm(
+                f.sandwich_norms,
+                key(LayerWeight::PostAttnNorm),
+                h,
+                c,
+            )?,
+            mlp_norm: self.norm(key(LayerWeight::MlpNorm), h, c)?,
             mlp: Mlp {
+                activation: f.activation,
                 gate: self.linear(key(LayerWeight::Gate), c.intermediate_size, None, h)?,
                 up: self.linear(key(LayerWeight::Up), c.intermediate_size, None, h)?,
                 down: self.linear(key(LayerWeight::Down), h, None, c.intermediate_size)?,
             },
+            post_mlp_norm: self.optional_norm(
+                f.sandwich_norms,
+                key(LayerWeight::PostMlpNorm),
+                h,
+                c,
+            )?,
+            local_rope: c.layer_kind(i) == AttentionKind::Sliding
+                && f.local_rope_theta.is_some_and(|t| t != c.rope_theta),
         })
     }
 }
 
-impl<B: PrefixAttentionBackend> Llama<B> {
+impl<B: PrefixAttentionBackend> Decoder<B> {
     /// Loads the weights described by `config` from `source` onto `device`, the linear layers in
     /// f32 (numerically the model as the files hold it).
     pub fn load(
-        config: &LlamaConfig,
+        config: &DecoderConfig,
         source: &dyn TensorSource,
         device: &B::Device,
     ) -> Result<Self> {
@@ -153,7 +198,7 @@ impl<B: PrefixAttentionBackend> Llama<B> {
     /// multiplied in `precision`. Embeddings and norms stay f32, and so do activations between
     /// the products.
     pub fn load_with_precision(
-        config: &LlamaConfig,
+        config: &DecoderConfig,
         source: &dyn TensorSource,
         device: &B::Device,
         precision: WeightPrecision,
@@ -194,20 +239,29 @@ impl<B: PrefixAttentionBackend> Llama<B> {
                 config.hidden_size,
             )?
         };
+        let local_rope = layers.iter().any(|l| l.local_rope).then(|| {
+            Rope::new(
+                config.head_dim,
+                config.max_position_embeddings,
+                config
+                    .features
+                    .local_rope_theta
+                    .unwrap_or(config.rope_theta),
+                &RopeScaling::None,
+            )
+        });
         Ok(Self {
             embed,
             layers,
-            norm: loader.norm(
-                WeightKey::FinalNorm,
-                config.hidden_size,
-                config.rms_norm_eps,
-            )?,
+            norm: loader.norm(WeightKey::FinalNorm, config.hidden_size, config)?,
             lm_head,
             rope: Rope::new(
                 config.head_dim,
                 config.max_position_embeddings,
                 config.rope_theta,
+                &config.features.rope_scaling,
             ),
+            local_rope,
             config: config.clone(),
             precision,
         })
@@ -240,14 +294,13 @@ impl<B: PrefixAttentionBackend> Llama<B> {
         mut cache: Option<&mut KvCache<B>>,
     ) -> Tensor<B, 3> {
         let [b, l, _] = embeds.dims();
-        let rope = self.rope.slice(
-            positions,
-            b,
-            l,
-            self.config.num_heads,
-            self.config.num_kv_heads,
-            &embeds.device(),
-        );
+        let (heads, kv_heads) = (self.config.num_heads, self.config.num_kv_heads);
+        let device = embeds.device();
+        let rope = self.rope.slice(positions, b, l, heads, kv_heads, &device);
+        let local_rope = self
+            .local_rope
+            .as_ref()
+            .map(|r| r.slice(positions, b, l, heads, kv_heads, &device));
         let cache_lengths = cache.as_ref().and_then(|c| c.prefix_lengths().cloned());
         let prefix_lengths = prefix
             .and_then(|p| p.lengths.as_ref())
@@ -256,7 +309,10 @@ impl<B: PrefixAttentionBackend> Llama<B> {
         for (i, layer) in self.layers.iter().enumerate() {
             let cached_prefix = cache.as_ref().and_then(|c| c.prefix(i).cloned());
             let ctx = LayerContext {
-                rope: &rope,
+                rope: match (&local_rope, layer.local_rope) {
+                    (Some(local), true) => local,
+                    _ => &rope,
+                },
                 prefix: prefix.map(|p| &p.layers[i]).or(cached_prefix.as_ref()),
                 prefix_lengths,
                 key_lengths,
@@ -270,7 +326,7 @@ impl<B: PrefixAttentionBackend> Llama<B> {
     }
 }
 
-impl<B: PrefixAttentionBackend> CausalLm<B> for Llama<B> {
+impl<B: PrefixAttentionBackend> CausalLm<B> for Decoder<B> {
     fn dims(&self) -> ModelDims {
         let c = &self.config;
         ModelDims {
@@ -285,7 +341,19 @@ impl<B: PrefixAttentionBackend> CausalLm<B> for Llama<B> {
     }
 
     fn embed(&self, ids: Tensor<B, 2, Int>) -> Tensor<B, 3> {
-        self.embed.forward(ids)
+        let x = self.embed.forward(ids);
+        match self.config.features.embedding_scale {
+            // transformers multiplies by the scale cast to the weights' dtype (f32 here).
+            Some(scale) => x.mul_scalar(scale as f32),
+            None => x,
+        }
+    }
+
+    fn embedding_scale(&self) -> f64 {
+        self.config
+            .features
+            .embedding_scale
+            .map_or(1.0, |s| f64::from(s as f32))
     }
 
     fn embedding_table(&self) -> Tensor<B, 2> {

@@ -1,12 +1,17 @@
-//! One decoder layer: RMSNorm → grouped-query self-attention (RoPE, optional prefix) → residual
-//! → RMSNorm → SwiGLU MLP → residual.
+//! One decoder layer: RMSNorm → grouped-query self-attention (optional per-head q/k norms,
+//! RoPE, optional prefix, optional sliding window) → optional RMSNorm → residual → RMSNorm →
+//! gated MLP (SwiGLU or GeGLU) → optional RMSNorm → residual.
 
 use burn::{
     module::Module,
     nn::RmsNorm,
     tensor::{Int, Tensor},
 };
-use peft_kernels::{AttentionPath, PrefixAttention, PrefixAttentionBackend, rms_norm, swiglu};
+use peft_kernels::{
+    AttentionPath, PrefixAttention, PrefixAttentionBackend, layer_ops::geglu_tanh, rms_norm, swiglu,
+};
+
+use crate::config::Activation;
 
 use super::{
     linear::{FrozenLinear, linear, linears},
@@ -28,6 +33,10 @@ pub struct Attention<B: PrefixAttentionBackend> {
     pub v: FrozenLinear<B>,
     /// `[hidden, heads·head_dim]`.
     pub out: FrozenLinear<B>,
+    /// Per-head RMSNorm of the queries, before RoPE (Qwen 3, Gemma 3).
+    pub q_norm: Option<RmsNorm<B>>,
+    /// Per-head RMSNorm of the keys, before RoPE.
+    pub k_norm: Option<RmsNorm<B>>,
     /// Query heads.
     #[module(skip)]
     pub heads: usize,
@@ -37,14 +46,23 @@ pub struct Attention<B: PrefixAttentionBackend> {
     /// Dimension of one head.
     #[module(skip)]
     pub head_dim: usize,
+    /// Multiplier of `q·k`; `None`: `1/√head_dim`.
+    #[module(skip)]
+    pub scale: Option<f64>,
+    /// Sliding window; `None` for a global layer.
+    #[module(skip)]
+    pub window: Option<usize>,
     /// Attention implementation for this layer; `None` follows the process-wide setting.
     #[module(skip)]
     pub path: Option<AttentionPath>,
 }
 
-/// SwiGLU MLP: `down(silu(gate(x)) · up(x))`.
+/// Gated MLP: `down(act(gate(x)) · up(x))`, `act` SiLU (SwiGLU) or tanh-GELU (GeGLU).
 #[derive(Module, Debug)]
 pub struct Mlp<B: PrefixAttentionBackend> {
+    /// The gate's activation.
+    #[module(skip)]
+    pub activation: Activation,
     /// `[intermediate, hidden]` (`[out, in]`).
     pub gate: FrozenLinear<B>,
     /// `[intermediate, hidden]`.
@@ -60,10 +78,17 @@ pub struct DecoderLayer<B: PrefixAttentionBackend> {
     pub attn_norm: RmsNorm<B>,
     /// Self-attention.
     pub attn: Attention<B>,
+    /// Norm of the attention output before the residual add (Gemma 3).
+    pub post_attn_norm: Option<RmsNorm<B>>,
     /// Norm before the MLP.
     pub mlp_norm: RmsNorm<B>,
     /// Feed-forward block.
     pub mlp: Mlp<B>,
+    /// Norm of the MLP output before the residual add (Gemma 3).
+    pub post_mlp_norm: Option<RmsNorm<B>>,
+    /// Whether the layer takes the sliding-window RoPE tables (Gemma 3's local base).
+    #[module(skip)]
+    pub local_rope: bool,
 }
 
 /// What one layer attends to besides the new inputs.
@@ -86,8 +111,11 @@ impl<B: PrefixAttentionBackend> Attention<B> {
         let (h, kv, d) = (self.heads, self.kv_heads, self.head_dim);
         let heads = |t: Tensor<B, 3>, n: usize| t.reshape([b, l, n, d]).swap_dims(1, 2);
         let [q, k, v] = linears([&self.q, &self.k, &self.v], x);
-        let q = heads(rope.rotate_queries(q), h);
-        let k = heads(rope.rotate_keys(k), kv);
+        let q = heads(
+            rope.rotate_queries(head_norm(self.q_norm.as_ref(), q, d)),
+            h,
+        );
+        let k = heads(rope.rotate_keys(head_norm(self.k_norm.as_ref(), k, d)), kv);
         let v = heads(v, kv);
         (q, k, v)
     }
@@ -107,6 +135,12 @@ impl<B: PrefixAttentionBackend> Attention<B> {
         let mut op = PrefixAttention::new(q, k, v);
         if let Some(path) = self.path {
             op = op.with_path(path);
+        }
+        if let Some(scale) = self.scale {
+            op = op.with_scale(scale);
+        }
+        if let Some(window) = self.window {
+            op = op.with_window(window);
         }
         if let Some((pk, pv)) = ctx.prefix {
             op = op.with_prefix(pk.clone(), pv.clone());
@@ -128,7 +162,11 @@ impl<B: PrefixAttentionBackend> Attention<B> {
 impl<B: PrefixAttentionBackend> Mlp<B> {
     fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
         let [gate, up] = linears([&self.gate, &self.up], x);
-        linear(&self.down, swiglu(gate, up))
+        let hidden = match self.activation {
+            Activation::Silu => swiglu(gate, up),
+            Activation::GeluTanh => geglu_tanh(gate, up),
+        };
+        linear(&self.down, hidden)
     }
 }
 
@@ -140,9 +178,31 @@ impl<B: PrefixAttentionBackend> DecoderLayer<B> {
         ctx: &LayerContext<'_, B>,
         cache: Option<(&mut peft_core::KvCache<B>, usize)>,
     ) -> Tensor<B, 3> {
-        let h = x.clone() + self.attn.forward(norm(&self.attn_norm, x), ctx, cache);
-        h.clone() + self.mlp.forward(norm(&self.mlp_norm, h))
+        let attn = self
+            .attn
+            .forward(norm(&self.attn_norm, x.clone()), ctx, cache);
+        let h = x + maybe_norm(self.post_attn_norm.as_ref(), attn);
+        let mlp = self.mlp.forward(norm(&self.mlp_norm, h.clone()));
+        h + maybe_norm(self.post_mlp_norm.as_ref(), mlp)
     }
+}
+
+fn maybe_norm<B: PrefixAttentionBackend>(n: Option<&RmsNorm<B>>, x: Tensor<B, 3>) -> Tensor<B, 3> {
+    match n {
+        Some(n) => norm(n, x),
+        None => x,
+    }
+}
+
+/// `n` applied to each head of `x` `[B, L, heads·d]` (over the last `d` values).
+fn head_norm<B: PrefixAttentionBackend>(
+    n: Option<&RmsNorm<B>>,
+    x: Tensor<B, 3>,
+    d: usize,
+) -> Tensor<B, 3> {
+    let Some(n) = n else { return x };
+    let [b, l, width] = x.dims();
+    norm(n, x.reshape([b, l * width / d, d])).reshape([b, l, width])
 }
 
 /// `norm` applied to `x` through [`peft_kernels::rms_norm`] (host kernels on Flex; Burn's

@@ -13,6 +13,8 @@
 //! allocated for positions a pass does not use, however long the model's context.
 
 use burn::tensor::{Tensor, TensorData, backend::Backend};
+
+use crate::config::RopeScaling;
 use peft_core::Positions;
 use peft_kernels::LayerOpsBackend;
 
@@ -46,12 +48,16 @@ pub struct RopeSlice<B: Backend> {
 }
 
 impl<B: Backend> Rope<B> {
-    /// The embedding of a model with heads of `head_dim` and a context of `max_positions`.
-    pub fn new(head_dim: usize, max_positions: usize, theta: f64) -> Self {
+    /// The embedding of a model with heads of `head_dim` and a context of `max_positions`,
+    /// base `theta` and frequency `scaling`.
+    pub fn new(head_dim: usize, max_positions: usize, theta: f64, scaling: &RopeScaling) -> Self {
         let half = head_dim / 2;
         let theta = theta as f32;
         let inv_freq = (0..half)
-            .map(|i| 1.0 / theta.powf((2 * i) as f32 / head_dim as f32))
+            .map(|i| {
+                let f = 1.0 / theta.powf((2 * i) as f32 / head_dim as f32);
+                scale_frequency(f, i, scaling)
+            })
             .collect();
         Self {
             backend: std::marker::PhantomData,
@@ -134,6 +140,38 @@ impl<B: Backend> Rope<B> {
             query,
             key,
             head_dim: 2 * half,
+        }
+    }
+}
+
+/// Frequency `f` (the `i`-th) after `scaling`, in f32 as transformers computes it
+/// (`_compute_linear_scaling_rope_parameters`, `_compute_llama3_parameters`).
+fn scale_frequency(f: f32, i: usize, scaling: &RopeScaling) -> f32 {
+    match scaling {
+        RopeScaling::None => f,
+        RopeScaling::Linear { factor } => f / *factor as f32,
+        RopeScaling::Factors(factors) => f / factors[i],
+        RopeScaling::Llama3 {
+            factor,
+            low_freq_factor,
+            high_freq_factor,
+            original_max_position_embeddings: original,
+        } => {
+            let (factor, low, high, original) = (
+                *factor as f32,
+                *low_freq_factor as f32,
+                *high_freq_factor as f32,
+                *original as f32,
+            );
+            let wavelen = 2.0 * std::f32::consts::PI / f;
+            if wavelen > original / low {
+                f / factor
+            } else if wavelen < original / high {
+                f
+            } else {
+                let smooth = (original / wavelen - low) / (high - low);
+                (1.0 - smooth) * f / factor + smooth * f
+            }
         }
     }
 }
