@@ -34,6 +34,22 @@ fn host_kernels_run_by_default_and_match_the_oracle_on_the_sweep() {
     eprintln!("worst over the sweep: output {out:.1e} (abs), gradients {grad:.1e} (rel)");
 }
 
+/// Gemma 3's attention shape: one key/value head shared by four query heads of dimension 256
+/// (over the CubeCL kernels' limit, `CUBE_MAX_HEAD_DIM`; the host kernels take it), with a
+/// prefix, padding and a KV cache.
+#[test]
+fn host_kernels_take_gemma3_heads() {
+    assert!(peft_kernels::CUBE_MAX_HEAD_DIM < 256);
+    let dev = Default::default();
+    for c in [
+        Case::new(2, 4, 1, 17, 256, 20).key_lengths(vec![17, 6]),
+        Case::new(2, 4, 1, 1, 256, 20).keys(9),
+    ] {
+        let r = check::<Flex>(&c, 31, &dev, AttentionPath::Auto);
+        assert!(r.out < 1e-6 && r.grad < 1e-4, "{c:?}: {r:?}");
+    }
+}
+
 /// The model passes queries, keys and values as `[B, L, H, d]` projections viewed as
 /// `[B, H, L, d]` (swapped dimensions, not copied): the kernels read those strides in place and
 /// give the same bits as on contiguous inputs.

@@ -48,6 +48,74 @@ fn reference_op_with_analytic_backward_matches_oracle() {
     }
 }
 
+/// Sliding windows (Gemma 3's layers) on the reference path against the oracle: shorter than
+/// the prefix, than the sequence, with per-row prefixes, padded keys and a KV cache; the output
+/// and every gradient (prefix ones included) through autodiff of the composition.
+#[test]
+fn sliding_windows_match_the_oracle() {
+    let dev = Default::default();
+    let cases = [
+        Case::new(2, 4, 1, 12, 16, 6).window(4),
+        Case::new(2, 6, 2, 17, 32, 7)
+            .window(9)
+            .key_lengths(vec![17, 5]),
+        Case::new(3, 6, 2, 11, 32, 8)
+            .per_row_prefix(vec![8, 3, 0])
+            .window(6),
+        Case::new(2, 6, 3, 4, 32, 5).keys(13).window(7),
+        Case::new(2, 3, 1, 9, 8, 0).window(1),
+    ];
+    for c in cases {
+        let r = check::<Flex>(&c, 5, &dev, AttentionPath::Unfused);
+        assert!(r.passes(), "{c:?}: {r:?}");
+    }
+}
+
+/// A window that hides keys runs the reference path even when the fused one is asked for (the
+/// kernels take no window); one that hides nothing (`P + S ≤ window`) is dropped and the call
+/// runs fused.
+#[test]
+fn a_window_that_hides_keys_takes_the_reference_path() {
+    let dev = Default::default();
+    let hides = Case::new(2, 4, 1, 12, 16, 6).window(4);
+    let x = Inputs::random(&hides, 1);
+    let before = peft_kernels::path_counts();
+    let out = values(
+        op::<Flex>(
+            &hides,
+            &inputs::<Flex>(&hides, &x, &dev),
+            &dev,
+            AttentionPath::Fused,
+        )
+        .forward(),
+    );
+    let ran = peft_kernels::path_counts().since(before);
+    assert_eq!(
+        (ran.reference_forward, ran.fused_forward),
+        (1, 0),
+        "{ran:?}"
+    );
+    let (want, _) = forward(&hides, &x);
+    let err = peft_testing::max_abs_diff(&want, &out);
+    assert!(err < 1e-6, "windowed output off by {err:e}");
+
+    let wide = Case::new(2, 4, 1, 12, 16, 6).window(18);
+    let before = peft_kernels::path_counts();
+    let _ = op::<Flex>(
+        &wide,
+        &inputs::<Flex>(&wide, &x, &dev),
+        &dev,
+        AttentionPath::Fused,
+    )
+    .forward();
+    let ran = peft_kernels::path_counts().since(before);
+    assert_eq!(
+        (ran.reference_forward, ran.fused_forward),
+        (0, 1),
+        "{ran:?}"
+    );
+}
+
 #[test]
 fn empty_prefix_is_plain_causal_attention() {
     let dev = Default::default();

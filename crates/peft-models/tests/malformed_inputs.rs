@@ -237,3 +237,99 @@ fn missing_model_file_says_how_to_get_it() {
     assert!(matches!(err, ModelError::Io { .. }));
     assert!(err.to_string().contains("scripts/fetch-model.sh"), "{err}");
 }
+
+/// A copy of the tiny `family` fixture (tests/fixtures/families/) with `edit` applied to its
+/// `config.json`; returns the error of opening it.
+fn family_config_error(family: &str, edit: impl FnOnce(&mut serde_json::Value)) -> String {
+    let dir = TempDir::new(&format!("family-{family}"));
+    let src = common::repo_root()
+        .join("tests/fixtures/families")
+        .join(family);
+    for name in ["config.json", "model.safetensors", "tokenizer.json"] {
+        std::fs::copy(src.join(name), dir.0.join(name)).expect("copy");
+    }
+    let mut json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.0.join("config.json")).expect("read"))
+            .expect("json");
+    edit(&mut json);
+    dir.write("config.json", json.to_string().as_bytes());
+    load_error(&dir.0)
+}
+
+/// What the decoder does not implement is refused naming the field, never approximated.
+#[test]
+fn unsupported_family_features_are_refused_by_field() {
+    let msg = family_config_error("gemma3", |j| j["final_logit_softcapping"] = 30.0.into());
+    assert!(
+        msg.contains("`final_logit_softcapping`") && msg.contains("soft-capping"),
+        "{msg}"
+    );
+    let msg = family_config_error("gemma3", |j| j["hidden_activation"] = "gelu".into());
+    assert!(
+        msg.contains("`hidden_activation`") && msg.contains("gelu_pytorch_tanh"),
+        "{msg}"
+    );
+    let msg = family_config_error("gemma3", |j| {
+        j["layer_types"].as_array_mut().expect("list").pop();
+    });
+    assert!(
+        msg.contains("`layer_types`") && msg.contains("5 entries for 6 layers"),
+        "{msg}"
+    );
+    let msg = family_config_error("gemma3", |j| j["layer_types"][0] = "chunked".into());
+    assert!(msg.contains("`layer_types[0]`"), "{msg}");
+    let msg = family_config_error("llama3", |j| {
+        j["rope_parameters"]["rope_type"] = "yarn".into()
+    });
+    assert!(
+        msg.contains("`rope_parameters.rope_type`") && msg.contains("yarn"),
+        "{msg}"
+    );
+    let msg = family_config_error("llama3", |j| {
+        j["rope_parameters"]
+            .as_object_mut()
+            .expect("object")
+            .remove("low_freq_factor");
+    });
+    assert!(msg.contains("`rope_parameters.low_freq_factor`"), "{msg}");
+    let msg = family_config_error("qwen3", |j| j["model_type"] = "phi3".into());
+    assert!(
+        msg.contains("`model_type`") && msg.contains("phi3") && msg.contains("gemma3_text"),
+        "{msg}"
+    );
+}
+
+/// Family defaults where the file is silent, as transformers' config classes have them.
+#[test]
+fn family_defaults_follow_transformers() {
+    let open = |family: &str, edit: &dyn Fn(&mut serde_json::Value)| {
+        let dir = TempDir::new(&format!("defaults-{family}"));
+        let src = common::repo_root()
+            .join("tests/fixtures/families")
+            .join(family);
+        let mut json: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(src.join("config.json")).expect("read"))
+                .expect("json");
+        edit(&mut json);
+        let path = dir.write("config.json", json.to_string().as_bytes());
+        peft_models::DecoderConfig::from_hf_json(&path).expect("config")
+    };
+    // Qwen 3: head_dim 128 when absent (not hidden / heads).
+    let c = open("qwen3", &|j| {
+        j.as_object_mut().expect("object").remove("head_dim");
+    });
+    assert_eq!(c.head_dim, 128);
+    // Gemma 3: without layer_types, every sixth layer global; query_pre_attn_scalar sets the scale.
+    let c = open("gemma3", &|j| {
+        let o = j.as_object_mut().expect("object");
+        o.remove("layer_types");
+        o.insert("query_pre_attn_scalar".into(), 12.into());
+    });
+    let kinds: Vec<_> = (0..6).map(|i| c.layer_kind(i)).collect();
+    use peft_models::AttentionKind::{Global, Sliding};
+    assert_eq!(kinds, [Sliding, Sliding, Sliding, Sliding, Sliding, Global]);
+    assert_eq!(c.features.attention_scale, Some(12f64.powf(-0.5)));
+    // Qwen 2: q/k/v biases whatever the file says.
+    let c = open("qwen2", &|j| j["attention_bias"] = false.into());
+    assert!(c.attention_bias);
+}

@@ -18,6 +18,8 @@ pub struct Case {
     pub bp: usize,
     pub key_lengths: Option<Vec<usize>>,
     pub prefix_lengths: Option<Vec<usize>>,
+    /// Sliding window (`PrefixAttention::with_window`).
+    pub window: Option<usize>,
 }
 
 impl Case {
@@ -33,7 +35,12 @@ impl Case {
             bp: 1,
             key_lengths: None,
             prefix_lengths: None,
+            window: None,
         }
+    }
+    pub fn window(mut self, w: usize) -> Self {
+        self.window = Some(w);
+        self
     }
     pub fn keys(mut self, s: usize) -> Self {
         self.s = s;
@@ -89,12 +96,20 @@ impl Inputs {
 }
 
 /// Whether query `i` of row `bi` sees column `c` of `[prefix ; keys]`.
+/// Whether query `i` of row `bi` sees column `col` (prefix slots first). With a window `w`, the
+/// query sits at position `Pr + (S − L) + i` (`Pr` the row's prefix length), prefix slot `p` at
+/// `p` and sequence key `j` at `Pr + j`; a key is visible while the distance is under `w`.
 fn visible(c: &Case, bi: usize, i: usize, col: usize) -> bool {
+    let plen = c.prefix_lengths.as_ref().map_or(c.p, |lens| lens[bi]);
+    let query = plen + (c.s - c.l) + i;
+    let near = |pos: usize| c.window.is_none_or(|w| query - pos < w);
     if col < c.p {
-        c.prefix_lengths.as_ref().is_none_or(|lens| col < lens[bi])
+        col < plen && near(col)
     } else {
         let j = col - c.p;
-        j <= i + (c.s - c.l) && c.key_lengths.as_ref().is_none_or(|lens| j < lens[bi])
+        j <= i + (c.s - c.l)
+            && c.key_lengths.as_ref().is_none_or(|lens| j < lens[bi])
+            && near(plen + j)
     }
 }
 
@@ -439,6 +454,9 @@ pub fn op<B: PrefixAttentionBackend>(
     }
     if let Some(lens) = &c.prefix_lengths {
         op = op.with_prefix_lengths(lengths::<B>(lens, dev));
+    }
+    if let Some(w) = c.window {
+        op = op.with_window(w);
     }
     op
 }
