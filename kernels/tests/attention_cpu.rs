@@ -39,7 +39,7 @@ fn host_kernels_run_by_default_and_match_the_oracle_on_the_sweep() {
 /// prefix, padding and a KV cache.
 #[test]
 fn host_kernels_take_gemma3_heads() {
-    assert!(peft_kernels::CUBE_MAX_HEAD_DIM < 256);
+    const { assert!(peft_kernels::CUBE_MAX_HEAD_DIM < 256) };
     let dev = Default::default();
     for c in [
         Case::new(2, 4, 1, 17, 256, 20).key_lengths(vec![17, 6]),

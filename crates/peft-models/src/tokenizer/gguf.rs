@@ -248,13 +248,27 @@ fn respell(token: &str) -> String {
     }
 }
 
+/// Longest token whose merges are derived (Gemma 3's longest is 48 bytes): deriving them costs
+/// the square of a token's length, so a crafted file with one huge token is refused rather than
+/// left to run for hours.
+const MAX_TOKEN_BYTES: usize = 1024;
+
 /// Merges derived from the vocabulary order: for each token in id order (the last id of a
 /// spelling), every split into two vocabulary tokens, longest left part first.
-fn merges_from_vocab(spelled: &[String], vocab: &HashMap<&str, usize>) -> Vec<Value> {
+fn merges_from_vocab(
+    spelled: &[String],
+    vocab: &HashMap<&str, usize>,
+) -> std::result::Result<Vec<Value>, String> {
     let mut merges = Vec::new();
     for (id, tok) in spelled.iter().enumerate() {
         if vocab.get(tok.as_str()) != Some(&id) {
             continue;
+        }
+        if tok.len() > MAX_TOKEN_BYTES {
+            return Err(format!(
+                "tokenizer.ggml.tokens[{id}] is {} bytes long, over the {MAX_TOKEN_BYTES} bytes                  this reader derives merges for",
+                tok.len()
+            ));
         }
         let bounds: Vec<usize> = tok.char_indices().map(|(i, _)| i).skip(1).collect();
         for &at in bounds.iter().rev() {
@@ -264,7 +278,7 @@ fn merges_from_vocab(spelled: &[String], vocab: &HashMap<&str, usize>) -> Vec<Va
             }
         }
     }
-    merges
+    Ok(merges)
 }
 
 /// Gemma's SentencePiece vocabulary as BPE with byte fallback.
@@ -294,7 +308,7 @@ fn sentencepiece(
                 Ok(json!([a, b]))
             })
             .collect::<Result<Vec<_>>>()?,
-        None => merges_from_vocab(&spelled, &vocab),
+        None => merges_from_vocab(&spelled, &vocab).map_err(|e| meta.fail(e))?,
     };
     // Added tokens by id; a later rule overrides an earlier one's `special`.
     let mut added_by_id: BTreeMap<usize, (&str, bool)> = BTreeMap::new();
@@ -373,7 +387,7 @@ mod tests {
             .enumerate()
             .map(|(i, t)| (t.as_str(), i))
             .collect();
-        let merges = merges_from_vocab(&spelled, &vocab);
+        let merges = merges_from_vocab(&spelled, &vocab).expect("short tokens");
         assert_eq!(
             merges,
             vec![
@@ -383,5 +397,17 @@ mod tests {
                 json!(["b", "c"])
             ]
         );
+    }
+
+    #[test]
+    fn a_huge_token_is_refused_not_split() {
+        let spelled = vec!["a".to_string(), "a".repeat(MAX_TOKEN_BYTES + 1)];
+        let vocab: HashMap<&str, usize> = spelled
+            .iter()
+            .enumerate()
+            .map(|(i, t)| (t.as_str(), i))
+            .collect();
+        let err = merges_from_vocab(&spelled, &vocab).unwrap_err();
+        assert!(err.contains("tokenizer.ggml.tokens[1]"), "{err}");
     }
 }
