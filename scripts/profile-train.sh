@@ -6,13 +6,17 @@
 # batch 8 x 128, 20 virtual tokens, 2 threads.
 #
 #   scripts/profile-train.sh [METHOD]        # prompt (default), prefix or prefix-mlp
+#
+# MODEL=path (default: the CLI's, SmolLM2) profiles another model; STEPS=n (default 3) timed
+# steps after one warm-up step.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 method="${1:-prompt}"
 peft=target/release/peft
 export RAYON_NUM_THREADS=2
 args=(bench train --backend flex --method "$method" --batch-size 8 --seq-len 128
-  --virtual-tokens 20 --steps 3 --warmup 1 --json)
+  --virtual-tokens 20 --steps "${STEPS:-3}" --warmup 1 --json)
+if [ -n "${MODEL:-}" ]; then args+=(--model "$MODEL"); fi
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 for precision in f32 bf16; do

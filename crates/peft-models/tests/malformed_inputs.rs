@@ -264,6 +264,8 @@ fn unsupported_family_features_are_refused_by_field() {
         msg.contains("`final_logit_softcapping`") && msg.contains("soft-capping"),
         "{msg}"
     );
+    let msg = family_config_error("gemma3", |j| j["use_bidirectional_attention"] = true.into());
+    assert!(msg.contains("`use_bidirectional_attention`"), "{msg}");
     let msg = family_config_error("gemma3", |j| j["hidden_activation"] = "gelu".into());
     assert!(
         msg.contains("`hidden_activation`") && msg.contains("gelu_pytorch_tanh"),

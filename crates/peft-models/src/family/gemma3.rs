@@ -16,7 +16,7 @@ const PATTERN: usize = 6;
 const LOCAL_ROPE_THETA: f64 = 10_000.0;
 
 /// The features with transformers' defaults for a model of width `hidden`.
-pub(super) fn features(hidden: usize) -> Features {
+fn features(hidden: usize) -> Features {
     Features {
         qk_norm: true,
         sandwich_norms: true,
@@ -47,6 +47,13 @@ pub(super) fn read_hf(fields: &HfFields<'_>, config: &mut DecoderConfig) -> Resu
                 format!("soft-capping ({v}) is not supported (Gemma 3 has none)"),
             ));
         }
+    }
+    if fields.boolean("use_bidirectional_attention")? == Some(true) {
+        return Err(ModelError::config(
+            fields.path,
+            "use_bidirectional_attention",
+            "bidirectional attention (an encoder) is not a decoder this library tunes",
+        ));
     }
     if let Some(act) = fields.string("hidden_activation")?
         && act != "gelu_pytorch_tanh"

@@ -1,5 +1,5 @@
 //! The decoder families: each is one module that maps its checkpoints' configuration (Hugging
-//! Face `config.json`, GGUF metadata) onto [`DecoderConfig`] and [`Features`], and names the
+//! Face `config.json`, GGUF metadata) onto [`DecoderConfig`] and [`Features`](crate::config::Features), and names the
 //! weights its checkpoints spell differently. The decoder itself ([`crate::decoder`]) reads only
 //! the configuration, never the family; nothing outside this crate branches on one.
 //!
@@ -16,7 +16,7 @@ mod qwen2;
 mod qwen3;
 
 use crate::{
-    config::{DecoderConfig, Features, GgufMeta, HfFields},
+    config::{DecoderConfig, GgufMeta, HfFields},
     error::Result,
     source::LayerWeight,
 };
@@ -132,19 +132,6 @@ impl Family {
     /// Whether llama.cpp's converter permuted this family's Q/K rows to interleaved pairs.
     pub fn gguf_rotary_permuted(self) -> bool {
         self == Self::Llama
-    }
-
-    /// The [`Features`] of a checkpoint of this family with no other information (what
-    /// [`crate::RandomWeights`] and benchmarks build from sizes alone).
-    pub fn default_features(self, hidden_size: usize) -> Features {
-        match self {
-            Self::Llama | Self::Qwen2 => Features::default(),
-            Self::Qwen3 => Features {
-                qk_norm: true,
-                ..Features::default()
-            },
-            Self::Gemma3 => gemma3::features(hidden_size),
-        }
     }
 }
 
