@@ -727,3 +727,40 @@ fn bf16_precision_on_every_command() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `peft inspect MODEL`: a model (a Hugging Face directory or a GGUF file) is summarised —
+/// family, layer kinds, what each method trains — rather than read as an adapter.
+#[test]
+fn inspect_describes_a_model() {
+    let gemma = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/families/gemma3");
+    let dir = gemma.display().to_string();
+    let info = json(&ok(&["inspect", &dir, "--json", "--virtual-tokens", "10"]));
+    assert_eq!(info["family"], "Gemma3");
+    assert_eq!(info["architecture"], "gemma3_text");
+    assert_eq!(
+        [
+            &info["global_layers"],
+            &info["sliding_layers"],
+            &info["sliding_window"]
+        ],
+        [1, 5, 4]
+    );
+    let saved = |method: &str| {
+        info["methods"]
+            .as_array()
+            .expect("methods")
+            .iter()
+            .find(|m| m["method"] == method)
+            .map(|m| m["saved_values"].clone())
+    };
+    // 10 tokens × hidden 32; 10 slots × 6 layers × (key + value) × 1 head × 16.
+    assert_eq!(saved("prompt"), Some(320.into()));
+    assert_eq!(saved("prefix"), Some(1920.into()));
+    let text = ok(&["inspect", &gemma.join("model.gguf").display().to_string()]);
+    assert!(
+        text.contains("family:             gemma3")
+            && text.contains("1 global, 5 sliding-window (4) layers")
+            && text.contains("P + t − p < 4"),
+        "{text}"
+    );
+}

@@ -177,8 +177,9 @@ impl<B: PrefixAttentionBackend> Loader<'_, B> {
                 h,
                 c,
             )?,
-            local_rope: c.layer_kind(i) == AttentionKind::Sliding
-                && f.local_rope_theta.is_some_and(|t| t != c.rope_theta),
+            // Sliding layers take their own tables whenever the family gives them a base (even
+            // one equal to the global base: the global tables may be scaled, theirs are not).
+            local_rope: c.layer_kind(i) == AttentionKind::Sliding && f.local_rope_theta.is_some(),
         })
     }
 }
