@@ -9,7 +9,7 @@
 mod common;
 
 use burn::backend::Flex;
-use common::{gemma3_fixture, gemma3_path, ids};
+use common::{gemma3_fixture, gemma3_path};
 use peft_core::CausalLm;
 use peft_models::{AttentionKind, Checkpoint, Family};
 
@@ -18,29 +18,7 @@ const LOGIT_TOL: f64 = 1.5e-4;
 #[test]
 fn tokenizer_matches_hugging_face() {
     let Some(path) = gemma3_path() else { return };
-    let ckpt = Checkpoint::open(&path).expect("open");
-    let cases = gemma3_fixture()["tokenizer"]
-        .as_array()
-        .expect("cases")
-        .clone();
-    assert!(
-        cases.len() >= 40,
-        "SmolLM2's strings plus multilingual and code"
-    );
-    for case in cases {
-        let text = case["text"].as_str().expect("text");
-        let want = ids(&case["ids"]);
-        assert_eq!(
-            ckpt.tokenizer.encode(text).expect("encode"),
-            want,
-            "encode {text:?}"
-        );
-        assert_eq!(
-            ckpt.tokenizer.decode(&want).expect("decode"),
-            case["decoded"].as_str().expect("decoded"),
-            "decode {text:?}"
-        );
-    }
+    common::check_tokenizer(&path, &gemma3_fixture(), 40); // SmolLM2's strings plus multilingual and code
 }
 
 #[test]

@@ -23,23 +23,7 @@ const BF16_LOGIT_TOL: f64 = 0.3;
 #[test]
 fn tokenizer_matches_hugging_face() {
     let Some(path) = model_path() else { return };
-    let ckpt = Checkpoint::open(&path).expect("open");
-    let cases = fixture()["tokenizer"].as_array().expect("cases").clone();
-    assert!(cases.len() >= 30);
-    for case in cases {
-        let text = case["text"].as_str().expect("text");
-        let want = ids(&case["ids"]);
-        assert_eq!(
-            ckpt.tokenizer.encode(text).expect("encode"),
-            want,
-            "encode {text:?}"
-        );
-        assert_eq!(
-            ckpt.tokenizer.decode(&want).expect("decode"),
-            case["decoded"].as_str().expect("decoded"),
-            "decode {text:?}"
-        );
-    }
+    common::check_tokenizer(&path, &fixture(), 30);
 }
 
 #[test]

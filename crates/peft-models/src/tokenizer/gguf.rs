@@ -181,6 +181,20 @@ fn added(id: usize, content: &str, special: bool) -> Value {
            "rstrip": false, "normalized": false, "special": special})
 }
 
+/// `tokenizer.ggml.merges` as `[left, right]` pairs (pieces may contain spaces once split).
+fn file_merges(meta: &Meta<'_>) -> Result<Vec<Value>> {
+    meta.strings("tokenizer.ggml.merges")?
+        .iter()
+        .enumerate()
+        .map(|(i, m)| {
+            let (a, b) = m
+                .split_once(' ')
+                .ok_or_else(|| meta.fail(format!("merge {i} ({m:?}) is not two tokens")))?;
+            Ok(json!([a, b]))
+        })
+        .collect()
+}
+
 /// Byte-level BPE (`gpt2`): the file's vocabulary and merges; control and user-defined tokens
 /// added.
 fn byte_level(meta: &Meta<'_>, tokens: &[&str], types: &[i64]) -> Result<Value> {
@@ -202,7 +216,7 @@ fn byte_level(meta: &Meta<'_>, tokens: &[&str], types: &[i64]) -> Result<Value> 
             )));
         }
     };
-    let merges = meta.strings("tokenizer.ggml.merges")?;
+    let merges = file_merges(meta)?;
     let mut vocab = Map::with_capacity(tokens.len());
     let mut added_tokens = Vec::new();
     for (id, (tok, ty)) in tokens.iter().zip(types).enumerate() {
@@ -213,16 +227,6 @@ fn byte_level(meta: &Meta<'_>, tokens: &[&str], types: &[i64]) -> Result<Value> 
             added_tokens.push(added(id, tok, *ty == CONTROL));
         }
     }
-    let merges: Vec<Value> = merges
-        .iter()
-        .enumerate()
-        .map(|(i, m)| {
-            let (a, b) = m
-                .split_once(' ')
-                .ok_or_else(|| meta.fail(format!("merge {i} ({m:?}) is not two tokens")))?;
-            Ok(json!([a, b]))
-        })
-        .collect::<Result<_>>()?;
     Ok(json!({
         "version": "1.0",
         "truncation": null,
@@ -297,17 +301,7 @@ fn sentencepiece(
         .map(|(id, t)| (t.as_str(), id))
         .collect();
     let merges = match meta.get("tokenizer.ggml.merges") {
-        Some(_) => meta
-            .strings("tokenizer.ggml.merges")?
-            .iter()
-            .enumerate()
-            .map(|(i, m)| {
-                let (a, b) = m
-                    .split_once(' ')
-                    .ok_or_else(|| meta.fail(format!("merge {i} ({m:?}) is not two tokens")))?;
-                Ok(json!([a, b]))
-            })
-            .collect::<Result<Vec<_>>>()?,
+        Some(_) => file_merges(meta)?,
         None => merges_from_vocab(&spelled, &vocab).map_err(|e| meta.fail(e))?,
     };
     // Added tokens by id; a later rule overrides an earlier one's `special`.

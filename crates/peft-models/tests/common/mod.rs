@@ -102,6 +102,29 @@ pub fn ids(v: &Value) -> Vec<u32> {
         .collect()
 }
 
+/// Asserts that the tokenizer of the checkpoint at `path` encodes every string of `fx`'s
+/// `tokenizer` cases (a model_fixture.py file; at least `min_cases` of them) to Hugging Face's
+/// ids and decodes those ids to its text.
+pub fn check_tokenizer(path: &std::path::Path, fx: &Value, min_cases: usize) {
+    let ckpt = peft_models::Checkpoint::open(path).expect("open");
+    let cases = fx["tokenizer"].as_array().expect("cases");
+    assert!(cases.len() >= min_cases, "{} tokenizer cases", cases.len());
+    for case in cases {
+        let text = case["text"].as_str().expect("text");
+        let want = ids(&case["ids"]);
+        assert_eq!(
+            ckpt.tokenizer.encode(text).expect("encode"),
+            want,
+            "encode {text:?}"
+        );
+        assert_eq!(
+            ckpt.tokenizer.decode(&want).expect("decode"),
+            case["decoded"].as_str().expect("decoded"),
+            "decode {text:?}"
+        );
+    }
+}
+
 /// Runs the prompts of `fx` (a model_fixture.py file) on backend `B` and checks the
 /// last-position logits (within `tol` absolute) and 16 greedy tokens (identical) against Hugging
 /// Face. Returns the largest logit difference seen.
