@@ -21,6 +21,7 @@ use rayon::prelude::*;
 
 use super::{
     MIN_PARALLEL_MACS,
+    exp::exp,
     gemm::{MatMut, MatRef, Parallelism, matmul},
 };
 use crate::op::AttentionDims;
@@ -254,7 +255,7 @@ fn softmax(row: &mut [f32], prefix: usize, p: usize, seq: usize) -> f32 {
     }
     let mut sum = 0.0f32;
     for x in pre.iter_mut().chain(seqs.iter_mut()) {
-        *x = (*x - max).exp();
+        *x = exp(*x - max);
         sum += *x;
     }
     let inv = 1.0 / sum;
@@ -347,7 +348,7 @@ pub(crate) fn backward(
                     for (c, (x, y)) in prow.iter_mut().zip(dprow.iter_mut()).enumerate() {
                         let seen = if c < p { c < task.prefix } else { c - p < seq };
                         if seen {
-                            *x = (*x - row_lse).exp();
+                            *x = exp(*x - row_lse);
                             *y = *x * (*y - delta);
                         } else {
                             *x = 0.0;

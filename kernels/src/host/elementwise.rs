@@ -6,7 +6,7 @@
 
 use rayon::prelude::*;
 
-use super::parallel;
+use super::{exp::exp, parallel};
 
 /// Elements per Rayon task.
 const CHUNK: usize = 1 << 14;
@@ -96,7 +96,7 @@ pub(crate) fn rms_norm_backward(x: &[f32], w: &[f32], eps: f32, dy: &[f32]) -> V
 }
 
 fn sigmoid(x: f32) -> f32 {
-    1.0 / (1.0 + (-x).exp())
+    1.0 / (1.0 + exp(-x))
 }
 
 /// `gate·σ(gate)·up`, element-wise.

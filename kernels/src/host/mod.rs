@@ -1,6 +1,7 @@
 //! Kernels that run on the host CPU over plain f32 slices, on the Rayon threads: prefix
 //! attention (`attention`) and the checked strided products it is built from ([`gemm`]),
-//! RMSNorm and SwiGLU (`elementwise`). `flex` and `flex_ops` connect them to Burn's Flex
+//! RMSNorm and SwiGLU (`elementwise`), the LM head loss's row pass (`log_softmax`) and the
+//! vectorisable `exp` they share (`exp`). `flex` and `flex_ops` connect them to Burn's Flex
 //! backend, which runs everything else of a step.
 
 #[cfg(feature = "flex")]
@@ -8,12 +9,16 @@ pub(crate) mod attention;
 #[cfg(feature = "flex")]
 pub(crate) mod elementwise;
 #[cfg(feature = "flex")]
+pub(crate) mod exp;
+#[cfg(feature = "flex")]
 pub(crate) mod flex;
 #[cfg(feature = "flex")]
 mod flex_ops;
 #[cfg(feature = "flex")]
 pub(crate) mod flex_tensor;
 pub(crate) mod gemm;
+#[cfg(feature = "flex")]
+pub(crate) mod log_softmax;
 
 /// Element operations below which a call stays on the calling thread. A call from outside the
 /// Rayon pool hands its work to a worker and waits, which costs tens of microseconds: more than

@@ -50,9 +50,9 @@ impl<B: FrozenLinearBackend, C: CheckpointStrategy> FrozenLinearBackend for Auto
         ))
     }
 
-    /// One graph node: the inner backend's chunked forward, which also gives the per-row
-    /// log-sum-exp; the node keeps the input `[n, in]`, the targets and that `[n]`, and its
-    /// backward recomputes the logits chunk by chunk ([`cross_entropy`]).
+    /// One graph node: the inner backend's chunked pass ([`cross_entropy::log_probs`]), which,
+    /// when the node is tracked, also gives each row's input gradient `G` `[n, in]`; the node
+    /// keeps `G` alone, and its backward scales row `i` by the upstream gradient `dlpᵢ`.
     fn frozen_log_probs(
         x: Tensor<Self, 2>,
         weight: &FrozenWeight<Self>,
@@ -63,77 +63,47 @@ impl<B: FrozenLinearBackend, C: CheckpointStrategy> FrozenLinearBackend for Auto
         let x = x.into_primitive().tensor();
         let node = x.node.clone();
         let x: Tensor<B, 2> = Tensor::from_primitive(TensorPrimitive::Float(x.primitive));
-        let (log_probs, lse) =
-            cross_entropy::log_probs_forward::<B>(x.clone(), &inner, targets.clone());
-        let log_probs = log_probs.into_primitive().tensor();
         let out = match LogProbsBackward
             .prepare::<C>([node])
             .compute_bound()
             .stateful()
         {
-            OpsKind::Tracked(prep) => prep.finish(
-                LogProbsState {
-                    x,
-                    weight: inner,
-                    targets,
-                    lse,
-                },
-                log_probs,
-            ),
-            OpsKind::UnTracked(prep) => prep.finish(log_probs),
+            OpsKind::Tracked(prep) => {
+                let (log_probs, grad) = cross_entropy::log_probs::<B>(x, &inner, targets, true);
+                let grad = grad.unwrap_or_else(|| unreachable!("asked for the gradient"));
+                prep.finish(grad, log_probs.into_primitive().tensor())
+            }
+            OpsKind::UnTracked(prep) => {
+                let (log_probs, _) = cross_entropy::log_probs::<B>(x, &inner, targets, false);
+                prep.finish(log_probs.into_primitive().tensor())
+            }
         };
         Tensor::from_primitive(TensorPrimitive::Float(out))
     }
 
-    fn frozen_log_probs_backward(
-        x: Tensor<Self, 2>,
-        weight: &FrozenWeight<Self>,
+    fn target_log_softmax(
+        logits: Tensor<Self, 2>,
         targets: Tensor<Self, 1, Int>,
-        lse: Tensor<Self, 1>,
-        dlp: Tensor<Self, 1>,
-    ) -> Tensor<Self, 2> {
-        Tensor::from_inner(B::frozen_log_probs_backward(
-            x.inner(),
-            &weight.retensor(Tensor::inner),
-            targets.inner(),
-            lse.inner(),
-            dlp.inner(),
-        ))
+        grad: bool,
+    ) -> (Tensor<Self, 1>, Option<Tensor<Self, 2>>) {
+        let (lp, g) = B::target_log_softmax(logits.inner(), targets.inner(), grad);
+        (Tensor::from_inner(lp), g.map(Tensor::from_inner))
     }
-}
-
-/// What the backward of [`FrozenLinearBackend::frozen_log_probs`] needs.
-#[derive(Debug, Clone)]
-struct LogProbsState<B: FrozenLinearBackend> {
-    x: Tensor<B, 2>,
-    weight: FrozenWeight<B>,
-    targets: Tensor<B, 1, Int>,
-    lse: Tensor<B, 1>,
 }
 
 #[derive(Debug)]
 struct LogProbsBackward;
 
 impl<B: FrozenLinearBackend> Backward<B, 1> for LogProbsBackward {
-    type State = LogProbsState<B>;
+    /// The per-row input gradient `G` `[n, in]` of the log-probabilities.
+    type State = Tensor<B, 2>;
 
     fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
         let dlp = grads.consume::<B>(&ops.node);
         let [parent] = ops.parents;
         if let Some(node) = parent {
-            let LogProbsState {
-                x,
-                weight,
-                targets,
-                lse,
-            } = ops.state;
-            let dx = B::frozen_log_probs_backward(
-                x,
-                &weight,
-                targets,
-                lse,
-                Tensor::from_primitive(TensorPrimitive::Float(dlp)),
-            );
+            let dlp: Tensor<B, 1> = Tensor::from_primitive(TensorPrimitive::Float(dlp));
+            let dx = ops.state * dlp.unsqueeze_dim::<2>(1);
             grads.register::<B>(node.id, dx.into_primitive().tensor());
         }
     }

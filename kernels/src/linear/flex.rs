@@ -4,15 +4,19 @@ use std::sync::Arc;
 
 use burn::{
     backend::Flex,
-    tensor::{DType, Tensor},
+    tensor::{DType, Int, Tensor},
 };
 
-use crate::host::flex_tensor::{contiguous_f32, f32_values, from_f32};
+use crate::host::{
+    flex_tensor::{contiguous_f32, f32_values, from_f32},
+    log_softmax,
+};
 
 use super::{
     CpuPair, FrozenLinearBackend, FrozenWeight, Storage, WeightPrecision, burn_backward,
     burn_forward,
     cpu::{CpuKernel, PackedWeight},
+    cross_entropy::{record_host_pass, target_log_softmax_reference},
 };
 
 impl FrozenLinearBackend for Flex {
@@ -60,6 +64,41 @@ impl FrozenLinearBackend for Flex {
             Storage::Cpu(p) => product(dy, p.backward()),
             Storage::Tensor(_) => burn_backward(dy, weight),
         }
+    }
+
+    /// One pass per row on the Rayon threads ([`log_softmax`]), the gradient written over the
+    /// logits' own values. f32 logits with targets in range; anything else takes the
+    /// composition of Burn ops.
+    fn target_log_softmax(
+        logits: Tensor<Self, 2>,
+        targets: Tensor<Self, 1, Int>,
+        grad: bool,
+    ) -> (Tensor<Self, 1>, Option<Tensor<Self, 2>>) {
+        let [rows, width] = logits.dims();
+        let ids: Option<Vec<usize>> = targets
+            .to_data()
+            .convert::<i64>()
+            .into_vec::<i64>()
+            .ok()
+            .and_then(|v| {
+                v.into_iter()
+                    .map(|t| usize::try_from(t).ok().filter(|&t| t < width))
+                    .collect()
+            });
+        let (Some(ids), DType::F32) = (ids, logits.dtype()) else {
+            return target_log_softmax_reference(logits, targets, grad);
+        };
+        record_host_pass();
+        let device = logits.device();
+        let mut values = logits
+            .into_data()
+            .into_vec::<f32>()
+            .unwrap_or_else(|_| unreachable!("f32 logits checked above"));
+        let lp = log_softmax::target_log_softmax(&mut values, width, &ids, grad);
+        (
+            from_f32(lp, [rows]).to_device(&device),
+            grad.then(|| from_f32(values, [rows, width]).to_device(&device)),
+        )
     }
 }
 

@@ -218,26 +218,25 @@ pub trait FrozenLinearBackend: Backend {
 
     /// `log softmax(x·Wᵀ)[i, targets[i]]` `[n]` for `x` `[n, in]`: the log-likelihood of each
     /// target through an output layer such as the LM head, without a `[n, out]` tensor
-    /// (computed in chunks of rows, [`cross_entropy`]). Under `Autodiff` its backward gives the
-    /// input gradient only, again chunk by chunk.
+    /// (computed in chunks of rows, [`cross_entropy`]). Under `Autodiff` the forward also
+    /// computes each row's input gradient, chunk by chunk, and the backward only scales it.
     fn frozen_log_probs(
         x: Tensor<Self, 2>,
         weight: &FrozenWeight<Self>,
         targets: Tensor<Self, 1, Int>,
     ) -> Tensor<Self, 1> {
-        cross_entropy::log_probs_forward(x, weight, targets).0
+        cross_entropy::log_probs(x, weight, targets, false).0
     }
 
-    /// The input gradient of [`frozen_log_probs`](Self::frozen_log_probs) for upstream
-    /// gradient `dlp` `[n]`, from the forward's per-row log-sum-exp `lse` `[n]`.
-    fn frozen_log_probs_backward(
-        x: Tensor<Self, 2>,
-        weight: &FrozenWeight<Self>,
+    /// The row pass of [`frozen_log_probs`](Self::frozen_log_probs) over one chunk of logits
+    /// `[rows, out]`: `log softmax(logits)[i, targets[i]]` `[rows]` and, when `grad`, the
+    /// logits' gradient of it, `onehot(targets) − softmax(logits)` `[rows, out]`.
+    fn target_log_softmax(
+        logits: Tensor<Self, 2>,
         targets: Tensor<Self, 1, Int>,
-        lse: Tensor<Self, 1>,
-        dlp: Tensor<Self, 1>,
-    ) -> Tensor<Self, 2> {
-        cross_entropy::log_probs_backward(x, weight, targets, lse, dlp)
+        grad: bool,
+    ) -> (Tensor<Self, 1>, Option<Tensor<Self, 2>>) {
+        cross_entropy::target_log_softmax_reference(logits, targets, grad)
     }
 }
 
