@@ -239,3 +239,60 @@ fn transposed_packing_equals_packing_the_transpose() {
         }
     }
 }
+
+/// The vector rounding every product's input goes through equals the scalar rounding on every
+/// length (whole 32-value blocks and masked tails), on ties, NaN, infinities and the largest
+/// values; subnormal inputs, which `VCVTNE2PS2BF16` treats as zero, give zero of their sign
+/// there or their scalar rounding. On a CPU without AVX512-BF16 both sides are the scalar
+/// rounding.
+#[test]
+fn vector_bf16_rounding_equals_the_scalar_one() {
+    // The vector rounding runs where AVX512-BF16 does: a CPU that lists it must have it on.
+    if required().contains(&CpuKernel::Avx512Bf16) {
+        assert!(
+            CpuKernel::Avx512Bf16.is_available(),
+            "the CPU lists AVX512-BF16 but the crate does not detect it"
+        );
+    }
+    let mut rng = Rng::new(17);
+    let mut special = vec![
+        f32::NAN,
+        -f32::NAN,
+        f32::INFINITY,
+        f32::NEG_INFINITY,
+        f32::MAX,
+        -f32::MAX,
+        0.0,
+        -0.0,
+        f32::from_bits(0x3F80_8000), // a tie, rounds to even (down)
+        f32::from_bits(0x3F81_8000), // a tie, rounds to even (up)
+        f32::from_bits(0x3F80_8001),
+        f32::from_bits(0x7F7F_FFFF),
+    ];
+    special.extend(rng.f32s(200, 0.0).iter().map(|v| v * 1e4));
+    for len in (0..70).chain([special.len()]) {
+        let src: Vec<f32> = special.iter().cycle().take(len).copied().collect();
+        let mut dst = vec![0u16; len];
+        peft_kernels::linear::cpu::round_to_bf16(&src, &mut dst);
+        for (i, (&s, &d)) in src.iter().zip(&dst).enumerate() {
+            if s.is_nan() {
+                assert!(
+                    bf16_value(d).is_nan(),
+                    "length {len}, value {i}: NaN became {d:#06x}"
+                );
+            } else {
+                assert_eq!(d, bf16_bits(s), "length {len}, value {i}: {s:e}");
+            }
+        }
+    }
+    let sub = [f32::from_bits(1), -f32::from_bits(0x007F_FFFF)];
+    let mut dst = [0u16; 2];
+    peft_kernels::linear::cpu::round_to_bf16(&sub, &mut dst);
+    for (s, d) in sub.iter().zip(dst) {
+        let zero = if s.is_sign_negative() { 0x8000 } else { 0 };
+        assert!(
+            d == zero || d == bf16_bits(*s),
+            "subnormal {s:e} became {d:#06x}"
+        );
+    }
+}

@@ -9,7 +9,7 @@
 
 mod simd;
 
-use std::{cell::Cell, sync::OnceLock};
+use std::{cell::Cell, mem::MaybeUninit, sync::OnceLock};
 
 use rayon::prelude::*;
 
@@ -107,11 +107,10 @@ const AVX_PANELS: usize = 3;
 /// `f` rounded to bf16 (nearest, ties to even; NaN stays NaN), as its bits.
 pub fn bf16_bits(f: f32) -> u16 {
     let b = f.to_bits();
-    if f.is_nan() {
-        return ((b >> 16) as u16) | 0x0040;
-    }
-    let round = 0x7FFF + ((b >> 16) & 1);
-    (b.wrapping_add(round) >> 16) as u16
+    let rounded = (b.wrapping_add(0x7FFF + ((b >> 16) & 1)) >> 16) as u16;
+    let quiet = ((b >> 16) as u16) | 0x0040;
+    // A select, not an early return, so that loops over it vectorise.
+    if f.is_nan() { quiet } else { rounded }
 }
 
 /// The f32 value of bf16 bits.
@@ -254,53 +253,82 @@ impl PackedWeight {
 
     /// `x·Wᵀ` for `x` `[m, k]` row-major: `[m, n]` row-major, on the Rayon threads.
     ///
+    /// Each task rounds its own rows of `x` to bf16 into a buffer of its own (kept in cache for
+    /// its products) and writes its rows of the output once: nothing of size `m·n` or `m·k` is
+    /// zeroed or copied on the calling thread.
+    ///
     /// # Panics
     ///
     /// If `x.len() != m·k`.
     pub fn matmul_wt(&self, x: &[f32], m: usize) -> Vec<f32> {
         let (n, k) = (self.n, self.k);
         assert_eq!(x.len(), m * k, "x of {m} rows × {k} needs {} values", m * k);
-        let mut out = vec![0.0f32; m * n];
         count(self.kernel);
-        if m == 0 || n == 0 {
-            return out;
+        if m == 0 || n == 0 || k == 0 {
+            // An empty contraction sums nothing.
+            return vec![0.0; m * n];
         }
         match &self.data {
-            Packed::Rows(w) => portable(x, m, k, w, n, &mut out),
+            Packed::Rows(w) => {
+                let mut out = vec![0.0f32; m * n];
+                portable(x, m, k, w, n, &mut out);
+                out
+            }
             Packed::Panels { kpad, panels, data } => {
-                let rows = match self.kernel {
-                    CpuKernel::Amx => m.next_multiple_of(AMX_ROWS),
-                    _ => m,
-                };
-                let a = to_bf16_rows(x, m, k, rows, *kpad);
                 let p = Panels {
                     data,
                     kpad: *kpad,
                     panels: *panels,
                     n,
+                    k,
                 };
+                let mut out = Vec::with_capacity(m * n);
+                let dst = &mut out.spare_capacity_mut()[..m * n];
                 match self.kernel {
-                    CpuKernel::Amx => amx(&a, m, &p, &mut out),
-                    _ => avx512(&a, m, &p, &mut out),
+                    CpuKernel::Amx => amx(x, &p, dst),
+                    _ => avx512(x, &p, dst),
                 }
+                // SAFETY: `amx` and `avx512` wrote every element of `dst`, the first `m·n` of
+                // the capacity: each task covers all `n` columns of its rows (whole blocks by
+                // the kernels' stores, partial ones through their masks or the copy from the
+                // edge buffer) and the tasks cover all `m` rows.
+                unsafe { out.set_len(m * n) };
+                out
             }
         }
-        out
     }
 }
 
-/// `x` rounded to bf16, `rows` rows (zero past `m`) of `kpad` elements (zero past `k`).
-fn to_bf16_rows(x: &[f32], m: usize, k: usize, rows: usize, kpad: usize) -> Vec<u16> {
+/// Rows of `x` (rows of `k` values) rounded to bf16, `rows` rows (zero past those `x` holds)
+/// of `kpad` elements (zero past `k`).
+fn to_bf16_rows(x: &[f32], k: usize, rows: usize, kpad: usize) -> Vec<u16> {
     let mut a = vec![0u16; rows * kpad];
-    a.par_chunks_mut(kpad)
-        .take(m)
-        .zip(x.par_chunks(k))
-        .for_each(|(dst, src)| {
-            for (d, &s) in dst.iter_mut().zip(src) {
-                *d = bf16_bits(s);
-            }
-        });
+    for (dst, src) in a.chunks_exact_mut(kpad).zip(x.chunks_exact(k)) {
+        round_to_bf16(src, &mut dst[..k]);
+    }
     a
+}
+
+/// `src` rounded to bf16 into `dst` (same length): by `VCVTNE2PS2BF16` where the CPU has
+/// AVX512-BF16 (always, where these kernels run: AMX CPUs have it too), else [`bf16_bits`].
+/// The two differ only on subnormal inputs, which the instruction rounds to zero.
+pub fn round_to_bf16(src: &[f32], dst: &mut [u16]) {
+    assert_eq!(
+        src.len(),
+        dst.len(),
+        "bf16 rounding of {} values into {}",
+        src.len(),
+        dst.len()
+    );
+    #[cfg(target_arch = "x86_64")]
+    if simd::has_avx512_bf16() {
+        // SAFETY: the CPU has AVX512F and AVX512-BF16 (checked just above).
+        unsafe { simd::to_bf16_avx512(src, dst) };
+        return;
+    }
+    for (d, &s) in dst.iter_mut().zip(src) {
+        *d = bf16_bits(s);
+    }
 }
 
 /// A packed weight's panels, borrowed.
@@ -308,7 +336,10 @@ struct Panels<'a> {
     data: &'a [u16],
     kpad: usize,
     panels: usize,
+    /// Output columns.
     n: usize,
+    /// Contraction length before padding.
+    k: usize,
 }
 
 impl Panels<'_> {
@@ -325,17 +356,18 @@ fn rows_per_task(m: usize, block: usize) -> usize {
     blocks.div_ceil(tasks).max(1) * block
 }
 
-/// The AMX product. `a` holds `m` rows padded to a multiple of 32.
-fn amx(a: &[u16], m: usize, p: &Panels<'_>, out: &mut [f32]) {
+/// The AMX product `x·Pᵀ` into `out` (`x.len() / k` rows of `n`, every element written).
+fn amx(x: &[f32], p: &Panels<'_>, out: &mut [MaybeUninit<f32>]) {
     #[cfg(target_arch = "x86_64")]
     {
-        let (n, kpad) = (p.n, p.kpad);
+        let (n, k, kpad) = (p.n, p.k, p.kpad);
+        let m = out.len() / n;
         let task_rows = rows_per_task(m, AMX_ROWS);
         out.par_chunks_mut(task_rows * n)
-            .enumerate()
-            .for_each(|(t, out)| {
-                let row0 = t * task_rows;
+            .zip(x.par_chunks(task_rows * k))
+            .for_each(|(out, x)| {
                 let task_m = out.len() / n;
+                let a = to_bf16_rows(x, k, task_m.next_multiple_of(AMX_ROWS), kpad);
                 simd::amx_configure();
                 // A 32 × 32 block whose outputs fall partly outside `out` is stored here first.
                 let mut edge = [0.0f32; AMX_ROWS * 2 * PANEL];
@@ -348,10 +380,10 @@ fn amx(a: &[u16], m: usize, p: &Panels<'_>, out: &mut [f32]) {
                     let b0 = &p.data[2 * pair * p.panel_len()..(2 * pair + 2) * p.panel_len()];
                     for r in (0..task_m).step_by(AMX_ROWS) {
                         let rows = (task_m - r).min(AMX_ROWS);
-                        let a_rows = &a[(row0 + r) * kpad..(row0 + r + AMX_ROWS) * kpad];
+                        let a_rows = &a[r * kpad..(r + AMX_ROWS) * kpad];
                         let whole = rows == AMX_ROWS && cols == 2 * PANEL;
                         let (c, ldc) = if whole {
-                            (out[r * n + col0..].as_mut_ptr(), n * 4)
+                            (out[r * n + col0..].as_mut_ptr().cast::<f32>(), n * 4)
                         } else {
                             (edge.as_mut_ptr(), 2 * PANEL * 4)
                         };
@@ -359,7 +391,8 @@ fn amx(a: &[u16], m: usize, p: &Panels<'_>, out: &mut [f32]) {
                         // rows of `kpad` bf16 (`kpad / 32` blocks of 64 bytes) at stride
                         // `2·kpad` bytes; `b0` holds two panels of `kpad / 32` KiB; `c` is either
                         // `out` at row `r`, column `col0` with 32 rows of 32 columns left in
-                        // `out` (the block is whole), or the 32 × 32 `edge` buffer.
+                        // `out` (the block is whole; f32 and `MaybeUninit<f32>` share their
+                        // layout), or the 32 × 32 `edge` buffer.
                         unsafe {
                             simd::amx_block(
                                 a_rows.as_ptr(),
@@ -373,8 +406,10 @@ fn amx(a: &[u16], m: usize, p: &Panels<'_>, out: &mut [f32]) {
                         }
                         if !whole {
                             for i in 0..rows {
-                                out[(r + i) * n + col0..(r + i) * n + col0 + cols]
-                                    .copy_from_slice(&edge[i * 2 * PANEL..i * 2 * PANEL + cols]);
+                                let dst = &mut out[(r + i) * n + col0..][..cols];
+                                for (d, &v) in dst.iter_mut().zip(&edge[i * 2 * PANEL..]) {
+                                    d.write(v);
+                                }
                             }
                         }
                     }
@@ -384,24 +419,27 @@ fn amx(a: &[u16], m: usize, p: &Panels<'_>, out: &mut [f32]) {
     }
     #[cfg(not(target_arch = "x86_64"))]
     unreachable!(
-        "the AMX kernel is never available off x86_64: {m} {} {}",
+        "the AMX kernel is never available off x86_64: {} {} {}",
+        x.len(),
         p.n,
         out.len()
     );
 }
 
-/// The AVX512-BF16 product.
-fn avx512(a: &[u16], m: usize, p: &Panels<'_>, out: &mut [f32]) {
+/// The AVX512-BF16 product `x·Pᵀ` into `out` (`x.len() / k` rows of `n`, every element
+/// written).
+fn avx512(x: &[f32], p: &Panels<'_>, out: &mut [MaybeUninit<f32>]) {
     #[cfg(target_arch = "x86_64")]
     {
-        let (n, kpad) = (p.n, p.kpad);
+        let (n, k, kpad) = (p.n, p.k, p.kpad);
+        let m = out.len() / n;
         let used_panels = n.div_ceil(PANEL);
         let task_rows = rows_per_task(m, AVX_ROWS);
         out.par_chunks_mut(task_rows * n)
-            .enumerate()
-            .for_each(|(t, out)| {
-                let row0 = t * task_rows;
+            .zip(x.par_chunks(task_rows * k))
+            .for_each(|(out, x)| {
                 let task_m = out.len() / n;
+                let a = to_bf16_rows(x, k, task_m, kpad);
                 for p0 in (0..used_panels).step_by(AVX_PANELS) {
                     let np = (used_panels - p0).min(AVX_PANELS);
                     let last_cols = n - (p0 + np - 1) * PANEL;
@@ -409,7 +447,7 @@ fn avx512(a: &[u16], m: usize, p: &Panels<'_>, out: &mut [f32]) {
                     let b = &p.data[p0 * p.panel_len()..(p0 + np) * p.panel_len()];
                     for r in (0..task_m).step_by(AVX_ROWS) {
                         let mr = (task_m - r).min(AVX_ROWS);
-                        let a_rows = &a[(row0 + r) * kpad..(row0 + r + mr) * kpad];
+                        let a_rows = &a[r * kpad..(r + mr) * kpad];
                         let c = &mut out[r * n + p0 * PANEL..];
                         // SAFETY: AVX512-BF16 is available (checked when the weight was packed
                         // for this kernel); `a_rows` holds `mr` rows of `kpad` bf16; `b` holds
@@ -423,7 +461,8 @@ fn avx512(a: &[u16], m: usize, p: &Panels<'_>, out: &mut [f32]) {
     }
     #[cfg(not(target_arch = "x86_64"))]
     unreachable!(
-        "the AVX512-BF16 kernel is never available off x86_64: {m} {} {}",
+        "the AVX512-BF16 kernel is never available off x86_64: {} {} {}",
+        x.len(),
         p.n,
         out.len()
     );
@@ -443,17 +482,18 @@ unsafe fn avx512_dispatch(
     lda: usize,
     b: &[u16],
     p: &Panels<'_>,
-    c: &mut [f32],
+    c: &mut [MaybeUninit<f32>],
     ldc: usize,
     last_cols: usize,
 ) {
+    let c = c.as_mut_ptr().cast::<f32>();
     macro_rules! call {
         ($($mr:literal),*) => {
             match (mr, np) {
                 $(
-                    ($mr, 1) => simd::avx512_block::<$mr, 1>(a.as_ptr(), lda, b.as_ptr(), p.panel_len(), p.kpad / 2, c.as_mut_ptr(), ldc, last_cols),
-                    ($mr, 2) => simd::avx512_block::<$mr, 2>(a.as_ptr(), lda, b.as_ptr(), p.panel_len(), p.kpad / 2, c.as_mut_ptr(), ldc, last_cols),
-                    ($mr, 3) => simd::avx512_block::<$mr, 3>(a.as_ptr(), lda, b.as_ptr(), p.panel_len(), p.kpad / 2, c.as_mut_ptr(), ldc, last_cols),
+                    ($mr, 1) => simd::avx512_block::<$mr, 1>(a.as_ptr(), lda, b.as_ptr(), p.panel_len(), p.kpad / 2, c, ldc, last_cols),
+                    ($mr, 2) => simd::avx512_block::<$mr, 2>(a.as_ptr(), lda, b.as_ptr(), p.panel_len(), p.kpad / 2, c, ldc, last_cols),
+                    ($mr, 3) => simd::avx512_block::<$mr, 3>(a.as_ptr(), lda, b.as_ptr(), p.panel_len(), p.kpad / 2, c, ldc, last_cols),
                 )*
                 _ => unreachable!("blocks are 1–8 rows of 1–3 panels, not {mr} × {np}"),
             }

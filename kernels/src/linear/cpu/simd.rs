@@ -220,6 +220,57 @@ pub(super) unsafe fn avx512_block<const MR: usize, const NP: usize>(
     }
 }
 
+/// `src` rounded to bf16 (nearest, ties to even) into `dst`, 32 values per `VCVTNE2PS2BF16`.
+/// NaN becomes a quiet NaN; subnormal inputs become zero of the same sign (the instruction
+/// treats them as zero), which no product here can tell from their bf16 rounding (below
+/// 1.2e-38).
+///
+/// # Safety
+///
+/// The CPU has AVX512F and AVX512-BF16.
+///
+/// # Panics
+///
+/// If `src` and `dst` differ in length.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bf16")]
+pub(super) unsafe fn to_bf16_avx512(src: &[f32], dst: &mut [u16]) {
+    use std::arch::x86_64::*;
+    assert_eq!(
+        src.len(),
+        dst.len(),
+        "bf16 rounding of {} values into {}",
+        src.len(),
+        dst.len()
+    );
+    let (mut s, mut d) = (src.chunks_exact(32), dst.chunks_exact_mut(32));
+    for (s, d) in (&mut s).zip(&mut d) {
+        // SAFETY: `s` holds 32 f32 and `d` 32 u16 (chunks_exact); unaligned loads and stores
+        // are allowed.
+        unsafe {
+            let lo = _mm512_loadu_ps(s.as_ptr());
+            let hi = _mm512_loadu_ps(s.as_ptr().add(16));
+            let v: __m512i = std::mem::transmute(_mm512_cvtne2ps_pbh(hi, lo));
+            _mm512_storeu_si512(d.as_mut_ptr().cast(), v);
+        }
+    }
+    let (s, d) = (s.remainder(), d.into_remainder());
+    if !s.is_empty() {
+        let n = s.len();
+        let lo_mask: __mmask16 = if n >= 16 { 0xFFFF } else { (1u16 << n) - 1 };
+        let hi_mask: __mmask16 = if n > 16 { (1u16 << (n - 16)) - 1 } else { 0 };
+        let out_mask: __mmask32 = (1u32 << n) - 1;
+        // SAFETY: the masks select the `n < 32` values `s` and `d` hold; masked-off lanes are
+        // neither read nor written.
+        unsafe {
+            let lo = _mm512_maskz_loadu_ps(lo_mask, s.as_ptr());
+            let hi = _mm512_maskz_loadu_ps(hi_mask, s.as_ptr().wrapping_add(16));
+            let v: __m512i = std::mem::transmute(_mm512_cvtne2ps_pbh(hi, lo));
+            _mm512_mask_storeu_epi16(d.as_mut_ptr().cast(), out_mask, v);
+        }
+    }
+}
+
 /// The 32 bf16 lanes of a 512-bit integer vector.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bf16")]
