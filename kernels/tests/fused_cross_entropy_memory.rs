@@ -19,7 +19,7 @@ type Ad = Autodiff<Flex>;
 
 #[test]
 fn no_rows_by_vocab_tensor_is_allocated() {
-    let (n, h, vocab) = (400, 16, 50_000);
+    let (n, h, vocab) = (1200, 16, 50_000);
     let device = Default::default();
     let w = Ad::frozen_weight(
         Tensor::from_data(

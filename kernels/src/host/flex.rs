@@ -1,6 +1,7 @@
 //! Flex's prefix attention: the host kernels of [`super::attention`] read Flex's f32 storage in
 //! place (any layout with non-negative strides, so the model's `[B, L, H, d]` projections viewed
-//! as `[B, H, L, d]` are not copied first) and return new row-major tensors.
+//! as `[B, H, L, d]` are not copied first) and return new tensors stored `[B, L, H, d]`, viewed
+//! as `[B, H, L, d]`, so that the model's way back to `[B, L, H·d]` is not a copy either.
 //!
 //! Tensors of another float dtype take the reference path, counted as such
 //! ([`crate::path_counts`]).
@@ -10,6 +11,7 @@ use burn::{
     tensor::{DType, Int, Tensor, ops::FloatTensor},
 };
 use burn_flex::FlexTensor;
+use rayon::prelude::*;
 
 use super::{
     attention::{self, HostArgs, View4},
@@ -86,6 +88,28 @@ fn tensor<const D: usize>(values: Vec<f32>, shape: [usize; D]) -> FlexTensor {
     from_f32(values, shape).into_primitive().tensor()
 }
 
+/// `[b, h, l, d]` row-major values as a `[b, h, l, d]` tensor stored `[b, l, h, d]` (a view with
+/// dimensions 1 and 2 swapped): the layout of the projections the model makes heads of, so
+/// its `swap_dims(1, 2)` and reshape to `[b, l, h·d]` after the attention (forward, and the
+/// autodiff backward of the projections' reshape) need no copy. The values are moved over on
+/// the Rayon threads, one `[h, d]` row of the new layout per item.
+fn sequence_major(values: Vec<f32>, [b, h, l, d]: [usize; 4]) -> FlexTensor {
+    let mut moved = vec![0.0f32; values.len()];
+    if d > 0 && h > 0 {
+        moved
+            .par_chunks_mut(h * d)
+            .enumerate()
+            .for_each(|(row, dst)| {
+                let (bi, li) = (row / l.max(1), row % l.max(1));
+                for (hi, dst) in dst.chunks_exact_mut(d).enumerate() {
+                    let src = ((bi * h + hi) * l + li) * d;
+                    dst.copy_from_slice(&values[src..src + d]);
+                }
+            });
+    }
+    tensor(moved, [b, l, h, d]).transpose(1, 2)
+}
+
 /// [`crate::PrefixAttentionBackend::prefix_attention_forward`] for Flex.
 pub(crate) fn forward(args: PrefixAttentionArgs<Flex>) -> (FloatTensor<Flex>, FloatTensor<Flex>) {
     let Some(tensors) = Prepared::host_inputs(&args) else {
@@ -98,7 +122,7 @@ pub(crate) fn forward(args: PrefixAttentionArgs<Flex>) -> (FloatTensor<Flex>, Fl
     let d = host.dims;
     let (out, lse) = attention::forward(&host);
     (
-        tensor(out, [d.batch, d.heads, d.queries, d.head_dim]),
+        sequence_major(out, [d.batch, d.heads, d.queries, d.head_dim]),
         tensor(lse, [d.batch, d.heads, d.queries]),
     )
 }
@@ -131,9 +155,9 @@ pub(crate) fn backward(
         None => (None, None),
     };
     AttentionGrads {
-        query: tensor(g.query, [d.batch, d.heads, d.queries, d.head_dim]),
-        key: tensor(g.key, kv),
-        value: tensor(g.value, kv),
+        query: sequence_major(g.query, [d.batch, d.heads, d.queries, d.head_dim]),
+        key: sequence_major(g.key, kv),
+        value: sequence_major(g.value, kv),
         prefix_key,
         prefix_value,
     }

@@ -348,11 +348,21 @@ impl Panels<'_> {
     }
 }
 
+/// Packed weights larger than this (about the L2 cache of one core of the machines this
+/// project runs on) are split over the threads in one task each: each task streams the whole
+/// weight once, so more tasks would stream it more often.
+const LARGE_WEIGHT_BYTES: usize = 2 << 20;
+
 /// The rows of the output each task computes: whole blocks of `block` rows, about four tasks
-/// per thread so that uneven blocks even out.
-fn rows_per_task(m: usize, block: usize) -> usize {
+/// per thread so that uneven blocks even out, or one per thread for a large weight.
+fn rows_per_task(m: usize, block: usize, p: &Panels<'_>) -> usize {
     let blocks = m.div_ceil(block);
-    let tasks = (4 * rayon::current_num_threads()).max(1);
+    let per_thread = if p.data.len() * 2 > LARGE_WEIGHT_BYTES {
+        1
+    } else {
+        4
+    };
+    let tasks = (per_thread * rayon::current_num_threads()).max(1);
     blocks.div_ceil(tasks).max(1) * block
 }
 
@@ -362,7 +372,7 @@ fn amx(x: &[f32], p: &Panels<'_>, out: &mut [MaybeUninit<f32>]) {
     {
         let (n, k, kpad) = (p.n, p.k, p.kpad);
         let m = out.len() / n;
-        let task_rows = rows_per_task(m, AMX_ROWS);
+        let task_rows = rows_per_task(m, AMX_ROWS, p);
         out.par_chunks_mut(task_rows * n)
             .zip(x.par_chunks(task_rows * k))
             .for_each(|(out, x)| {
@@ -434,7 +444,7 @@ fn avx512(x: &[f32], p: &Panels<'_>, out: &mut [MaybeUninit<f32>]) {
         let (n, k, kpad) = (p.n, p.k, p.kpad);
         let m = out.len() / n;
         let used_panels = n.div_ceil(PANEL);
-        let task_rows = rows_per_task(m, AVX_ROWS);
+        let task_rows = rows_per_task(m, AVX_ROWS, p);
         out.par_chunks_mut(task_rows * n)
             .zip(x.par_chunks(task_rows * k))
             .for_each(|(out, x)| {
