@@ -611,7 +611,7 @@ fn bf16_precision_on_every_command() {
         data.display().to_string(),
         out.display().to_string(),
     );
-    ok(&[
+    let trained = peft(&[
         "train",
         "--model",
         &model,
@@ -630,6 +630,13 @@ fn bf16_precision_on_every_command() {
         "--precision",
         "bf16",
     ]);
+    let log = String::from_utf8_lossy(&trained.stderr);
+    assert!(trained.status.success(), "bf16 training failed:\n{log}");
+    let kernel = peft_kernels::linear::cpu::CpuKernel::best();
+    assert!(
+        log.contains(&kernel.note()),
+        "training names the bf16 kernel ({kernel}):\n{log}"
+    );
     let settings = settings_of(&out);
     assert_eq!(settings["precision"], "bf16");
     ok(&["train", "--resume", &out_s, "--steps", "3"]);

@@ -66,7 +66,7 @@ impl BackendVisitor for Run {
     fn visit<B: PrefixAttentionBackend>(self, device: B::Device) -> Result<()> {
         let a = self.0;
         let ckpt = crate::commands::open_model(&a.model)?;
-        let model = ckpt.load_with_precision::<B>(&device, a.precision)?;
+        let model = crate::commands::load_model::<B>(&ckpt, &device, a.precision)?;
         let adapter: Option<Adapter<B>> = match &a.adapter {
             Some(dir) => Some(
                 load_adapter(dir, &model.dims(), &device)

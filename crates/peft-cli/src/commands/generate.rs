@@ -75,7 +75,7 @@ impl BackendVisitor for Run {
     fn visit<B: PrefixAttentionBackend>(self, device: B::Device) -> Result<()> {
         let args = self.0;
         let ckpt = crate::commands::open_model(&args.model)?;
-        let model = ckpt.load_with_precision::<B>(&device, args.precision)?;
+        let model = crate::commands::load_model::<B>(&ckpt, &device, args.precision)?;
         let prompt_ids = ckpt.tokenizer.encode(&args.prompt)?;
         let sampling = if args.temperature.is_some() || args.top_p.is_some() || args.top_k.is_some()
         {

@@ -10,12 +10,32 @@ pub mod train;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
-use peft_models::Checkpoint;
+use peft_kernels::{PrefixAttentionBackend, WeightPrecision};
+use peft_models::{Checkpoint, Decoder};
 
 /// Opens the model checkpoint at `path` (GGUF file or Hugging Face directory), with the path in
 /// the error.
 pub fn open_model(path: &Path) -> Result<Checkpoint> {
     Checkpoint::open(path).with_context(|| format!("opening model {}", path.display()))
+}
+
+/// Loads `ckpt`'s model in `precision` on `device`. Where bf16 weights run on the portable CPU
+/// kernel (no AMX, no AVX512-BF16), says on stderr that they bring nothing here.
+pub fn load_model<B: PrefixAttentionBackend>(
+    ckpt: &Checkpoint,
+    device: &B::Device,
+    precision: WeightPrecision,
+) -> Result<Decoder<B>> {
+    let model = ckpt.load_with_precision::<B>(device, precision)?;
+    if let Some(kernel) = model
+        .lm_head
+        .weight
+        .cpu_kernel()
+        .filter(|k| !k.uses_bf16_unit())
+    {
+        eprintln!("{}", kernel.note());
+    }
+    Ok(model)
 }
 
 /// Training checkpoints kept next to an adapter (`DIR/checkpoints/step-*`), oldest first.

@@ -571,6 +571,9 @@ fn train<B: PrefixAttentionAutodiffBackend>(run: Run, device: &B::Device) -> Res
                 "{} on {} — {params}{peers}",
                 s.method, ckpt.config.architecture
             );
+            if let Some(kernel) = model.lm_head.weight.cpu_kernel() {
+                eprintln!("{}", kernel.note());
+            }
         }
         let save = SaveOptions {
             base_model: Some(s.model.display().to_string()),

@@ -5,7 +5,8 @@
 //! order of the f32 sums.
 //!
 //! `x` is rounded to bf16 (nearest, ties to even) on the way in, once per call; the weight once,
-//! at packing. All `unsafe` is in [`simd`].
+//! at packing. The intrinsics are in [`simd`]; this module calls them and hands the kernels
+//! uninitialised output (each call with a `SAFETY:` comment).
 
 mod simd;
 
@@ -52,6 +53,26 @@ impl CpuKernel {
     /// Products this kernel computed for the calling thread so far ([`kernel_calls`]).
     pub fn calls(self) -> u64 {
         kernel_calls()[self as usize]
+    }
+
+    /// Whether the kernel multiplies on a bf16 unit of the CPU (AMX or AVX512-BF16). The
+    /// portable kernel multiplies bf16-rounded values in f32: no faster than f32 products.
+    pub fn uses_bf16_unit(self) -> bool {
+        !matches!(self, Self::Portable)
+    }
+
+    /// One line for users on what bf16 weights run on, e.g. `bf16 products: amx`; for the
+    /// portable kernel it says that bf16 brings no speed on this CPU.
+    pub fn note(self) -> String {
+        if self.uses_bf16_unit() {
+            format!("bf16 products: {self}")
+        } else {
+            format!(
+                "bf16 products: {self} (this CPU has neither AMX nor AVX512-BF16: the weights \
+                 are held as bf16-rounded f32 values, no faster than --precision f32 and \
+                 larger in memory)"
+            )
+        }
     }
 
     /// Its name, as benchmarks and errors print it.
@@ -282,21 +303,83 @@ impl PackedWeight {
                     n,
                     k,
                 };
-                let mut out = Vec::with_capacity(m * n);
-                let dst = &mut out.spare_capacity_mut()[..m * n];
-                match self.kernel {
-                    CpuKernel::Amx => amx(x, &p, dst),
-                    _ => avx512(x, &p, dst),
+                let (kernel, block): (PanelKernel, usize) = match self.kernel {
+                    CpuKernel::Amx => (amx, AMX_ROWS),
+                    _ => (avx512, AVX_ROWS),
+                };
+                let groups = column_groups(m, block, &p, rayon::current_num_threads());
+                // SAFETY: `amx` and `avx512` write every element of the slice they are given:
+                // they split it into tasks of whole rows that cover all rows, and each task
+                // covers all `n` columns of its rows (whole blocks by the kernels' stores,
+                // partial ones through their masks or the copy from the edge buffer).
+                unsafe {
+                    if groups > 1 {
+                        by_columns(x, &p, groups, kernel)
+                    } else {
+                        run_panel_kernel(x, &p, kernel)
+                    }
                 }
-                // SAFETY: `amx` and `avx512` wrote every element of `dst`, the first `m·n` of
-                // the capacity: each task covers all `n` columns of its rows (whole blocks by
-                // the kernels' stores, partial ones through their masks or the copy from the
-                // edge buffer) and the tasks cover all `m` rows.
-                unsafe { out.set_len(m * n) };
-                out
             }
         }
     }
+}
+
+/// A product `x·Pᵀ` into `out` (`x.len() / k` rows of `n`, every element written): [`amx`] or
+/// [`avx512`].
+type PanelKernel = fn(&[f32], &Panels<'_>, &mut [MaybeUninit<f32>]);
+
+/// `kernel`'s product `x·Pᵀ`, `[x.len() / k, n]` row-major.
+///
+/// # Safety
+///
+/// `kernel` writes every element of the output slice it is given.
+unsafe fn run_panel_kernel(x: &[f32], p: &Panels<'_>, kernel: PanelKernel) -> Vec<f32> {
+    let len = x.len() / p.k * p.n;
+    let mut out = Vec::with_capacity(len);
+    kernel(x, p, &mut out.spare_capacity_mut()[..len]);
+    // SAFETY: `kernel` wrote every element of the first `len` of the capacity (the caller's
+    // contract).
+    unsafe { out.set_len(len) };
+    out
+}
+
+/// Into how many groups of columns a product of `m` rows is split: one (not split) when its
+/// blocks of `block` rows give every thread a task, else one per thread, at most one per pair of
+/// panels. Decoding's one-row products are then streamed by every core, not by one.
+fn column_groups(m: usize, block: usize, p: &Panels<'_>, threads: usize) -> usize {
+    if m.div_ceil(block) >= threads {
+        1
+    } else {
+        threads.min(p.panels / 2).max(1)
+    }
+}
+
+/// `kernel`'s product `x·Pᵀ` computed as `groups` products with consecutive column slices of
+/// `p` (whole pairs of panels each, as AMX takes them), on the Rayon threads, joined into
+/// `[x.len() / k, n]` rows. Each output is the same sum as without the split.
+///
+/// # Safety
+///
+/// As [`run_panel_kernel`]; `groups` is at most `p.panels / 2`.
+unsafe fn by_columns(x: &[f32], p: &Panels<'_>, groups: usize, kernel: PanelKernel) -> Vec<f32> {
+    let m = x.len() / p.k;
+    let pairs = p.panels / 2;
+    let parts: Vec<Vec<f32>> = (0..groups)
+        .into_par_iter()
+        .map(|g| {
+            let slice = p.columns(2 * (g * pairs / groups), 2 * ((g + 1) * pairs / groups));
+            // SAFETY: the caller's contract on `kernel`, passed on.
+            unsafe { run_panel_kernel(x, &slice, kernel) }
+        })
+        .collect();
+    let mut out = Vec::with_capacity(m * p.n);
+    for r in 0..m {
+        for part in &parts {
+            let cols = part.len() / m;
+            out.extend_from_slice(&part[r * cols..(r + 1) * cols]);
+        }
+    }
+    out
 }
 
 /// Rows of `x` (rows of `k` values) rounded to bf16, `rows` rows (zero past those `x` holds)
@@ -345,6 +428,24 @@ struct Panels<'a> {
 impl Panels<'_> {
     fn panel_len(&self) -> usize {
         self.kpad * PANEL
+    }
+
+    /// Panels `first..last` (`last` at most `panels`): the weight's columns `16·first..16·last`
+    /// that exist, themselves a packed weight. Both even, so that AMX's pairs stay whole.
+    fn columns(&self, first: usize, last: usize) -> Panels<'_> {
+        debug_assert!(
+            first.is_multiple_of(2)
+                && last.is_multiple_of(2)
+                && first <= last
+                && last <= self.panels
+        );
+        Panels {
+            data: &self.data[first * self.panel_len()..last * self.panel_len()],
+            kpad: self.kpad,
+            panels: last - first,
+            n: self.n.min(last * PANEL) - self.n.min(first * PANEL),
+            k: self.k,
+        }
     }
 }
 
@@ -525,4 +626,89 @@ fn portable(x: &[f32], m: usize, k: usize, w: &[f32], n: usize, out: &mut [f32])
         1.0,
         Parallelism::Rayon(0),
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A plain reference [`PanelKernel`]: each output summed in order from the packed values,
+    /// with `x` rounded to bf16 as the kernels round it.
+    fn reference(x: &[f32], p: &Panels<'_>, out: &mut [MaybeUninit<f32>]) {
+        let m = out.len() / p.n;
+        for i in 0..m {
+            for c in 0..p.n {
+                let panel = &p.data[(c / PANEL) * p.panel_len()..];
+                let (cc, mut s) = (c % PANEL, 0.0f32);
+                for kk in 0..p.k {
+                    let w = bf16_value(panel[(kk / 2) * 2 * PANEL + 2 * cc + kk % 2]);
+                    s += bf16_value(bf16_bits(x[i * p.k + kk])) * w;
+                }
+                out[i * p.n + c].write(s);
+            }
+        }
+    }
+
+    /// Splitting a few-row product by columns of the packed weight gives the unsplit product
+    /// bit for bit, for uneven column counts, one and several rows, and 2 to 5 groups.
+    #[test]
+    fn a_product_split_by_columns_equals_the_unsplit_one() {
+        let mut seed = 1u32;
+        let mut next = move || {
+            seed = seed.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+            (seed >> 8) as f32 / (1u32 << 24) as f32 - 0.5
+        };
+        for (m, n, k) in [
+            (1, 1, 1),
+            (1, 33, 7),
+            (3, 100, 64),
+            (1, 192, 576),
+            (5, 577, 33),
+        ] {
+            let w: Vec<f32> = (0..n * k).map(|_| next()).collect();
+            let x: Vec<f32> = (0..m * k).map(|_| next()).collect();
+            let packed = PackedWeight::pack_for(&w, n, k, CpuKernel::Amx);
+            let Packed::Panels { kpad, panels, data } = &packed.data else {
+                unreachable!("AMX weights are packed in panels")
+            };
+            let p = Panels {
+                data,
+                kpad: *kpad,
+                panels: *panels,
+                n,
+                k,
+            };
+            // SAFETY: `reference` writes every element of its output.
+            let whole = unsafe { run_panel_kernel(&x, &p, reference) };
+            assert!(whole.iter().all(|v| v.is_finite()), "{m}×{n}×{k}");
+            for groups in 2..=5.min(p.panels / 2) {
+                // SAFETY: as above; `groups` is at most `p.panels / 2`.
+                let split = unsafe { by_columns(&x, &p, groups, reference) };
+                assert_eq!(split, whole, "{m}×{n}×{k} in {groups} groups");
+            }
+        }
+        let p = |panels| Panels {
+            data: &[],
+            kpad: 32,
+            panels,
+            n: 16 * panels,
+            k: 1,
+        };
+        assert_eq!(
+            column_groups(1, AMX_ROWS, &p(4), 2),
+            2,
+            "one row: every thread"
+        );
+        assert_eq!(
+            column_groups(1, AMX_ROWS, &p(2), 2),
+            1,
+            "one pair of panels"
+        );
+        assert_eq!(
+            column_groups(64, AMX_ROWS, &p(4), 2),
+            1,
+            "a block of rows each"
+        );
+        assert_eq!(column_groups(9, AVX_ROWS, &p(36), 3), 3);
+    }
 }
