@@ -13,7 +13,9 @@
 //! crate's own detection: a CPU whose flags list AMX (or AVX512-BF16) fails the test if the
 //! kernel is not available, so a broken probe cannot fall back to a slower path unnoticed.
 
-use peft_kernels::linear::cpu::{CpuKernel, PackedWeight, bf16_bits, bf16_value, kernel_calls};
+use peft_kernels::linear::cpu::{
+    CpuKernel, PackedWeight, bf16_bits, bf16_value, kernel_calls, portable_matvec_calls,
+};
 use peft_testing::{Rng, assert_finite, check_finite};
 
 /// Inputs in [-1, 1), away from zero enough that no product is an f32 subnormal (the bf16
@@ -28,14 +30,21 @@ fn rounded(v: &[f32]) -> Vec<f32> {
 
 /// Worst `|Δ| / bound` over the outputs of `kernel` on `m × k` times `[n, k]ᵀ`, against the
 /// rounded-input and the unrounded-input references; asserts both are at most 1 and that the
-/// product ran on `kernel`.
+/// product ran on `kernel` (the portable one: as matrix-vector products on the bf16 rows for at
+/// most 8 rows, else by `gemm`).
 fn check(kernel: CpuKernel, m: usize, n: usize, k: usize, seed: u64) -> (f64, f64) {
     let mut rng = Rng::new(seed);
     let (x, w) = (inputs(&mut rng, m * k), inputs(&mut rng, n * k));
     let packed = PackedWeight::pack(&w, n, k, kernel).expect("available");
-    let before = kernel_calls();
+    let (before, matvecs) = (kernel_calls(), portable_matvec_calls());
     let got = packed.matmul_wt(&x, m);
     let after = kernel_calls();
+    let few_rows = kernel == CpuKernel::Portable && m <= 8;
+    assert_eq!(
+        portable_matvec_calls() - matvecs,
+        u64::from(few_rows),
+        "{kernel} {m}×{n}×{k}: matrix-vector path"
+    );
     let ran: Vec<u64> = after.iter().zip(before).map(|(a, b)| a - b).collect();
     let mut want = [0u64; 3];
     want[CpuKernel::ALL.iter().position(|&c| c == kernel).unwrap()] = 1;
@@ -204,7 +213,10 @@ fn bf16_rounding_is_to_nearest_even() {
 
 /// `PackedWeight::unpack` gives the bf16-rounded values, and `transposed` (how the backward's
 /// `Wᵀ` is packed, on the first backward product) is bit for bit the packing of the transposed
-/// values: its products equal those of a weight packed from `Wᵀ` directly.
+/// values: its products equal those of a weight packed from `Wᵀ` directly (bit for bit on the
+/// panel kernels; on the portable one, whose `Wᵀ` shares `W`'s rows and multiplies them with
+/// `gemm` where a direct packing of few rows takes the matrix-vector path, within the bound of
+/// the order of f32 sums).
 #[test]
 fn transposed_packing_equals_packing_the_transpose() {
     for kernel in CpuKernel::ALL.into_iter().filter(|k| k.is_available()) {
@@ -228,14 +240,43 @@ fn transposed_packing_equals_packing_the_transpose() {
             let derived = packed.transposed();
             assert_eq!((derived.outputs(), derived.inputs()), (k, n));
             assert_eq!(derived.kernel(), kernel);
+            assert_eq!(
+                derived
+                    .unpack()
+                    .iter()
+                    .map(|v| v.to_bits())
+                    .collect::<Vec<_>>(),
+                rounded(&wt).iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                "{kernel} {n}×{k}: unpack of the transposed packing"
+            );
             let dy = inputs(&mut rng, m * n);
             let (a, b) = (direct.matmul_wt(&dy, m), derived.matmul_wt(&dy, m));
             assert_finite(&a, "direct");
-            assert_eq!(
-                a.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
-                b.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
-                "{kernel} {m}×{n}×{k}: products with the transposed packing"
-            );
+            assert_finite(&b, "derived");
+            if kernel != CpuKernel::Portable {
+                assert_eq!(
+                    a.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                    b.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                    "{kernel} {m}×{n}×{k}: products with the transposed packing"
+                );
+                continue;
+            }
+            assert_eq!(derived.bytes(), 0, "the portable Wᵀ shares W's rows");
+            let dyr = rounded(&dy);
+            let wtr = rounded(&wt);
+            for i in 0..m {
+                for j in 0..k {
+                    let s: f64 = (0..n)
+                        .map(|c| f64::from(dyr[i * n + c]).abs() * f64::from(wtr[j * n + c]).abs())
+                        .sum();
+                    let bound = 2.0 * (n as f64 + 2.0) * 2f64.powi(-24) * s;
+                    let (va, vb) = (a[i * k + j], b[i * k + j]);
+                    assert!(
+                        (f64::from(va) - f64::from(vb)).abs() <= bound,
+                        "{m}×{n}×{k} at ({i}, {j}): {va} direct, {vb} through the shared rows"
+                    );
+                }
+            }
         }
     }
 }

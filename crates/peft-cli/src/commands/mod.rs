@@ -20,7 +20,10 @@ pub fn open_model(path: &Path) -> Result<Checkpoint> {
 }
 
 /// Loads `ckpt`'s model in `precision` on `device`. Where bf16 weights run on the portable CPU
-/// kernel (no AMX, no AVX512-BF16), says on stderr that they bring nothing here.
+/// kernel (no AMX, no AVX512-BF16), says on stderr what that means here ([`CpuKernel::note`]:
+/// decoding faster, training not).
+///
+/// [`CpuKernel::note`]: peft_kernels::linear::cpu::CpuKernel::note
 pub fn load_model<B: PrefixAttentionBackend>(
     ckpt: &Checkpoint,
     device: &B::Device,

@@ -1,6 +1,7 @@
 //! Products `x·Wᵀ` with a frozen weight `W` packed once, on the host CPU, in bf16 with f32
 //! accumulation: AMX (`TDPBF16PS`) where the CPU and the OS allow it, else AVX512-BF16
-//! (`VDPBF16PS`), else a portable path (bf16-rounded values multiplied in f32 by the `gemm`
+//! (`VDPBF16PS`), else a portable path (the weight held in bf16 and widened to f32: products of
+//! a few rows, decoding's, read the bf16 rows directly; larger ones are multiplied by the `gemm`
 //! crate). The three compute the same product of bf16-rounded inputs; they differ only in the
 //! order of the f32 sums.
 //!
@@ -10,7 +11,11 @@
 
 mod simd;
 
-use std::{cell::Cell, mem::MaybeUninit, sync::OnceLock};
+use std::{
+    cell::Cell,
+    mem::MaybeUninit,
+    sync::{Arc, OnceLock},
+};
 
 use rayon::prelude::*;
 
@@ -23,7 +28,8 @@ pub enum CpuKernel {
     Amx,
     /// AVX512-BF16 (`VDPBF16PS`): 8 rows × 48 columns of the output in registers.
     Avx512Bf16,
-    /// Any CPU: bf16-rounded values widened to f32, multiplied by the `gemm` crate.
+    /// Any CPU: the weight held in bf16, widened to f32 as it is read (few-row products, with
+    /// AVX2 and FMA where the CPU has them) or multiplied by the `gemm` crate after widening.
     Portable,
 }
 
@@ -56,7 +62,8 @@ impl CpuKernel {
     }
 
     /// Whether the kernel multiplies on a bf16 unit of the CPU (AMX or AVX512-BF16). The
-    /// portable kernel multiplies bf16-rounded values in f32: no faster than f32 products.
+    /// portable kernel multiplies bf16 values widened to f32: no faster than f32 products,
+    /// except where reading the weight is the bound (decoding).
     pub fn uses_bf16_unit(self) -> bool {
         !matches!(self, Self::Portable)
     }
@@ -69,8 +76,8 @@ impl CpuKernel {
         } else {
             format!(
                 "bf16 products: {self} (this CPU has neither AMX nor AVX512-BF16: the weights \
-                 are held as bf16-rounded f32 values, no faster than --precision f32 and \
-                 larger in memory)"
+                 are held in bf16 and multiplied in f32; training is no faster than \
+                 --precision f32, decoding reads half the bytes)"
             )
         }
     }
@@ -93,6 +100,14 @@ impl std::fmt::Display for CpuKernel {
 
 thread_local! {
     static CALLS: Cell<[u64; 3]> = const { Cell::new([0; 3]) };
+    static MATVECS: Cell<u64> = const { Cell::new(0) };
+}
+
+/// Portable products the calling thread took as matrix-vector products on the bf16 rows so
+/// far (a subset of the portable kernel's [`kernel_calls`]): tests assert that decoding's path
+/// ran.
+pub fn portable_matvec_calls() -> u64 {
+    MATVECS.with(Cell::get)
 }
 
 /// Products computed by each kernel of [`CpuKernel::ALL`] (in that order) for the calling
@@ -157,8 +172,13 @@ enum Packed {
         panels: usize,
         data: Vec<u16>,
     },
-    /// `[n, k]` row-major, each value rounded to bf16 and held in f32.
-    Rows(Vec<f32>),
+    /// The weight's values rounded to bf16, row-major as the weight file holds them, shared by
+    /// the packing of `W` (`[n, k]`) and of `Wᵀ` (`transposed`: the stored rows are `[k, n]`,
+    /// this packing's inputs).
+    Rows {
+        bits: Arc<Vec<u16>>,
+        transposed: bool,
+    },
 }
 
 impl PackedWeight {
@@ -183,9 +203,10 @@ impl PackedWeight {
     /// [`pack`](Self::pack) for a kernel known to be available.
     fn pack_for(w: &[f32], n: usize, k: usize, kernel: CpuKernel) -> Self {
         let data = match kernel {
-            CpuKernel::Portable => {
-                Packed::Rows(w.iter().map(|&v| bf16_value(bf16_bits(v))).collect())
-            }
+            CpuKernel::Portable => Packed::Rows {
+                bits: Arc::new(w.par_iter().map(|&v| bf16_bits(v)).collect()),
+                transposed: false,
+            },
             CpuKernel::Amx | CpuKernel::Avx512Bf16 => {
                 let kpad = k.div_ceil(KBLOCK).max(1) * KBLOCK;
                 let panels = n.div_ceil(PANEL).next_multiple_of(2);
@@ -216,7 +237,10 @@ impl PackedWeight {
     pub fn unpack(&self) -> Vec<f32> {
         let (n, k) = (self.n, self.k);
         match &self.data {
-            Packed::Rows(w) => w.clone(),
+            Packed::Rows { bits, transposed } => {
+                let w = widen(bits);
+                if *transposed { transpose(&w, k, n) } else { w }
+            }
             Packed::Panels { kpad, data, .. } => {
                 let per_panel = kpad * PANEL;
                 let mut w = vec![0.0f32; n * k];
@@ -237,16 +261,23 @@ impl PackedWeight {
     /// `Wᵀ` `[k, n]` packed for the same kernel: the weight of the input gradient's product
     /// `dy·W`. Bit for bit the packing of the transposed original values, since those were
     /// already rounded to bf16 here and rounding is idempotent.
+    ///
+    /// The portable kernel's rows serve both products: its `Wᵀ` shares them (nothing is copied,
+    /// and [`bytes`](Self::bytes) counts them once, in `W`'s packing).
     pub fn transposed(&self) -> Self {
         let (n, k) = (self.n, self.k);
-        let w = self.unpack();
-        let mut t = vec![0.0f32; n * k];
-        for (r, row) in w.chunks(k.max(1)).enumerate() {
-            for (c, &v) in row.iter().enumerate() {
-                t[c * n + r] = v;
-            }
+        if let Packed::Rows { bits, transposed } = &self.data {
+            return Self {
+                n: k,
+                k: n,
+                kernel: self.kernel,
+                data: Packed::Rows {
+                    bits: Arc::clone(bits),
+                    transposed: !transposed,
+                },
+            };
         }
-        Self::pack_for(&t, k, n, self.kernel)
+        Self::pack_for(&transpose(&self.unpack(), n, k), k, n, self.kernel)
     }
 
     /// Output columns `n`.
@@ -264,11 +295,14 @@ impl PackedWeight {
         self.kernel
     }
 
-    /// Bytes the packed weight holds.
+    /// Bytes the packed weight holds (the portable kernel's `Wᵀ`, which shares `W`'s rows: 0).
     pub fn bytes(&self) -> usize {
         match &self.data {
             Packed::Panels { data, .. } => data.len() * 2,
-            Packed::Rows(v) => v.len() * 4,
+            Packed::Rows {
+                transposed: true, ..
+            } => 0,
+            Packed::Rows { bits, .. } => bits.len() * 2,
         }
     }
 
@@ -290,10 +324,13 @@ impl PackedWeight {
             return vec![0.0; m * n];
         }
         match &self.data {
-            Packed::Rows(w) => {
-                let mut out = vec![0.0f32; m * n];
-                portable(x, m, k, w, n, &mut out);
-                out
+            Packed::Rows { bits, transposed } => {
+                if !transposed && m <= MATVEC_ROWS {
+                    MATVECS.with(|c| c.set(c.get() + 1));
+                    matvec(x, m, k, bits, n)
+                } else {
+                    portable(x, m, k, bits, n, *transposed)
+                }
             }
             Packed::Panels { kpad, panels, data } => {
                 let p = Panels {
@@ -614,18 +651,129 @@ unsafe fn avx512_dispatch(
     unsafe { call!(1, 2, 3, 4, 5, 6, 7, 8) }
 }
 
-/// The portable product: `x` rounded to bf16, times the bf16-rounded rows `w` `[n, k]`, in f32
-/// by the `gemm` crate on the Rayon threads.
-fn portable(x: &[f32], m: usize, k: usize, w: &[f32], n: usize, out: &mut [f32]) {
+/// bf16 bits widened to their f32 values, on the Rayon threads.
+fn widen(bits: &[u16]) -> Vec<f32> {
+    bits.par_iter().map(|&b| bf16_value(b)).collect()
+}
+
+/// `w` `[rows, cols]` row-major, transposed to `[cols, rows]`.
+fn transpose(w: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+    let mut t = vec![0.0f32; rows * cols];
+    for (r, row) in w.chunks(cols.max(1)).enumerate() {
+        for (c, &v) in row.iter().enumerate() {
+            t[c * rows + r] = v;
+        }
+    }
+    t
+}
+
+/// The portable product of more than [`MATVEC_ROWS`] rows (or with `Wᵀ`): `x` rounded to
+/// bf16, times the rows `bits` widened to f32 for this product (`[n, k]`, or `[k, n]` when
+/// `transposed`), in f32 by the `gemm` crate on the Rayon threads.
+fn portable(x: &[f32], m: usize, k: usize, bits: &[u16], n: usize, transposed: bool) -> Vec<f32> {
     let xr: Vec<f32> = x.par_iter().map(|&v| bf16_value(bf16_bits(v))).collect();
+    let w = widen(bits);
+    let rhs = if transposed {
+        MatRef::row_major(&w, k, n)
+    } else {
+        MatRef::row_major(&w, n, k).t()
+    };
+    let mut out = vec![0.0f32; m * n];
     matmul(
-        MatMut::row_major(out, m, n),
+        MatMut::row_major(&mut out, m, n),
         MatRef::row_major(&xr, m, k),
-        MatRef::row_major(w, n, k).t(),
+        rhs,
         false,
         1.0,
         Parallelism::Rayon(0),
     );
+    out
+}
+
+/// Most rows of `x` the portable kernel multiplies by [`matvec`] (decoding's products), reading
+/// the bf16 rows in place: such products are bound by reading the weight, which bf16 halves.
+const MATVEC_ROWS: usize = 8;
+
+/// Fewest rows of the weight per task of [`matvec`] (smaller weights are not split).
+const MATVEC_MIN_ROWS: usize = 64;
+
+/// `x·Wᵀ` for `x` `[m, k]` and the bf16 rows `bits` `[n, k]`, as `m` dot products per row of
+/// `W`: the rows split in one contiguous block per Rayon thread, each row widened as it is read
+/// (AVX2 and FMA where the CPU has them). Each output is one [`dot`], split or not.
+fn matvec(x: &[f32], m: usize, k: usize, bits: &[u16], n: usize) -> Vec<f32> {
+    let xr: Vec<f32> = x.iter().map(|&v| bf16_value(bf16_bits(v))).collect();
+    let parts = rayon::current_num_threads().min(n / MATVEC_MIN_ROWS).max(1);
+    let fma = simd::has_avx2_fma();
+    let mut pieces: Vec<Vec<f32>> = (0..parts)
+        .into_par_iter()
+        .map(|i| {
+            let (first, last) = (i * n / parts, (i + 1) * n / parts);
+            let mut piece = vec![0.0f32; m * (last - first)];
+            let rows = &bits[first * k..last * k];
+            if fma {
+                // SAFETY: the CPU has AVX2 and FMA (`has_avx2_fma` above).
+                unsafe { simd::dots_avx2_fma(rows, k, &xr, &mut piece) };
+            } else {
+                dots(rows, k, &xr, &mut piece);
+            }
+            piece
+        })
+        .collect();
+    if let [_] = &pieces[..] {
+        return pieces.swap_remove(0);
+    }
+    let mut out = Vec::with_capacity(m * n);
+    for r in 0..m {
+        for piece in &pieces {
+            let cols = piece.len() / m;
+            out.extend_from_slice(&piece[r * cols..(r + 1) * cols]);
+        }
+    }
+    out
+}
+
+/// `out` `[m, rows]` (`m = x.len() / k`) ← every row of `x` dotted with every row of `w`
+/// (`rows` rows of `k` bf16 values), by [`dot`]; [`simd::dots_avx2_fma`] is the same with
+/// AVX2 and fused multiply-adds.
+fn dots(w: &[u16], k: usize, x: &[f32], out: &mut [f32]) {
+    let rows = w.len() / k.max(1);
+    for (j, wrow) in w.chunks_exact(k.max(1)).enumerate() {
+        for (r, xrow) in x.chunks_exact(k.max(1)).enumerate() {
+            out[r * rows + j] = dot(wrow, xrow);
+        }
+    }
+}
+
+/// Lanes of [`dot`]'s partial sums (four AVX2 registers).
+const DOT_LANES: usize = 32;
+
+/// `Σᵢ wᵢ·xᵢ` with `w` in bf16: lane `l` sums the terms `i ≡ l (mod 32)` in order, then
+/// [`reduce_lanes`]: a fixed order.
+fn dot(w: &[u16], x: &[f32]) -> f32 {
+    let mut acc = [0.0f32; DOT_LANES];
+    let (wc, wt) = w.as_chunks::<DOT_LANES>();
+    let (xc, xt) = x.as_chunks::<DOT_LANES>();
+    for (w, x) in wc.iter().zip(xc) {
+        for l in 0..DOT_LANES {
+            acc[l] += bf16_value(w[l]) * x[l];
+        }
+    }
+    for (l, (&w, &x)) in wt.iter().zip(xt).enumerate() {
+        acc[l] += bf16_value(w) * x;
+    }
+    reduce_lanes(acc)
+}
+
+/// The sum of [`dot`]'s lanes, added pairwise: `l + 16` into `l`, then `l + 8`, `l + 4`, ….
+fn reduce_lanes(mut acc: [f32; DOT_LANES]) -> f32 {
+    let mut width = DOT_LANES;
+    while width > 1 {
+        width /= 2;
+        for l in 0..width {
+            acc[l] += acc[l + width];
+        }
+    }
+    acc[0]
 }
 
 #[cfg(test)]
@@ -649,15 +797,73 @@ mod tests {
         }
     }
 
+    /// Values in [-0.5, 0.5) from a linear congruential sequence started at `seed`.
+    fn values(mut seed: u32) -> impl FnMut() -> f32 {
+        move || {
+            seed = seed.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+            (seed >> 8) as f32 / (1u32 << 24) as f32 - 0.5
+        }
+    }
+
+    /// The portable kernel's dot products, plain and compiled for AVX2 and FMA (where this CPU
+    /// has them), against f64 sums of the same bf16 values: within `(k + 2)·2⁻²⁴·Σ|wᵢ·xᵢ|` on
+    /// lengths around the 32 lanes and SmolLM2's, and a NaN of `x` reaches its outputs only.
+    #[test]
+    fn portable_dots_match_the_f64_reference() {
+        let mut next = values(7);
+        type Dots = fn(&[u16], usize, &[f32], &mut [f32]);
+        let mut variants: Vec<(&str, Dots)> = vec![("plain", dots)];
+        if simd::has_avx2_fma() {
+            // SAFETY: the CPU has AVX2 and FMA (checked just above).
+            variants.push(("avx2+fma", |w, k, x, out| unsafe {
+                simd::dots_avx2_fma(w, k, x, out)
+            }));
+        }
+        for (m, rows, k) in [
+            (1, 1, 1),
+            (2, 3, 31),
+            (3, 5, 32),
+            (1, 7, 33),
+            (8, 9, 576),
+            (1, 4, 1536),
+        ] {
+            let w: Vec<u16> = (0..rows * k).map(|_| bf16_bits(next())).collect();
+            let mut x: Vec<f32> = (0..m * k).map(|_| bf16_value(bf16_bits(next()))).collect();
+            for (name, f) in &variants {
+                let mut out = vec![f32::NAN; m * rows];
+                f(&w, k, &x, &mut out);
+                for r in 0..m {
+                    for j in 0..rows {
+                        let terms = (0..k)
+                            .map(|i| f64::from(bf16_value(w[j * k + i])) * f64::from(x[r * k + i]));
+                        let (want, s) = terms.fold((0.0, 0.0), |(a, s), t| (a + t, s + t.abs()));
+                        let got = f64::from(out[r * rows + j]);
+                        let bound = (k as f64 + 2.0) * 2f64.powi(-24) * s;
+                        assert!(
+                            got.is_finite() && (got - want).abs() <= bound,
+                            "{name} {m}×{rows}×{k} at ({r}, {j}): {got} against {want}"
+                        );
+                    }
+                }
+            }
+            x[k / 2] = f32::NAN;
+            for (name, f) in &variants {
+                let mut out = vec![0.0f32; m * rows];
+                f(&w, k, &x, &mut out);
+                assert!(out[..rows].iter().all(|v| v.is_nan()), "{name}: row 0");
+                assert!(
+                    out[rows..].iter().all(|v| v.is_finite()),
+                    "{name}: other rows"
+                );
+            }
+        }
+    }
+
     /// Splitting a few-row product by columns of the packed weight gives the unsplit product
     /// bit for bit, for uneven column counts, one and several rows, and 2 to 5 groups.
     #[test]
     fn a_product_split_by_columns_equals_the_unsplit_one() {
-        let mut seed = 1u32;
-        let mut next = move || {
-            seed = seed.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
-            (seed >> 8) as f32 / (1u32 << 24) as f32 - 0.5
-        };
+        let mut next = values(1);
         for (m, n, k) in [
             (1, 1, 1),
             (1, 33, 7),

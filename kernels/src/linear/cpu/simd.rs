@@ -1,7 +1,8 @@
 //! Every `unsafe` block of the CPU products: the AMX permission and tile instructions (through
-//! `asm!`: the AMX intrinsics are not stable in Rust 1.95) and the AVX512-BF16 micro-kernel
-//! (stable intrinsics); the portable path's `gemm` call is in `crate::host::gemm`. The safe code in [`super`] checks every length and pointer these
-//! functions are given; each function states what it relies on.
+//! `asm!`: the AMX intrinsics are not stable in Rust 1.95), the AVX512-BF16 micro-kernel
+//! (stable intrinsics) and the portable kernel's dot products compiled for AVX2 and FMA; the
+//! portable path's `gemm` call is in `crate::host::gemm`. The safe code in [`super`] checks
+//! every length and pointer these functions are given; each function states what it relies on.
 //!
 //! Both kernels read the same packed weight: panels of 16 output columns, each panel `kpad / 2`
 //! pair-rows of 64 bytes, a pair-row holding, for each of the 16 columns, the two bf16 values
@@ -53,6 +54,90 @@ pub(super) fn has_avx512_bf16() -> bool {
     {
         false
     }
+}
+
+/// Whether the CPU has AVX2 and FMA (the portable kernel's few-row products use them).
+pub(super) fn has_avx2_fma() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// [`super::dots`] with AVX2 and FMA intrinsics: the same lanes and the same order of sums
+/// (each bf16 value widened by a zero-extension and a 16-bit shift), fused multiply-adds.
+///
+/// # Safety
+///
+/// The CPU has AVX2 and FMA ([`has_avx2_fma`]).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+pub(super) unsafe fn dots_avx2_fma(w: &[u16], k: usize, x: &[f32], out: &mut [f32]) {
+    let k = k.max(1);
+    let rows = w.len() / k;
+    for (j, wrow) in w.chunks_exact(k).enumerate() {
+        for (r, xrow) in x.chunks_exact(k).enumerate() {
+            out[r * rows + j] = dot_avx2_fma(wrow, xrow);
+        }
+    }
+}
+
+/// One dot product of [`dots_avx2_fma`]: four registers of eight lanes, lane `l` of the 32
+/// summing the terms `i ≡ l (mod 32)`; a tail shorter than 32 is zero-padded (zero times zero
+/// adds nothing, so a NaN or infinity of `x` still reaches the sum); the lanes then reduced as
+/// [`super::reduce_lanes`] does.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+fn dot_avx2_fma(w: &[u16], x: &[f32]) -> f32 {
+    use std::arch::x86_64::{
+        __m128i, __m256, _mm_loadu_si128, _mm256_castsi256_ps, _mm256_cvtepu16_epi32,
+        _mm256_fmadd_ps, _mm256_loadu_ps, _mm256_setzero_ps, _mm256_slli_epi32, _mm256_storeu_ps,
+    };
+    const LANES: usize = super::DOT_LANES;
+    debug_assert_eq!(w.len(), x.len());
+    let len = w.len().min(x.len());
+    let whole = len / LANES * LANES;
+    let (mut wt, mut xt) = ([0u16; LANES], [0.0f32; LANES]);
+    wt[..len - whole].copy_from_slice(&w[whole..len]);
+    xt[..len - whole].copy_from_slice(&x[whole..len]);
+    let mut acc: [__m256; 4] = [_mm256_setzero_ps(); 4];
+    let mut block = |wp: *const u16, xp: *const f32| {
+        for (q, a) in acc.iter_mut().enumerate() {
+            // SAFETY: `wp` and `xp` point at 32 readable values (a whole block of `w` and `x`
+            // below `whole`, or the padded tails); unaligned loads take any address.
+            unsafe {
+                let wi = _mm_loadu_si128(wp.add(8 * q).cast::<__m128i>());
+                let wf = _mm256_castsi256_ps(_mm256_slli_epi32::<16>(_mm256_cvtepu16_epi32(wi)));
+                *a = _mm256_fmadd_ps(wf, _mm256_loadu_ps(xp.add(8 * q)), *a);
+            }
+        }
+    };
+    for i in (0..whole).step_by(LANES) {
+        block(w[i..i + LANES].as_ptr(), x[i..i + LANES].as_ptr());
+    }
+    if whole < len {
+        block(wt.as_ptr(), xt.as_ptr());
+    }
+    let mut lanes = [0.0f32; LANES];
+    for (q, a) in acc.iter().enumerate() {
+        // SAFETY: `lanes[8q..8q + 8]` is 8 writable f32; unaligned stores take any address.
+        unsafe { _mm256_storeu_ps(lanes[8 * q..8 * q + 8].as_mut_ptr(), *a) };
+    }
+    super::reduce_lanes(lanes)
+}
+
+/// Never called off x86_64 ([`has_avx2_fma`] is false there).
+///
+/// # Safety
+///
+/// None needed; `unsafe` as on x86_64.
+#[cfg(not(target_arch = "x86_64"))]
+pub(super) unsafe fn dots_avx2_fma(w: &[u16], k: usize, x: &[f32], out: &mut [f32]) {
+    super::dots(w, k, x, out);
 }
 
 /// The tile configuration of the AMX block below: palette 1, tiles 0–7 of 16 rows × 64 bytes
