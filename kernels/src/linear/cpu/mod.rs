@@ -409,7 +409,16 @@ unsafe fn by_columns(x: &[f32], p: &Panels<'_>, groups: usize, kernel: PanelKern
             unsafe { run_panel_kernel(x, &slice, kernel) }
         })
         .collect();
-    let mut out = Vec::with_capacity(m * p.n);
+    join_columns(parts, m)
+}
+
+/// The `[m, Σ colsᵢ]` rows of products `parts` of `m` rows each (`[m, colsᵢ]` row-major), their
+/// columns side by side in order; one part is returned as it is.
+fn join_columns(mut parts: Vec<Vec<f32>>, m: usize) -> Vec<f32> {
+    if let [_] = &parts[..] {
+        return parts.swap_remove(0);
+    }
+    let mut out = Vec::with_capacity(parts.iter().map(Vec::len).sum());
     for r in 0..m {
         for part in &parts {
             let cols = part.len() / m;
@@ -704,7 +713,7 @@ fn matvec(x: &[f32], m: usize, k: usize, bits: &[u16], n: usize) -> Vec<f32> {
     let xr: Vec<f32> = x.iter().map(|&v| bf16_value(bf16_bits(v))).collect();
     let parts = rayon::current_num_threads().min(n / MATVEC_MIN_ROWS).max(1);
     let fma = simd::has_avx2_fma();
-    let mut pieces: Vec<Vec<f32>> = (0..parts)
+    let pieces: Vec<Vec<f32>> = (0..parts)
         .into_par_iter()
         .map(|i| {
             let (first, last) = (i * n / parts, (i + 1) * n / parts);
@@ -719,23 +728,20 @@ fn matvec(x: &[f32], m: usize, k: usize, bits: &[u16], n: usize) -> Vec<f32> {
             piece
         })
         .collect();
-    if let [_] = &pieces[..] {
-        return pieces.swap_remove(0);
-    }
-    let mut out = Vec::with_capacity(m * n);
-    for r in 0..m {
-        for piece in &pieces {
-            let cols = piece.len() / m;
-            out.extend_from_slice(&piece[r * cols..(r + 1) * cols]);
-        }
-    }
-    out
+    join_columns(pieces, m)
 }
 
 /// `out` `[m, rows]` (`m = x.len() / k`) ← every row of `x` dotted with every row of `w`
 /// (`rows` rows of `k` bf16 values), by [`dot`]; [`simd::dots_avx2_fma`] is the same with
 /// AVX2 and fused multiply-adds.
 fn dots(w: &[u16], k: usize, x: &[f32], out: &mut [f32]) {
+    dots_with(w, k, x, out, dot);
+}
+
+/// [`dots`] with the dot product `dot` (inlined, so that a caller compiled for more CPU
+/// features compiles the loop with them).
+#[inline(always)]
+fn dots_with(w: &[u16], k: usize, x: &[f32], out: &mut [f32], dot: impl Fn(&[u16], &[f32]) -> f32) {
     let rows = w.len() / k.max(1);
     for (j, wrow) in w.chunks_exact(k.max(1)).enumerate() {
         for (r, xrow) in x.chunks_exact(k.max(1)).enumerate() {

@@ -77,13 +77,7 @@ pub(super) fn has_avx2_fma() -> bool {
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 pub(super) unsafe fn dots_avx2_fma(w: &[u16], k: usize, x: &[f32], out: &mut [f32]) {
-    let k = k.max(1);
-    let rows = w.len() / k;
-    for (j, wrow) in w.chunks_exact(k).enumerate() {
-        for (r, xrow) in x.chunks_exact(k).enumerate() {
-            out[r * rows + j] = dot_avx2_fma(wrow, xrow);
-        }
-    }
+    super::dots_with(w, k, x, out, |w, x| dot_avx2_fma(w, x));
 }
 
 /// One dot product of [`dots_avx2_fma`]: four registers of eight lanes, lane `l` of the 32
