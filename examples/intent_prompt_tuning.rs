@@ -185,5 +185,10 @@ fn main() -> Result<()> {
     // Reuse freed activation buffers instead of faulting in fresh pages every step.
     burn_peft::core::train::allocator::tune_allocator_for_training();
     let args = Args::parse();
-    dispatch(args.common.backend, Run(args))?
+    // On a worker of a Rayon pool, so that each parallel CPU operation does not put `main` to
+    // sleep and wake it (`burn_peft::core::threads`).
+    burn_peft::core::threads::run_on_worker_pool(None, move || {
+        dispatch(args.common.backend, Run(args))
+    })???;
+    Ok(())
 }

@@ -63,14 +63,18 @@ fn main() -> ExitCode {
     ) {
         peft_core::train::allocator::tune_allocator_for_training();
     }
-    let result = match cli.command {
+    // On a worker of a Rayon pool, so that the CPU backends' parallel operations do not put
+    // `main` to sleep and wake it each time (bf16 decoding ~1.2x on an AMD EPYC Zen 3).
+    let result = peft_core::threads::run_on_worker_pool(None, move || match cli.command {
         Command::Train(args) => commands::train::run(*args),
         Command::Eval(args) => commands::eval::run(args),
         Command::Generate(args) => commands::generate::run(args),
         Command::Inspect(args) => commands::inspect::run(args),
         Command::Bench(cmd) => commands::bench::run(cmd),
         Command::Coordinator(args) => commands::coordinator::run(args),
-    };
+    })
+    .map_err(anyhow::Error::from)
+    .and_then(|result| result);
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {

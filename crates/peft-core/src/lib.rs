@@ -19,6 +19,7 @@ pub mod model;
 pub mod peft_model;
 pub mod prefix;
 pub mod prompt;
+pub mod threads;
 pub mod train;
 
 pub use adapter::{Adapter, Method};
