@@ -25,10 +25,7 @@ use burn_peft::{
         prefix::{Prefix, PrefixLayout},
         train::{TrainConfig, Trainer},
     },
-    kernels::{
-        PrefixAttentionAutodiffBackend, PrefixAttentionBackend,
-        backends::{BackendVisitor, dispatch},
-    },
+    kernels::{PrefixAttentionAutodiffBackend, PrefixAttentionBackend, backends::BackendVisitor},
     models::{
         Checkpoint,
         evaluate::{complete, corpus_bleu, exact_match},
@@ -145,13 +142,6 @@ fn run<B: PrefixAttentionAutodiffBackend>(a: Args, device: &B::Device) -> Result
 }
 
 fn main() -> Result<()> {
-    // Reuse freed activation buffers instead of faulting in fresh pages every step.
-    burn_peft::core::train::allocator::tune_allocator_for_training();
     let args = Args::parse();
-    // On a worker of a Rayon pool, so that each parallel CPU operation does not put `main` to
-    // sleep and wake it (`burn_peft::core::threads`).
-    burn_peft::core::threads::run_on_worker_pool(None, move || {
-        dispatch(args.common.backend, Run(args))
-    })???;
-    Ok(())
+    common::run(args.common.backend, Run(args))
 }

@@ -1,4 +1,5 @@
-//! Shared pieces of the example programs: command-line options and data loading.
+//! Shared pieces of the example programs: command-line options, how a program runs, and data
+//! loading.
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
@@ -8,7 +9,7 @@ use burn_peft::core::train::{
     Observer, StepMetrics,
     data::{Dataset, Truncation, read_jsonl},
 };
-use burn_peft::kernels::backends::BackendKind;
+use burn_peft::kernels::backends::{BackendKind, BackendVisitor, dispatch};
 use burn_peft::models::Tokenizer;
 
 /// Options every example takes.
@@ -23,6 +24,20 @@ pub struct Common {
     /// Where the trained adapter and its metrics go.
     #[arg(long)]
     pub out: Option<PathBuf>,
+}
+
+/// Runs `visitor` on `backend` as a training program should: the allocator tuned for training
+/// (call this before anything starts a thread) and the work on a worker of a Rayon pool, so
+/// that each parallel CPU operation does not put `main` to sleep and wake it
+/// (`burn_peft::core::threads`).
+pub fn run<V>(backend: BackendKind, visitor: V) -> Result<()>
+where
+    V: BackendVisitor<Output = Result<()>> + Send,
+{
+    // Reuse freed activation buffers instead of faulting in fresh pages every step.
+    burn_peft::core::train::allocator::tune_allocator_for_training();
+    burn_peft::core::threads::run_on_worker_pool(None, move || dispatch(backend, visitor))???;
+    Ok(())
 }
 
 /// A dataset under `examples/data/`.

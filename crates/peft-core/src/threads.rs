@@ -53,24 +53,24 @@ mod tests {
     #[test]
     fn work_runs_on_the_pools_workers() {
         let caller = std::thread::current().id();
-        let (on_worker, threads, name, workers) = run_on_worker_pool(Some(3), || {
+        let (index, threads, thread, workers) = run_on_worker_pool(Some(3), || {
             let workers: BTreeSet<usize> = (0..256)
                 .into_par_iter()
                 .map(|_| rayon::current_thread_index().expect("a worker of the pool"))
                 .collect();
+            let thread = std::thread::current();
             (
-                rayon::current_thread_index().is_some(),
+                rayon::current_thread_index(),
                 rayon::current_num_threads(),
-                (std::thread::current().id() != caller)
-                    .then(|| std::thread::current().name().map(str::to_owned))
-                    .flatten(),
+                (thread.id(), thread.name().map(str::to_owned)),
                 workers,
             )
         })
         .unwrap();
-        assert!(on_worker);
-        assert!(name.is_some_and(|n| n.starts_with("peft-worker-")));
+        assert!(index.is_some_and(|i| i < 3), "{index:?}");
         assert_eq!(threads, 3);
+        assert_ne!(thread.0, caller);
+        assert!(thread.1.is_some_and(|n| n.starts_with("peft-worker-")));
         assert!(workers.iter().all(|&i| i < 3), "{workers:?}");
     }
 
